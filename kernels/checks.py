@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 SUPPORTED_OUT_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16, torch.uint8)
+SUPPORTED_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def normalize_size(size: int | tuple[int, int] | None, h: int, w: int) -> tuple[int, int]:
     """Return the output (H, W): ``size`` as a pair, or (h, w) when ``size`` is None."""
     if size is None:
         return h, w
-    if isinstance(size, int):
+    if not isinstance(size, (tuple, list)) and hasattr(size, "__index__"):
         size = (size, size)
-    if isinstance(size, torch.Size):
-        size = tuple(size)
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
         raise ValueError(f"size must be None, an int or a pair (H, W); got {size!r}")
-    out_h, out_w = (int(s) for s in size)
+    if any(isinstance(s, bool) or not hasattr(s, "__index__") for s in size):
+        raise TypeError(f"size entries must be integers, got {size!r}")
+    out_h, out_w = (operator.index(s) for s in size)
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"size must be positive, got (H, W) = ({out_h}, {out_w})")
     return out_h, out_w
@@ -44,16 +47,20 @@ def check_cam_inputs(
         raise ValueError(
             f"weights must have shape [C, K] or [B, C, K], got {tuple(weights.shape)}"
         )
-    if not features.is_floating_point():
-        raise TypeError(f"features must be a floating-point tensor, got {features.dtype}")
-    if not weights.is_floating_point():
-        raise TypeError(f"weights must be a floating-point tensor, got {weights.dtype}")
+    for name, tensor in (("features", features), ("weights", weights)):
+        if tensor.dtype not in SUPPORTED_INPUT_DTYPES:
+            raise TypeError(
+                f"{name} must be a floating-point tensor (float32, float16, bfloat16 or "
+                f"float64), got {tensor.dtype}"
+            )
     if features.device != weights.device:
         raise ValueError(
             f"features and weights are on different devices: {features.device} and "
             f"{weights.device}"
         )
-    b, k = features.shape[:2]
+    b, k, h, w = features.shape
+    if h <= 0 or w <= 0:
+        raise ValueError(f"features must have a spatial size h, w >= 1, got (h, w) = ({h}, {w})")
     if weights.shape[-1] != k:
         raise ValueError(
             f"channel mismatch: features have K={k} channels but weights have "

@@ -1,0 +1,168 @@
+"""Assemble the report of a finished run: plots from the stored rows, and a gallery of the
+best, worst and flagged samples whose CAMs are recomputed with the still-attached capture."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from camplug import metrics
+
+from .batches import canonical_sample
+from .report import GalleryItem, Plot, ReportContent, histogram_plot, threshold_curve_plot
+from .report import write_report as write_html
+from .store import SampleRow
+from .summary import AuditSummary
+
+FLAG_SEVERITY = {"wrong_class": 0, "mass_outside": 1, "low_confidence": 2}
+MAX_ERRORS_SHOWN = 200
+
+
+def display_rgb(data: Dataset, index: int, image: torch.Tensor) -> np.ndarray:
+    """A displayable uint8 [H, W, 3] version of sample ``index``: the dataset's own ``rgb(i)``,
+    else the image un-normalized with the dataset's ``mean`` / ``std``, else min-max scaled."""
+    rgb = getattr(data, "rgb", None)
+    if callable(rgb):
+        return np.asarray(rgb(index), dtype=np.uint8)
+    x = image.detach().float().cpu()
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if mean is not None and std is not None and x.shape[0] == len(mean) == len(std):
+        x = x * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    else:
+        x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
+    x = x.clamp(0, 1).mul(255).round().to(torch.uint8)
+    x = x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]
+    return x.permute(1, 2, 0).numpy()
+
+
+def select_gallery(rows: Sequence[SampleRow], column: int, k: int) -> dict[str, list[SampleRow]]:
+    """The ``k`` best and worst samples by IoU at threshold ``column`` (V2 boxes), and up to
+    ``k`` flagged samples (misclassified first, then CAM mass outside, then low confidence;
+    least confident in the labelled class first)."""
+    ok = [r for r in rows if r.error is None]
+    by_iou = sorted(ok, key=lambda r: (-float(r.box_ious[column]), r.sample_index))
+    worst = sorted(ok, key=lambda r: (float(r.box_ious[column]), r.sample_index))
+    flagged = sorted(
+        (r for r in ok if r.flags),
+        key=lambda r: (min(FLAG_SEVERITY[f] for f in r.flags), r.label_score, r.sample_index),
+    )
+    return {
+        "Best localized (highest IoU)": by_iou[:k],
+        "Worst localized (lowest IoU)": worst[:k],
+        "Flagged": flagged[:k],
+    }
+
+
+def _class_name(names: Sequence[str] | None, index: int | None) -> str:
+    if index is None:
+        return "?"
+    return f"{names[index]} ({index})" if names and 0 <= index < len(names) else str(index)
+
+
+def gallery_items(
+    chosen: Sequence[SampleRow], *, model: nn.Module, capture, data: Dataset,
+    device: torch.device, threshold: float, column: int, class_names: Sequence[str] | None,
+) -> list[GalleryItem]:
+    """Recompute the CAMs of ``chosen`` samples and draw their boxes at ``threshold``."""
+    items = []
+    for row in chosen:
+        sample = canonical_sample(row.sample_index, data[row.sample_index])
+        with torch.no_grad():
+            model(sample.image.unsqueeze(0).to(device))
+            cam = capture.maps(target=torch.tensor([[sample.label]], device=device),
+                               size="input", normalize=True)[0, 0].float().clamp(0, 1)
+        predicted = metrics.threshold_boxes(cam, [threshold], multi_contour=True)[0]
+        caption = [
+            f"label {_class_name(class_names, row.label)}",
+            f"predicted {_class_name(class_names, row.prediction)}, p = {row.score:.2f}",
+            f"IoU {float(row.box_ious[column]):.2f} at threshold {threshold:.2f}",
+            f"CAM mass inside box {row.metrics['energy_inside']:.2f}",
+        ]
+        if row.flags:
+            caption.append("flags: " + ", ".join(row.flags))
+        items.append(GalleryItem(
+            row.sample_id, display_rgb(data, row.sample_index, sample.image),
+            cam.cpu().numpy(), sample.boxes.numpy(), predicted.cpu().numpy(), caption,
+        ))
+    return items
+
+
+def _plots(summary: AuditSummary, ok: Sequence[SampleRow], column: int) -> list[Plot]:
+    v2, v1 = summary.max_box_acc_v2, summary.max_box_acc_v1
+    curves = {f"V2, IoU >= {d:g}": np.asarray(c) for d, c in v2.curves.items()}
+    curves.update({f"v1, IoU >= {d:g}": np.asarray(c) for d, c in v1.curves.items()})
+    threshold = summary.best_threshold()
+    ious = [float(r.box_ious[column]) for r in ok]
+    return [
+        Plot("accuracy vs threshold", threshold_curve_plot(
+            summary.thresholds, curves, "Box accuracy against the CAM threshold"),
+            "MaxBoxAcc is each curve's maximum; solid: all boxes (V2), dashed: largest box (v1)."),
+        Plot("IoU histogram", histogram_plot(
+            np.asarray(ious), "Best IoU per sample (V2 boxes)", "IoU",
+            marker=(0.5, "IoU 0.5"), value_range=(0.0, 1.0)),
+            f"At the CAM threshold {threshold:.2f} (MaxBoxAccV2's best at IoU 0.5)."),
+        Plot("energy histogram", histogram_plot(
+            np.asarray([r.metrics["energy_inside"] for r in ok]),
+            "CAM mass inside the box", "fraction of the CAM's mass",
+            marker=(summary.box_area_fraction, f"chance {summary.box_area_fraction:.2f}")),
+            "Energy-based pointing game; chance is the mean box area fraction."),
+        Plot("confidence histogram", histogram_plot(
+            np.asarray([r.score for r in ok]), "Confidence of the prediction",
+            "softmax probability of the predicted class"),
+            "Low-confidence samples are flagged."),
+    ]
+
+
+def build_report(
+    path: Path, summary: AuditSummary, rows: Sequence[SampleRow], *, model: nn.Module, capture,
+    data: Dataset, device: torch.device, gallery_size: int, config: dict[str, Any],
+    seconds: float,
+) -> Path:
+    """Write the HTML report of a finished run and return its path."""
+    import camplug
+
+    ok = [r for r in rows if r.error is None]
+    class_names = getattr(data, "class_names", None) or getattr(model, "class_names", None)
+    run_info = [
+        ("model", summary.model), ("dataset", summary.dataset), ("run id", summary.run_id),
+        ("results", summary.db_path.name), ("device", str(device)),
+        ("audit time (this session)", f"{seconds:.1f} s"),
+        ("versions", f"camplug {camplug.__version__}, torch {torch.__version__}"),
+    ]
+    plots: list[Plot] = []
+    gallery: dict[str, list[GalleryItem]] = {}
+    if ok:
+        threshold = summary.best_threshold()
+        column = int(np.argmin(np.abs(summary.thresholds - threshold)))
+        plots = _plots(summary, ok, column)
+        gallery = {
+            title: gallery_items(chosen, model=model, capture=capture, data=data,
+                                 device=device, threshold=threshold, column=column,
+                                 class_names=class_names)
+            for title, chosen in select_gallery(ok, column, gallery_size).items()
+        }
+    errors = [(r.sample_id, r.error or "") for r in rows if r.error is not None]
+    notes = [
+        f"CAM thresholds: {len(summary.thresholds)} values from {summary.thresholds[0]:g} to "
+        f"{summary.thresholds[-1]:g}; maps are min-max normalized, quantized to 255 levels and "
+        "binarized strictly above the threshold (camplug.metrics).",
+        "Flags: " + "; ".join(f"{k}: {v}" for k, v in summary.flag_rules.items()) + ".",
+        f"Configuration: {config}",
+    ]
+    if len(errors) > MAX_ERRORS_SHOWN:
+        notes.append(f"Only the first {MAX_ERRORS_SHOWN} of {len(errors)} errors are listed; "
+                     "all are in the results file.")
+    content = ReportContent(
+        title=f"camplug audit: {summary.model} on {summary.dataset}",
+        run_info=run_info,
+        summary=[row for row in summary.table() if not row[0].startswith("flagged")],
+        flag_counts=[(k, v, summary.flag_rules[k]) for k, v in summary.flag_counts.items()],
+        plots=plots, gallery=gallery, errors=errors[:MAX_ERRORS_SHOWN], notes=notes,
+    )
+    return write_html(path, content)

@@ -1,0 +1,472 @@
+"""Where the audit's model and data come from: model specs and user datasets.
+
+Model specs (``load_model``):
+  - ``demo`` (or ``demo:hard``): the shipped demo model (``camplug.zoo.load_demo_model``);
+  - ``package.module:factory`` or ``path/to/file.py:factory``: a callable returning an
+    ``nn.Module`` (called with no arguments);
+  - a TorchScript file (``torch.jit.save`` / ``torch.jit.trace`` output), loaded with
+    ``torch.jit.load``.
+  ``checkpoint``: a state dict file (or a dict holding one under ``state_dict``, ``model`` or
+  ``model_state_dict``) loaded with ``torch.load(weights_only=True)`` into the model, strictly.
+
+User datasets (``AnnotatedImageFolder``): an image folder plus an annotation file.
+  - CSV, with a header row ``filename,label,x0,y0,x1,y1`` (extra columns ignored): one row per
+    object; several rows for one file are several objects of the image's (single) label.
+  - JSON: a list of ``{"file": "a.png", "label": 3, "boxes": [[x0, y0, x1, y1], ...],
+    "mask": "a_mask.png"}`` (``mask`` optional: a grayscale image, object where non-zero).
+  ``filename`` / ``file`` are paths relative to the image folder. Box corners are inclusive
+  pixel coordinates in the original image (x to the right, y down); boxes reaching past the
+  image are clipped to it. A ``label`` is a class index, or a class name when ``class_names``
+  is given. Images are converted to RGB, resized to ``image_size`` (boxes scaled with them;
+  None keeps the original size) and normalized with ``mean`` / ``std`` (ImageNet's by
+  default). A file that is missing, truncated or not an image raises ``OSError`` when its item
+  is read; the audit records it as an error row and goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CSV_COLUMNS = ("filename", "label", "x0", "y0", "x1", "y1")
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class SpecError(ValueError):
+    """A model or dataset spec that cannot be used (the message says why and what works)."""
+
+
+# models -----------------------------------------------------------------------------------
+def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
+    """The model named by ``spec`` (see module docstring), with ``checkpoint`` loaded, in eval
+    mode on the CPU."""
+    if spec in ("demo", "demo:easy", "demo:hard"):
+        from camplug import zoo
+
+        model = zoo.load_demo_model(spec.partition(":")[2] or "easy")
+    elif Path(spec).is_file():
+        model = _load_torchscript(Path(spec))
+    elif ":" in spec:
+        model = _call_factory(spec)
+    else:
+        raise SpecError(
+            f"model spec {spec!r} is neither 'demo', an existing TorchScript file, nor "
+            "'package.module:factory'"
+        )
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as error:
+        raise SpecError(
+            f"{path} is not a TorchScript archive ({str(error).splitlines()[0]}). To audit a "
+            "state dict, name the model class: --model package.module:factory --checkpoint "
+            f"{path}"
+        ) from None
+
+
+def _call_factory(spec: str) -> nn.Module:
+    module_name, _, attribute = spec.rpartition(":")
+    if not module_name or not attribute:
+        raise SpecError(f"model spec {spec!r}: expected 'package.module:factory'")
+    if module_name.endswith(".py"):
+        module = _import_file(Path(module_name))
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise SpecError(
+                f"model spec {spec!r}: cannot import {module_name!r}: {error}"
+            ) from None
+    factory = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise SpecError(f"model spec {spec!r}: {module_name!r} has no attribute {attribute!r}")
+        factory = getattr(factory, part)
+    if isinstance(factory, nn.Module):
+        return factory
+    if not callable(factory):
+        raise SpecError(f"model spec {spec!r}: {attribute!r} is not callable")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise SpecError(
+            f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise SpecError(f"model spec: no such file {path}")
+    name = f"camplug_user_model_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict file into ``model`` (strict), with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"checkpoint {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler raises many types; all mean "cannot load"
+        raise SpecError(
+            f"checkpoint {path} cannot be loaded with torch.load(weights_only=True): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    state = _find_state_dict(loaded)
+    if state is None:
+        keys = list(loaded)[:8] if isinstance(loaded, dict) else type(loaded).__name__
+        raise SpecError(
+            f"checkpoint {path} holds no state dict (a dict of tensors, or one under "
+            f"{', '.join(STATE_DICT_KEYS)}); found {keys}"
+        )
+    missing, unexpected = _state_dict_mismatch(model, state)
+    if missing or unexpected:
+        raise SpecError(
+            f"checkpoint {path} does not fit the model: missing keys {missing[:8]}, "
+            f"unexpected keys {unexpected[:8]}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise SpecError(f"checkpoint {path} does not fit the model: {error}") from None
+
+
+def _find_state_dict(loaded: Any) -> dict[str, torch.Tensor] | None:
+    if not isinstance(loaded, dict):
+        return None
+    if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return loaded
+    for key in STATE_DICT_KEYS:
+        inner = loaded.get(key)
+        if isinstance(inner, dict) and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    return None
+
+
+def _state_dict_mismatch(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    return sorted(expected - set(state)), sorted(set(state) - expected)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hex digest of the model's class name and state (parameter and buffer values), used to
+    refuse resuming a run with a different model."""
+    import hashlib
+
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        data = tensor.detach().cpu().contiguous()
+        digest.update(str(data.dtype).encode() + str(tuple(data.shape)).encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# user datasets ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageRecord:
+    """One annotated image: ``boxes`` are (x0, y0, x1, y1) inclusive, original pixels."""
+
+    file: str
+    label: int
+    boxes: tuple[tuple[float, float, float, float], ...]
+    mask: str | None = None
+
+
+def _parse_label(value: Any, where: str, class_names: Sequence[str] | None) -> int:
+    if isinstance(value, bool):
+        raise SpecError(f"{where}: label {value!r} is not a class index")
+    if isinstance(value, int):
+        label = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        label = int(value)
+    elif isinstance(value, str) and class_names is not None and value in class_names:
+        return list(class_names).index(value)
+    else:
+        hint = "" if class_names is None else f" nor one of the class names {list(class_names)}"
+        raise SpecError(f"{where}: label {value!r} is not a class index{hint}")
+    if label < 0:
+        raise SpecError(f"{where}: label {label} is negative")
+    return label
+
+
+def _parse_box(values: Sequence[Any], where: str) -> tuple[float, float, float, float]:
+    if len(values) != 4:
+        raise SpecError(f"{where}: a box needs 4 numbers x0, y0, x1, y1, got {list(values)}")
+    try:
+        x0, y0, x1, y1 = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}: box {list(values)} is not 4 numbers") from None
+    if not all(map(math.isfinite, (x0, y0, x1, y1))):
+        raise SpecError(f"{where}: box {list(values)} is not finite")
+    if x1 < x0 or y1 < y0:
+        raise SpecError(f"{where}: box {list(values)} has x1 < x0 or y1 < y0 (corners x0,y0,x1,y1)")
+    if x1 < 0 or y1 < 0:
+        raise SpecError(f"{where}: box {list(values)} lies left of or above the image")
+    return x0, y0, x1, y1
+
+
+def read_csv_annotations(
+    path: str | Path, class_names: Sequence[str] | None = None
+) -> list[ImageRecord]:
+    """Records from a ``filename,label,x0,y0,x1,y1`` CSV, grouped by file in first-seen order."""
+    path = Path(path)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise SpecError(
+                f"{path}: the header must contain {','.join(CSV_COLUMNS)}; missing {missing} "
+                f"(found {header})"
+            )
+        reader.fieldnames = header
+        grouped: dict[str, tuple[int, list]] = {}
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            name = (row["filename"] or "").strip()
+            if not name:
+                raise SpecError(f"{where}: empty filename")
+            label = _parse_label((row["label"] or "").strip(), where, class_names)
+            box = _parse_box([row[c] for c in ("x0", "y0", "x1", "y1")], where)
+            if name in grouped and grouped[name][0] != label:
+                raise SpecError(
+                    f"{where}: {name} has label {label} here but {grouped[name][0]} on an earlier "
+                    "line; an image has one label"
+                )
+            grouped.setdefault(name, (label, []))[1].append(box)
+    if not grouped:
+        raise SpecError(f"{path}: no annotation rows")
+    return [ImageRecord(name, label, tuple(boxes)) for name, (label, boxes) in grouped.items()]
+
+
+def read_json_annotations(
+    path: str | Path, class_names: Sequence[str] | None = None
+) -> list[ImageRecord]:
+    """Records from a JSON list of ``{"file", "label", "boxes", "mask"?}`` objects."""
+    path = Path(path)
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SpecError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"{path}: expected a non-empty JSON list of image objects")
+    records, seen = [], set()
+    for i, item in enumerate(items):
+        where = f"{path}: item {i}"
+        if not isinstance(item, dict) or not {"file", "label", "boxes"} <= set(item):
+            raise SpecError(f"{where}: expected an object with 'file', 'label' and 'boxes'")
+        name = item["file"]
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"{where}: 'file' must be a non-empty string")
+        if name in seen:
+            raise SpecError(f"{where}: {name} appears twice; list all its boxes in one item")
+        seen.add(name)
+        boxes = item["boxes"]
+        if not isinstance(boxes, list) or not boxes:
+            raise SpecError(f"{where}: 'boxes' must be a non-empty list of [x0, y0, x1, y1]")
+        mask = item.get("mask")
+        if mask is not None and not isinstance(mask, str):
+            raise SpecError(f"{where}: 'mask' must be a file name")
+        records.append(ImageRecord(
+            name, _parse_label(item["label"], where, class_names),
+            tuple(_parse_box(b if isinstance(b, list) else [b], where) for b in boxes), mask,
+        ))
+    return records
+
+
+def read_annotations(
+    path: str | Path, class_names: Sequence[str] | None = None
+) -> list[ImageRecord]:
+    """Dispatch on the suffix: ``.csv`` or ``.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"annotation file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        return read_csv_annotations(path, class_names)
+    if path.suffix.lower() == ".json":
+        return read_json_annotations(path, class_names)
+    raise SpecError(f"annotation file {path}: expected a .csv or .json file")
+
+
+def scale_box(
+    box: Sequence[float], old_size: tuple[int, int], new_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Map an inclusive pixel box from an image of ``old_size`` (H, W) to ``new_size``,
+    clipped to the image. Pixel x covers [x, x + 1), so the box covers [x0, x1 + 1)."""
+    (old_h, old_w), (new_h, new_w) = old_size, new_size
+    sx, sy = new_w / old_w, new_h / old_h
+    x0, y0, x1, y1 = box
+    nx0 = math.floor(max(x0, 0.0) * sx)
+    ny0 = math.floor(max(y0, 0.0) * sy)
+    nx1 = math.ceil(min(x1 + 1.0, old_w) * sx) - 1
+    ny1 = math.ceil(min(y1 + 1.0, old_h) * sy) - 1
+    return (float(nx0), float(ny0), float(max(nx1, nx0)), float(max(ny1, ny0)))
+
+
+class AnnotatedImageFolder(torch.utils.data.Dataset):
+    """Images under ``root`` annotated by a CSV or JSON file (format: module docstring).
+
+    ``ds[i]`` -> {"image": float32 [3, H, W] normalized, "label": int, "boxes": float32 [M, 4],
+    "mask": bool [H, W] (only when the record names one), "id": the file name}.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotations: str | Path,
+        *,
+        image_size: int | tuple[int, int] | None = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise SpecError(f"image folder {self.root} does not exist")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise SpecError(f"mean and std need 3 values (std > 0), got {mean} and {std}")
+        self.annotations = Path(annotations)
+        self.records = read_annotations(self.annotations, class_names)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise SpecError(f"image_size must be positive, got {image_size}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        record = self.records[index]
+        with Image.open(self.root / record.file) as opened:
+            opened.load()  # decode now, so a truncated file fails here
+            image = opened.convert("RGB")
+        old_size = (image.height, image.width)
+        for box in record.boxes:
+            if box[0] >= old_size[1] or box[1] >= old_size[0]:
+                raise ValueError(
+                    f"box {list(box)} of {record.file} lies outside the image "
+                    f"({old_size[1]}x{old_size[0]} pixels)"
+                )
+        new_size = self.image_size or old_size
+        if new_size != old_size:
+            image = image.resize((new_size[1], new_size[0]), Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        boxes = [scale_box(b, old_size, new_size) for b in record.boxes]
+        item = {
+            "image": ((pixels - mean) / std).contiguous(),
+            "label": record.label,
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "id": record.file,
+        }
+        if record.mask is not None:
+            with Image.open(self.root / record.mask) as opened:
+                opened.load()
+                mask = opened.convert("L")
+            if (mask.height, mask.width) != old_size:
+                raise OSError(
+                    f"mask {record.mask} is {mask.width}x{mask.height}, its image "
+                    f"{record.file} is {old_size[1]}x{old_size[0]}"
+                )
+            if new_size != old_size:
+                mask = mask.resize((new_size[1], new_size[0]), Image.Resampling.NEAREST)
+            item["mask"] = torch.from_numpy(np.asarray(mask) > 0)
+        return item
+
+    def describe(self) -> str:
+        """A one-line description for the runs table."""
+        return f"{self.annotations} ({len(self)} images under {self.root})"
+
+    def fingerprint(self) -> str:
+        """A digest of the annotations and the loading options (for the run's identity)."""
+        import hashlib
+
+        digest = hashlib.sha256(self.annotations.read_bytes())
+        digest.update(repr((str(self.root.resolve()), self.image_size, self.mean, self.std))
+                      .encode())
+        return digest.hexdigest()[:16]
+
+
+SYNTHETIC_SPLITS = ("easy", "hard")
+DEFAULT_ANNOTATIONS = ("annotations.csv", "annotations.json", "boxes.csv")
+
+
+def open_dataset(
+    spec: str,
+    *,
+    annotations: str | Path | None = None,
+    image_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    class_names: Sequence[str] | None = None,
+    n: int = 512,
+    seed: int = 0,
+) -> torch.utils.data.Dataset:
+    """The dataset named by ``spec``: ``synthetic`` / ``synthetic:easy`` / ``synthetic:hard``
+    (the built-in benchmark: ``n`` images of ``image_size`` pixels, default 96, from ``seed``),
+    or an image folder annotated by ``annotations`` (default: the folder's
+    ``annotations.csv``, ``annotations.json`` or ``boxes.csv``, as written by
+    ``camplug.datasets.export_image_folder``; ``image_size`` default 224, 0 keeps each image's
+    own size). ``mean``, ``std`` and ``class_names`` (default: the folder's ``class_names.txt``,
+    one name per line, when present) apply to image folders only."""
+    name, _, split = spec.partition(":")
+    if name == "synthetic":
+        from camplug.datasets import SyntheticLocalization
+
+        split = split or "easy"
+        if image_size == 0:
+            raise SpecError("the synthetic dataset needs a positive image size")
+        if split not in SYNTHETIC_SPLITS:
+            raise SpecError(f"dataset {spec!r}: the synthetic splits are {SYNTHETIC_SPLITS}")
+        return SyntheticLocalization(n=n, split=split, image_size=image_size or 96, seed=seed)
+    root = Path(spec)
+    if not root.is_dir():
+        raise SpecError(
+            f"dataset {spec!r} is neither 'synthetic[:easy|hard]' nor an existing image folder"
+        )
+    if annotations is None:
+        found = [root / f for f in DEFAULT_ANNOTATIONS if (root / f).is_file()]
+        if not found:
+            raise SpecError(
+                f"no annotation file given and none of {', '.join(DEFAULT_ANNOTATIONS)} in {root}"
+            )
+        annotations = found[0]
+    if class_names is None and (root / "class_names.txt").is_file():
+        lines = (root / "class_names.txt").read_text().splitlines()
+        class_names = [line.strip() for line in lines if line.strip()]
+    return AnnotatedImageFolder(
+        root, annotations,
+        image_size=224 if image_size is None else (image_size or None),
+        mean=mean, std=std, class_names=class_names,
+    )

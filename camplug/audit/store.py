@@ -1,0 +1,275 @@
+"""The audit's results store: one embedded SQLite file with a ``runs`` and a ``samples`` table.
+
+Resumability rests on three rules: a sample row's primary key is ``(run_id, sample_index)``
+(the sample's position in the dataset, which the run's config pins down); every batch of rows
+is written in one transaction (all or nothing, even under SIGKILL); and a restarted run skips
+the indices already stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id          TEXT PRIMARY KEY,
+    model           TEXT NOT NULL,
+    dataset         TEXT NOT NULL,
+    config          TEXT NOT NULL,
+    n_samples       INTEGER NOT NULL,
+    camplug_version TEXT NOT NULL,
+    torch_version   TEXT NOT NULL,
+    python_version  TEXT NOT NULL,
+    started_at      TEXT NOT NULL,
+    finished_at     TEXT,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id       TEXT NOT NULL,
+    sample_index INTEGER NOT NULL,
+    sample_id    TEXT NOT NULL,
+    label        INTEGER,
+    prediction   INTEGER,
+    score        REAL,
+    label_score  REAL,
+    metrics      TEXT NOT NULL,
+    flags        TEXT NOT NULL,
+    error        TEXT,
+    box_ious     BLOB,
+    box_ious_v1  BLOB,
+    pixel_counts BLOB,
+    PRIMARY KEY (run_id, sample_index)
+);
+"""
+
+SAMPLE_COLUMNS = (
+    "run_id", "sample_index", "sample_id", "label", "prediction", "score", "label_score",
+    "metrics", "flags", "error", "box_ious", "box_ious_v1", "pixel_counts",
+)
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 (seconds precision)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def encode_array(array: np.ndarray | None) -> bytes | None:
+    """An array as ``.npy`` bytes (dtype and shape included), or None."""
+    if array is None:
+        return None
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(blob: bytes | None) -> np.ndarray | None:
+    """The inverse of :func:`encode_array`."""
+    if blob is None:
+        return None
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+@dataclass
+class SampleRow:
+    """One audited sample. ``error`` is set (and the numeric fields may be None) when the sample
+    could not be audited. ``box_ious`` / ``box_ious_v1``: float64 [T] best IoU per CAM threshold
+    (all boxes / largest box); ``pixel_counts``: int64 [3, T + 1] pixel tp, fp, fn per PxAP
+    threshold (None without a mask)."""
+
+    run_id: str
+    sample_index: int
+    sample_id: str
+    label: int | None = None
+    prediction: int | None = None
+    score: float | None = None
+    label_score: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    error: str | None = None
+    box_ious: np.ndarray | None = None
+    box_ious_v1: np.ndarray | None = None
+    pixel_counts: np.ndarray | None = None
+
+    def to_db(self) -> tuple:
+        return (
+            self.run_id, self.sample_index, self.sample_id, self.label, self.prediction,
+            self.score, self.label_score, json.dumps(self.metrics, sort_keys=True),
+            json.dumps(self.flags), self.error, encode_array(self.box_ious),
+            encode_array(self.box_ious_v1), encode_array(self.pixel_counts),
+        )
+
+    @classmethod
+    def from_db(cls, values: Sequence) -> SampleRow:
+        v = dict(zip(SAMPLE_COLUMNS, values, strict=True))
+        return cls(
+            run_id=v["run_id"], sample_index=v["sample_index"], sample_id=v["sample_id"],
+            label=v["label"], prediction=v["prediction"], score=v["score"],
+            label_score=v["label_score"], metrics=json.loads(v["metrics"]),
+            flags=json.loads(v["flags"]), error=v["error"],
+            box_ious=decode_array(v["box_ious"]), box_ious_v1=decode_array(v["box_ious_v1"]),
+            pixel_counts=decode_array(v["pixel_counts"]),
+        )
+
+
+@dataclass
+class RunRecord:
+    """One row of the ``runs`` table; ``config`` is the JSON-decoded run configuration."""
+
+    run_id: str
+    model: str
+    dataset: str
+    config: dict[str, Any]
+    n_samples: int
+    camplug_version: str
+    torch_version: str
+    python_version: str
+    started_at: str
+    finished_at: str | None
+    status: str
+    attempts: int
+
+
+RUN_COLUMNS = tuple(RunRecord.__dataclass_fields__)
+
+
+class ResultStore:
+    """An open SQLite results file. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=60.0)
+        self._conn.execute("PRAGMA synchronous = FULL")
+        with self._conn:
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # runs ---------------------------------------------------------------------------------
+    def start_run(self, record: RunRecord) -> RunRecord:
+        """Create the run, or mark an existing run with the same id as running again (its
+        start time kept, ``attempts`` incremented). Returns the stored record."""
+        existing = self.get_run(record.run_id)
+        with self._conn:
+            if existing is None:
+                values = [getattr(record, c) for c in RUN_COLUMNS]
+                values[RUN_COLUMNS.index("config")] = json.dumps(record.config, sort_keys=True)
+                marks = ", ".join("?" * len(RUN_COLUMNS))
+                self._conn.execute(
+                    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({marks})", values
+                )
+            else:
+                self._conn.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL,"
+                    " attempts = attempts + 1, camplug_version = ?, torch_version = ?,"
+                    " python_version = ? WHERE run_id = ?",
+                    (record.camplug_version, record.torch_version, record.python_version,
+                     record.run_id),
+                )
+        stored = self.get_run(record.run_id)
+        assert stored is not None
+        return stored
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn.execute(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        values = dict(zip(RUN_COLUMNS, row, strict=True))
+        values["config"] = json.loads(values["config"])
+        return RunRecord(**values)
+
+    def runs(self) -> list[RunRecord]:
+        ids = [r[0] for r in self._conn.execute("SELECT run_id FROM runs ORDER BY started_at")]
+        return [run for run in map(self.get_run, ids) if run is not None]
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Set the run's final status (e.g. ``complete``, ``failed``) and end time."""
+        with self._conn:
+            self._conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                (status, utc_now(), run_id),
+            )
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run and all its sample rows."""
+        with self._conn:
+            self._conn.execute("DELETE FROM samples WHERE run_id = ?", (run_id,))
+            self._conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    # samples ------------------------------------------------------------------------------
+    def write_rows(self, rows: Iterable[SampleRow]) -> None:
+        """Insert rows in one transaction: all are stored or none. A row whose
+        ``(run_id, sample_index)`` is already stored raises ``sqlite3.IntegrityError``."""
+        marks = ", ".join("?" * len(SAMPLE_COLUMNS))
+        with self._conn:
+            self._conn.executemany(
+                f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) VALUES ({marks})",
+                [row.to_db() for row in rows],
+            )
+
+    def done_indices(self, run_id: str) -> set[int]:
+        """The dataset indices already stored for the run."""
+        cursor = self._conn.execute(
+            "SELECT sample_index FROM samples WHERE run_id = ?", (run_id,)
+        )
+        return {index for (index,) in cursor}
+
+    def count(self, run_id: str) -> int:
+        (n,) = self._conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return int(n)
+
+    def rows(self, run_id: str, indices: Iterable[int] | None = None) -> list[SampleRow]:
+        """The run's rows ordered by sample index (only ``indices`` when given)."""
+        query = f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id = ?"
+        cursor = self._conn.execute(query + " ORDER BY sample_index", (run_id,))
+        wanted = None if indices is None else set(indices)
+        return [
+            SampleRow.from_db(values) for values in cursor
+            if wanted is None or values[1] in wanted
+        ]
+
+    def merge_from(self, shard_paths: Sequence[str | Path], run_id: str) -> int:
+        """Copy the run's rows from other store files into this one in one transaction,
+        ignoring rows already present (so a re-merge or overlapping shards add nothing twice).
+        Returns the number of rows added."""
+        before = self.count(run_id)
+        columns = ", ".join(SAMPLE_COLUMNS)
+        # ATTACH cannot run inside a transaction, so attach first, then copy in one.
+        names = []
+        for i, path in enumerate(shard_paths):
+            name = f"shard{i}"
+            self._conn.execute("ATTACH DATABASE ? AS " + name, (str(path),))
+            names.append(name)
+        try:
+            with self._conn:
+                for name in names:
+                    self._conn.execute(
+                        f"INSERT OR IGNORE INTO main.samples ({columns}) "
+                        f"SELECT {columns} FROM {name}.samples WHERE run_id = ?",
+                        (run_id,),
+                    )
+        finally:
+            for name in names:
+                self._conn.execute("DETACH DATABASE " + name)
+        return self.count(run_id) - before

@@ -1,0 +1,18 @@
+"""Exceptions raised by the plugin."""
+
+from __future__ import annotations
+
+
+class UnsupportedHeadError(ValueError):
+    """The model has no exact CAM: something other than global average pooling followed by
+    affine operations lies between the features and the logits (a nonlinearity, max pooling, ...).
+
+    The message names the blocking operation and the module it runs in, and points to Grad-CAM
+    (``captum.attr.LayerGradCam``), which needs no particular head.
+    """
+
+
+GRAD_CAM_HINT = (
+    "Grad-CAM needs no particular head: captum.attr.LayerGradCam(model, <last conv block>)"
+    ".attribute(x, target=c)"
+)

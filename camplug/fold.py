@@ -1,0 +1,245 @@
+"""Affine head operations and their folding into per-sample effective class weights.
+
+A head maps the pooled feature vector ``p`` [B, K] to the logits [B, N] through a chain of
+steps. Each step is affine in its input once the per-sample (or, for BatchNorm in training
+mode, per-batch) normalization statistics are frozen at the values of the forward pass, so
+``logits[i, n] == (W_eff[i, n] * p[i]).sum() + b_eff[i, n]`` holds exactly and the CAM of
+class ``n`` is ``sum_k W_eff[i, n, k] * A[i, k]``.
+
+All arithmetic is fp32. ``fold`` maps effective weights ``w`` [B, C, K_out] and biases ``b``
+[B, C] on a step's output side to its input side; ``x`` is the step's input [B, K_in] (only
+computed for steps with ``needs_input``) and ``state`` what ``state()`` returned at forward time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class HeadStep:
+    """Base class: one affine operation of the head."""
+
+    needs_input = False
+    description = ""
+
+    def state(self) -> object:
+        """Per-forward state read when the forward finishes (default: none)."""
+        return None
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fold(
+        self, w: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None, state: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def select(
+        self, targets: torch.Tensor, x: torch.Tensor | None, state: object, num_out: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold starting from the logits rows ``targets`` [B, C] (this step makes the logits)."""
+        w = F.one_hot(targets, num_out).float()
+        return self.fold(w, w.new_zeros(targets.shape), x, state)
+
+
+class LinearStep(HeadStep):
+    """``y = x @ weight.T + bias`` (nn.Linear, a 1x1 conv on a 1x1 map, ``x @ M``)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, description: str) -> None:
+        self.weight = weight
+        self.bias = bias
+        self.description = description
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x, self.weight.float(), bias)
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        if self.bias is not None:
+            b = b + w @ self.bias.float()
+        return w @ self.weight.float(), b
+
+    def select(self, targets, x, state, num_out):  # noqa: ANN001
+        w = self.weight.float()[targets]
+        b = self.bias.float()[targets] if self.bias is not None else w.new_zeros(targets.shape)
+        return w, b
+
+
+class ScaleShiftStep(HeadStep):
+    """``y = x * scale + shift`` with per-feature or scalar constants (BatchNorm in eval mode,
+    multiplication or addition by constants)."""
+
+    def __init__(
+        self, scale: torch.Tensor | float, shift: torch.Tensor | float, description: str
+    ) -> None:
+        self.scale = scale
+        self.shift = shift
+        self.description = description
+
+    def _constants(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = torch.as_tensor(self.scale, device=like.device).float()
+        shift = torch.as_tensor(self.shift, device=like.device).float()
+        return scale, shift
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        scale, shift = self._constants(x)
+        return x * scale + shift
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        scale, shift = self._constants(w)
+        shift = shift.expand(w.shape[-1])
+        return w * scale, b + w @ shift
+
+
+class BatchNormStep(HeadStep):
+    """Batch normalization over the feature vector (BatchNorm1d, or BatchNorm2d on a 1x1 map).
+
+    In eval mode it is the constant affine map of the running statistics. When the forward used
+    batch statistics (training mode, or no running statistics), those of the captured batch
+    are recomputed and frozen: the map is then affine per batch, as in that forward.
+    """
+
+    needs_input = True
+
+    def __init__(
+        self,
+        module: nn.Module | None,
+        running_mean: torch.Tensor | None,
+        running_var: torch.Tensor | None,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        recorded_training: bool,
+        channels: int,
+        description: str,
+    ) -> None:
+        self.module = module
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.weight = weight
+        self.bias = bias
+        self.eps = eps
+        self.recorded_training = recorded_training
+        self.channels = channels
+        self.description = description
+
+    def state(self) -> bool:
+        """Whether the forward normalized with batch statistics."""
+        if self.running_mean is None:
+            return True
+        if self.module is not None:
+            return bool(self.module.training)
+        return self.recorded_training
+
+    def _scale_shift(self, x: torch.Tensor, batch_stats: object) -> tuple[torch.Tensor, ...]:
+        repeat = x.shape[-1] // self.channels
+        if batch_stats:
+            grouped = x.reshape(x.shape[0], self.channels, repeat)
+            mean = grouped.mean(dim=(0, 2))
+            var = grouped.var(dim=(0, 2), unbiased=False)
+        else:
+            mean, var = self.running_mean.float(), self.running_var.float()
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.float()
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias.float()
+        return scale.repeat_interleave(repeat), shift.repeat_interleave(repeat)
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        scale, shift = self._scale_shift(x, state)
+        return x * scale + shift
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        scale, shift = self._scale_shift(x, state)
+        return w * scale, b + w @ shift
+
+
+class LayerNormStep(HeadStep):
+    """Layer normalization over the whole feature vector (nn.LayerNorm, ConvNeXt's LayerNorm2d
+    on the pooled map, GroupNorm with one group).
+
+    With sample i's mean ``mu_i`` and ``sigma_i = sqrt(var_i + eps)`` frozen,
+    ``y = diag(gamma / sigma_i) (I - 11^T / K) x + beta``: the effective weights are
+    ``V - mean_k(V)`` with ``V = w * gamma / sigma_i``, and ``beta`` joins the bias.
+    """
+
+    needs_input = True
+
+    def __init__(
+        self, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, description: str
+    ) -> None:
+        self.weight = weight
+        self.bias = bias
+        self.eps = eps
+        self.description = description
+
+    def _inv_sigma(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.rsqrt(x.var(dim=-1, unbiased=False) + self.eps)
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        y = (x - x.mean(dim=-1, keepdim=True)) * self._inv_sigma(x)[:, None]
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y + self.bias.float() if self.bias is not None else y
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        if self.bias is not None:
+            b = b + w @ self.bias.float()
+        v = w * self._inv_sigma(x)[:, None, None]
+        if self.weight is not None:
+            v = v * self.weight.float()
+        return v - v.mean(dim=-1, keepdim=True), b
+
+
+class RMSNormStep(HeadStep):
+    """RMS normalization over the feature vector: ``y = x * gamma / sqrt(mean(x^2) + eps)``,
+    with sample i's root mean square frozen."""
+
+    needs_input = True
+
+    def __init__(self, weight: torch.Tensor | None, eps: float, description: str) -> None:
+        self.weight = weight
+        self.eps = eps
+        self.description = description
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)  # [B, 1]
+        return scale * self.weight.float() if self.weight is not None else scale
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        return x * self._scale(x)
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        return w * self._scale(x)[:, None, :], b
+
+
+def fold_head(
+    steps: tuple[HeadStep, ...],
+    states: tuple[object, ...],
+    targets: torch.Tensor,
+    pooled: torch.Tensor | None,
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Effective weights fp32 [B, C, K] and biases fp32 [B, C] of the classes ``targets`` [B, C].
+
+    ``pooled`` [B, K] (fp32) is the pooled feature vector; it is needed only when a step
+    uses its input (normalizations), and may be None otherwise.
+    """
+    inputs: list[torch.Tensor | None] = [None] * len(steps)
+    last_needed = max((i for i, s in enumerate(steps) if s.needs_input), default=-1)
+    x = pooled
+    for i in range(last_needed + 1):
+        inputs[i] = x
+        if i < last_needed:
+            x = steps[i].apply(x, states[i])
+    if not steps:
+        w = F.one_hot(targets, num_classes).float()
+        return w, w.new_zeros(targets.shape)
+    w, b = steps[-1].select(targets, inputs[-1], states[-1], num_classes)
+    for step, x_in, state in zip(steps[-2::-1], inputs[-2::-1], states[-2::-1]):
+        w, b = step.fold(w, b, x_in, state)
+    return w, b

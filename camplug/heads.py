@@ -1,0 +1,523 @@
+"""Head discovery: find the tensor that feeds global average pooling and fold the head.
+
+:func:`find_head` runs one probe forward (eval mode, no gradients, modes restored, no hook
+left) under a :class:`~camplug.recorder.ForwardRecorder` and walks the recorded data flow back
+from the logits: through affine operations (Linear, BatchNorm, LayerNorm, Dropout, reshapes,
+constant scaling) to a global average pooling, whose input is the feature map. A 1x1
+convolution feeding the pooling directly is folded too (it commutes with averaging). Anything
+else between pooling and logits raises :class:`UnsupportedHeadError`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedHeadError
+from .fold import HeadStep
+from .head_ops import (
+    DROPOUTS,
+    PERMUTES,
+    Layout,
+    affine_step,
+    foldable_pre_pool_conv,
+    is_global_max_pool,
+    pooling_layout,
+    pre_pool_conv_step,
+    refuse,
+)
+from .recorder import ForwardRecorder, ModuleCall, Op, Value, tensors_in
+
+OutputSelector = Union[int, str, Callable[[Any], torch.Tensor], None]
+LayerSpec = Union[str, nn.Module, None]
+
+# Operations allowed between a user-chosen ``layer`` and the pooling (replayed on its output).
+_FEATURE_PATH_OPS = frozenset({
+    "__getitem__", "flatten", "squeeze", "unsqueeze", "contiguous", "clone", "detach", "to",
+    "float", "double", "half", "bfloat16", "type_as", *PERMUTES, *DROPOUTS,
+})
+
+_probing = threading.local()
+
+
+def probing() -> bool:
+    """True while a probe forward runs in this thread (captures must ignore it)."""
+    return getattr(_probing, "depth", 0) > 0
+
+
+@dataclass(frozen=True)
+class CapturePoint:
+    """Where the features are taken during a forward.
+
+    kind "module_input": the first tensor argument of ``module``'s call number ``call``
+    (forward pre-hook). "module_output": the output of that call (forward hook), then
+    ``path`` replayed on it. "function": the first argument of the ``op_index``-th call of the
+    torch function ``func_name`` after the window opens; the window opens when call
+    ``anchor_call`` of ``anchor`` returns (or when call ``call`` of ``module`` begins if
+    ``anchor`` is None) and closes when that call of ``module`` returns.
+    """
+
+    kind: Literal["module_input", "module_output", "function"]
+    module: str
+    call: int
+    func_name: str = ""
+    op_index: int = 0
+    anchor: str | None = None
+    anchor_call: int = 0
+    path: tuple[Op, ...] = ()
+
+    def describe(self) -> str:
+        target = f"`{self.module}`" if self.module else "the model"
+        nth = f" (call {self.call})" if self.call else ""
+        if self.kind == "module_input":
+            return f"forward pre-hook on {target}{nth}: its input"
+        if self.kind == "module_output":
+            replay = "".join(f" -> {op.name}" for op in self.path)
+            return f"forward hook on {target}{nth}: its output{replay}"
+        opened = f"after `{self.anchor}` returns" if self.anchor else f"when {target} starts"
+        return (f"torch-function interceptor opened {opened}: input of {self.func_name} call "
+                f"{self.op_index} inside {target}")
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What :func:`find_head` found. Shapes are per sample, at the probe input's size."""
+
+    feature_source: str  # human description of the tensor feeding the pooling
+    feature_module: str | None  # module whose output is exactly that tensor, if any
+    feature_shape: tuple[int, ...]  # [K, h, w] (tokens reshaped to the patch grid)
+    feature_dtype: torch.dtype
+    layout: Layout  # how the captured tensor holds the map (tokens: "nlc", "ncl")
+    token_grid: tuple[int, int] | None  # (h, w) of the patch grid for token layouts
+    pooling: str
+    classifier: str
+    num_classes: int
+    folded: tuple[str, ...]  # descriptions of the affine steps, in forward order
+    capture: CapturePoint = field(repr=False)
+    steps: tuple[HeadStep, ...] = field(repr=False)
+    probe_input_size: tuple[int, int] | None = field(default=None, repr=False)
+
+    @property
+    def num_features(self) -> int:
+        return self.feature_shape[0]
+
+    def describe(self) -> str:
+        """A few lines stating what was found (layer names, shapes, folded operations)."""
+        k, h, w = self.feature_shape
+        tokens = f" ({self.layout} tokens on a {h}x{w} grid)" if self.token_grid else ""
+        lines = [
+            f"features  : {self.feature_source} -> [B, {k}, {h}, {w}]{tokens}, "
+            f"{str(self.feature_dtype).replace('torch.', '')}",
+            f"pooling   : {self.pooling}",
+            f"classifier: {self.classifier} -> {self.num_classes} classes",
+            "head      : " + ("; ".join(self.folded) if self.folded else "(identity)"),
+            f"capture   : {self.capture.describe()}",
+        ]
+        return "\n".join(lines)
+
+
+def select_output(output: Any, selector: OutputSelector) -> torch.Tensor:
+    """The logits in a model's output: the output itself, or ``selector`` applied to it."""
+    if selector is None:
+        if isinstance(output, torch.Tensor):
+            return output
+        kind = type(output).__name__
+        size = f" of {len(output)} elements" if isinstance(output, (tuple, list, dict)) else ""
+        raise ValueError(
+            f"the model returned a {kind}{size}, not a logits tensor: pass output= to select "
+            "the logits (an int index, a str key, or a callable taking the output)"
+        )
+    try:
+        chosen = selector(output) if callable(selector) else output[selector]
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"output={selector!r} could not select the logits from the model's "
+            f"{type(output).__name__} output: {error!r}"
+        ) from error
+    if not isinstance(chosen, torch.Tensor):
+        raise ValueError(f"output={selector!r} selected a {type(chosen).__name__}, not a tensor")
+    return chosen
+
+
+def check_output_selector(output: OutputSelector) -> None:
+    if output is not None and not callable(output) and (
+        isinstance(output, bool) or not isinstance(output, (int, str))
+    ):
+        raise TypeError(
+            f"output must be None, an int index, a str key or a callable, got {output!r}"
+        )
+
+
+def compiled_module_reason(model: nn.Module) -> str | None:
+    """Why hooks cannot see inside ``model`` (a torch.compile'd module in it), else None."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is None:
+        return None
+    for name, module in model.named_modules():
+        if isinstance(module, eval_frame.OptimizedModule):
+            where = "the model" if not name else f"submodule `{name}`"
+            return (
+                f"{where} was compiled with torch.compile: compiled graphs do not run forward "
+                "hooks registered after compilation, so the features cannot be captured. "
+                "Attach to the original module instead (`compiled._orig_mod`, eager), or attach "
+                "before compiling: `capture = camplug.attach(model); fast = torch.compile(model)`"
+            )
+    return None
+
+
+def layer_name(model: nn.Module, layer: LayerSpec) -> str | None:
+    """The qualified name of ``layer`` (a name or a submodule of ``model``)."""
+    if layer is None:
+        return None
+    names = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, module in names.items():
+            if module is layer:
+                return name
+        raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a module name, a submodule or None, got {layer!r}")
+    if layer not in names:
+        close = [n for n in names if n and (layer in n or n in layer)][:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ValueError(f"the model has no submodule named {layer!r}{hint}")
+    return layer
+
+
+@contextmanager
+def probe_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for a probe forward; every module's flag restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    _probing.depth = getattr(_probing, "depth", 0) + 1
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        _probing.depth -= 1
+        for module, training in modes:
+            module.training = training
+
+
+def synthesize_input(model: nn.Module) -> torch.Tensor:
+    """A random image batch [1, C, H, W] the model should accept (for a probe forward)."""
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError("cannot guess an input for this model (no Conv2d): pass example_input")
+    size = 224
+    for holder in (model, getattr(model, "patch_embed", None)):
+        for attr in ("img_size", "image_size"):
+            value = getattr(holder, attr, None)
+            if isinstance(value, int) or (isinstance(value, (tuple, list)) and len(value) == 2):
+                size = value
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and len(cfg.get("input_size", ())) == 3:
+        size = tuple(cfg["input_size"][1:])
+    h, w = (size, size) if isinstance(size, int) else size
+    weight = first_conv.weight
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, first_conv.in_channels, h, w, generator=generator)
+    return x.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+
+
+def record_forward(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: OutputSelector
+) -> tuple[ForwardRecorder, Value]:
+    """Run a probe forward under the recorder; return it and the Value of the logits."""
+    with probe_mode(model), ForwardRecorder(model) as recorder:
+        recorder.mark_inputs((args, kwargs))
+        result = model(*args, **kwargs)
+        logits = select_output(result, output)
+        value = recorder.value_if_known(logits)
+    if value is None or not value.tainted:
+        raise UnsupportedHeadError(
+            "the selected output does not depend on the model input (or was computed outside "
+            "torch operations): camplug cannot trace it back to a global pooling"
+        )
+    return recorder, value
+
+
+def _input_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    first = next((t for t in tensors_in((args, kwargs)) if t.dim() >= 3), None)
+    return (int(first.shape[-2]), int(first.shape[-1])) if first is not None else None
+
+
+def find_head(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[Any, ...] | None = None,
+    *,
+    layer: LayerSpec = None,
+    output: OutputSelector = None,
+    example_kwargs: dict[str, Any] | None = None,
+) -> HeadInfo:
+    """Discover the CAM head of ``model`` with one probe forward.
+
+    example_input: a tensor or a tuple of positional arguments for ``model``; None builds a
+    random [1, C, H, W] image from the first Conv2d and the model's declared image size.
+    layer: use this module's output as the features (name or module) instead of searching.
+    output: selects the logits from a tuple/dict output (index, key or callable).
+    The model's parameters, buffers and train/eval flags are unchanged, and no hook is left.
+    Raises UnsupportedHeadError (naming the blocking module) when no exact CAM exists.
+    """
+    check_output_selector(output)
+    name = layer_name(model, layer)
+    reason = compiled_module_reason(model)
+    if reason is not None:
+        raise ValueError(reason)
+    if example_input is None:
+        example_input = synthesize_input(model)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    kwargs = dict(example_kwargs or {})
+    recorder, logits = record_forward(model, args, kwargs, output)
+    return analyze(recorder, logits, name, _input_size(args, kwargs))
+
+
+def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
+    """From the logits back to the global average pooling: (pool op, its input, steps)."""
+    steps: list[HeadStep] = []
+    value = logits
+    while True:
+        op = value.producer
+        if op is None:
+            raise UnsupportedHeadError(
+                "no global average pooling found: walking back from the logits through affine "
+                "operations reached the model input"
+            )
+        tainted = op.tainted_inputs
+        if len(tainted) != 1:
+            raise refuse(op, f"combines {len(tainted)} tensors that depend on the input")
+        x = tainted[0]
+        if pooling_layout(op, x) is not None:
+            return op, x, steps[::-1]
+        if is_global_max_pool(op, x):
+            raise UnsupportedHeadError(
+                f"no exact CAM for this model: the classifier is fed by global max pooling "
+                f"({op.where}); a max is not a weighted sum over positions. "
+                "Grad-CAM needs no particular head: captum.attr.LayerGradCam(model, "
+                "<last conv block>).attribute(x, target=c)"
+            )
+        step = affine_step(op, x, value)
+        if step is not None:
+            steps.append(step)
+        value = x
+
+
+def _outermost_output(value: Value, name: str | None = None) -> ModuleCall | None:
+    calls = [c for c in value.module_outputs if name is None or c.name == name]
+    return calls[-1] if calls else None
+
+
+def _feature_path(
+    pool_input: Value, layer: str | None
+) -> tuple[Value, list[Op], list[Op], ModuleCall | None]:
+    """Walk back from the pooling input: (captured Value, folded 1x1 convs in forward order,
+    ops to replay on the layer output, the layer's call)."""
+    value, convs, path = pool_input, [], []
+    while True:
+        if layer is not None:
+            call = _outermost_output(value, layer)
+            if call is not None:
+                return value, convs[::-1], path[::-1], call
+        op = value.producer
+        tainted = op.tainted_inputs if op is not None else []
+        x = tainted[0] if len(tainted) == 1 else None
+        if x is not None and not path and foldable_pre_pool_conv(op, x, value):
+            convs.append(op)
+            value = x
+            continue
+        if layer is None:
+            return value, convs[::-1], [], None
+        if x is not None and op.name in _FEATURE_PATH_OPS and op.args[0] is x and (
+            op.name != "__getitem__" or keeps_batch_basic_index(op, x, value)
+        ):
+            path.append(op)
+            value = x
+            continue
+        reached = op.where if op is not None else "the model input"
+        raise ValueError(
+            f"the output of layer `{layer}` does not feed the global pooling through "
+            f"reshapes only: walking back from the pooling input, camplug reached {reached}"
+            " first (it changes the values). Use layer=None to capture the pooling input "
+            "itself, or choose the layer whose output is that input"
+        )
+
+
+def keeps_batch_basic_index(op: Op, x: Value, y: Value) -> bool:
+    """``x[...]`` with slices/ints on non-batch dims only (e.g. dropping class tokens)."""
+    index = op.args[1] if isinstance(op.args[1], tuple) else (op.args[1],)
+    basic = all(isinstance(i, (slice, int)) or i is None or i is Ellipsis for i in index)
+    first_full = not index or index[0] is Ellipsis or index[0] == slice(None)
+    return basic and first_full and not isinstance(op.args[1], bool) and y.shape[0] == x.shape[0]
+
+
+def _capture_point(
+    recorder: ForwardRecorder, consumer: Op, value: Value, path: list[Op],
+    layer_call: ModuleCall | None,
+) -> CapturePoint:
+    if layer_call is not None:
+        return CapturePoint("module_output", layer_call.name, layer_call.done_index,
+                            path=tuple(path))
+    owner = consumer.owner
+    assert owner is not None  # every op runs inside the root module's call
+    if owner.name and owner.input_value is value:
+        return CapturePoint("module_input", owner.name, owner.call_index)
+    anchor = consumer.anchor
+    start = anchor.ops_at_done if anchor is not None else owner.ops_before
+    op_index = sum(1 for op in recorder.ops[start:consumer.index] if op.name == consumer.name)
+    return CapturePoint(
+        "function", owner.name, owner.call_index, func_name=consumer.name, op_index=op_index,
+        anchor=anchor.name if anchor is not None else None,
+        anchor_call=anchor.done_index if anchor is not None else 0,
+    )
+
+
+def _describe_source(value: Value) -> str:
+    call = _outermost_output(value)
+    if call is not None:
+        return f"output of `{call.name}` ({type(call.module).__name__})" if call.name else (
+            "the model input")
+    op = value.producer
+    if op is None:
+        return "the model input"
+    upstream = next((v for v in op.tainted_inputs), None)
+    source = f" of {_describe_source(upstream)}" if upstream is not None else ""
+    return f"{op.name}{source} in {op.owner.label if op.owner else 'forward'}"
+
+
+def _grid_from_recording(recorder: ForwardRecorder, pool: Op, tokens: int,
+                         input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The patch grid of ``tokens`` pooled tokens: the latest 4-D input-dependent tensor with
+    that many positions before the pooling (the patch embedding), else the input's aspect."""
+    for op in reversed(recorder.ops[:pool.index]):
+        for out in op.outputs:
+            if out.tainted and len(out.shape) == 4 and out.shape[2] * out.shape[3] == tokens:
+                return int(out.shape[2]), int(out.shape[3])
+    if input_size is not None:
+        height, width = input_size
+        for rows in range(1, tokens + 1):
+            if tokens % rows == 0 and rows * width == (tokens // rows) * height:
+                return rows, tokens // rows
+    raise UnsupportedHeadError(
+        f"the global pooling averages {tokens} tokens that camplug cannot arrange on a spatial "
+        "grid (no patch embedding with that many positions was found; are class or register "
+        "tokens averaged too?). A spatial CAM needs the patch tokens only"
+    )
+
+
+def analyze(
+    recorder: ForwardRecorder,
+    logits: Value,
+    layer: str | None,
+    input_size: tuple[int, int] | None,
+) -> HeadInfo:
+    """Build the HeadInfo from a recorded forward (see :func:`find_head`)."""
+    if len(logits.shape) != 2:
+        raise ValueError(
+            f"the selected model output has shape {list(logits.shape)}; expected logits "
+            "[B, num_classes] (use output= to select them)"
+        )
+    pool, pool_input, steps = _walk_head(logits)
+    layout = pooling_layout(pool, pool_input)
+    assert layout is not None
+    captured, convs, path, layer_call = _feature_path(pool_input, layer)
+    conv_steps = [pre_pool_conv_step(op) for op in convs]
+    consumer = convs[0] if convs else pool
+    point = _capture_point(recorder, consumer, captured, path, layer_call)
+
+    shape = pool_input.shape if not convs else captured.shape
+    if layout in ("nlc", "ncl"):
+        tokens = shape[1] if layout == "nlc" else shape[2]
+        channels = shape[2] if layout == "nlc" else shape[1]
+        grid = _grid_from_recording(recorder, pool, tokens, input_size)
+        feature_shape = (channels, *grid)
+    else:
+        grid = None
+        feature_shape = tuple(shape[1:]) if layout == "nchw" else (shape[3], shape[1], shape[2])
+    all_steps = (*conv_steps, *steps)
+    weighted = [s for s in all_steps if hasattr(s, "weight")]
+    classifier = weighted[-1].description if weighted else "none (the pooled channels are the logits)"
+    k_in = feature_shape[0]
+    if not all_steps and k_in != logits.shape[1]:
+        raise UnsupportedHeadError("the pooled features do not match the logits")
+    feature_call = _outermost_output(captured)
+    return HeadInfo(
+        feature_source=_describe_source(captured) if not path else (
+            f"output of `{layer_call.name}`" + "".join(f" -> {op.name}" for op in path)),
+        feature_module=feature_call.name if feature_call is not None and not path else None,
+        feature_shape=tuple(int(s) for s in feature_shape),
+        feature_dtype=captured.dtype,
+        layout=layout,
+        token_grid=grid,
+        pooling=f"{pool.name} ({pool.where})",
+        classifier=classifier,
+        num_classes=int(logits.shape[1]),
+        folded=tuple(s.description for s in all_steps),
+        capture=point,
+        steps=all_steps,
+        probe_input_size=input_size,
+    )
+
+
+def token_grid(info: HeadInfo, tokens: int, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The patch grid for ``tokens`` tokens of an input of ``input_size`` (H, W)."""
+    assert info.token_grid is not None
+    grid_h, grid_w = info.token_grid
+    if tokens == grid_h * grid_w and (input_size is None or input_size == info.probe_input_size):
+        return grid_h, grid_w
+    if input_size is None or info.probe_input_size is None:
+        raise ValueError(f"cannot arrange {tokens} tokens on a grid without the input size")
+    want_h = input_size[0] * grid_h / info.probe_input_size[0]
+    want_w = input_size[1] * grid_w / info.probe_input_size[1]
+    pairs = [(r, tokens // r) for r in range(1, tokens + 1) if tokens % r == 0]
+    best = min(pairs, key=lambda p: abs(p[0] - want_h) + abs(p[1] - want_w))
+    if abs(best[0] - want_h) > 1 or abs(best[1] - want_w) > 1:
+        raise ValueError(
+            f"cannot arrange {tokens} tokens for an input of {input_size[0]}x{input_size[1]} on "
+            f"a patch grid (the probe had {grid_h}x{grid_w} for "
+            f"{info.probe_input_size[0]}x{info.probe_input_size[1]})"
+        )
+    return best
+
+
+def to_feature_map(info: HeadInfo, captured: torch.Tensor,
+                   input_size: tuple[int, int] | None) -> torch.Tensor:
+    """The captured tensor as a feature map [B, K, h, w] (a view when possible)."""
+    for op in info.capture.path:
+        captured = _replay(op, captured)
+    if info.layout == "nchw":
+        return captured
+    if info.layout == "nhwc":
+        return captured.permute(0, 3, 1, 2)
+    tokens = captured.shape[1] if info.layout == "nlc" else captured.shape[2]
+    grid_h, grid_w = token_grid(info, int(tokens), input_size)
+    if info.layout == "nlc":
+        return captured.unflatten(1, (grid_h, grid_w)).permute(0, 3, 1, 2)
+    return captured.unflatten(2, (grid_h, grid_w))
+
+
+def _replay(op: Op, tensor: torch.Tensor) -> torch.Tensor:
+    """Apply a recorded shape-only op (dropout skipped) to a new tensor."""
+    if op.name in DROPOUTS:
+        return tensor
+
+    def swap(leaf: Any) -> Any:
+        if isinstance(leaf, Value):
+            return tensor if leaf.tainted else leaf.tensor
+        return leaf
+
+    args = tuple(swap(a) for a in op.args)
+    kwargs = {k: swap(v) for k, v in op.kwargs.items()}
+    return op.func(*args, **kwargs)
+
+
+def pooled_vector(features: torch.Tensor) -> torch.Tensor:
+    """Global average of a feature map [B, K, h, w] in fp32: [B, K]."""
+    return features.float().mean(dim=(2, 3))
+

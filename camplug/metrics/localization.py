@@ -1,0 +1,424 @@
+"""Localization metrics of class activation maps against ground-truth boxes and masks.
+
+MaxBoxAcc (v1) and MaxBoxAccV2 (Choe et al., CVPR 2020), the CAM paper's protocol, PxAP,
+the pointing game and the energy-based pointing game. Vectorized in torch; CPU or CUDA.
+
+Conventions shared by every function here:
+
+- Maps: float [N, H, W] with values in [0, 1] (min-max normalized), at the resolution of the
+  ground truth. Masks: bool [N, H, W].
+- Boxes: (x0, y0, x1, y1) with inclusive pixel corners; a box covers (x1 - x0 + 1) *
+  (y1 - y0 + 1) pixels and IoUs use these "+1" areas, as Choe et al.'s code does.
+  Ground truth: a tensor [N, 4], [N, G, 4], or a list of N tensors [M_i, 4] (several objects;
+  an image's IoU is the best over its objects).
+- Binarization for boxes, as in Choe et al.'s code: levels q = floor(255 * map) (the product
+  in float32, or in float64 for float64 maps, then truncated like numpy's astype(uint8));
+  at threshold tau the foreground is ``q > floor(tau * max(q))`` (the product in float64),
+  i.e. strictly above, like cv2.THRESH_BINARY. The foreground's 8-connected components give
+  the predicted boxes: every component in V2 ("multi-contour"), only the largest in v1, where
+  largest means most pixels and ties go to the component whose first pixel comes first in
+  raster order. A map whose levels are all 0 has no foreground and scores IoU 0.
+- Default box thresholds: 0, 0.01, ..., 0.99, bit-identical to numpy.arange(0, 1, 0.01).
+- Rates (MaxBoxAcc, PxAP, pointing accuracy) are fractions in [0, 1]; per-sample values are
+  float64, so an IoU of exactly 0.7 passes ``>= 0.7``.
+
+Known differences from Choe et al.'s code (which uses OpenCV contours): there v1 picks the
+contour of largest polygon area (cv2.contourArea, which is 0 for any one-pixel-wide shape)
+rather than the component with the most pixels, and V2 also scores the boxes of hole contours
+(cv2.RETR_TREE). Their boxes end one pixel past the last foreground pixel, clipped to the
+image (x1 = x + w of cv2.boundingRect); ``box_convention="wsolevaluation"`` reproduces that
+end, the default "inclusive" gives the true bounding box.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .components import Components, superlevel_components
+from .validation import BoxesLike, as_box_batch, as_thresholds, check_cams, check_masks
+
+BoxConvention = Literal["inclusive", "wsolevaluation"]
+ThresholdsLike = torch.Tensor | Sequence[float] | None
+
+CAM_PAPER_THRESHOLD = 0.2
+CAM_PAPER_IOU = 0.5
+DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+
+
+def default_thresholds(step: float = 0.01) -> torch.Tensor:
+    """The grid 0, step, 2 * step, ... below 1 as float64 [T] (numpy.arange(0, 1, step))."""
+    if not 0.0 < step <= 1.0:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    return torch.arange(math.ceil(1.0 / step), dtype=torch.float64) * step
+
+
+def default_pixel_thresholds(step: float = 0.01) -> torch.Tensor:
+    """PxAP's grid: ``default_thresholds(step)`` followed by 1.0 (Choe et al.'s bin edges)."""
+    return torch.cat([default_thresholds(step), torch.ones(1, dtype=torch.float64)])
+
+
+def quantize_cams(cams: torch.Tensor) -> torch.Tensor:
+    """Levels floor(255 * cams) as int64 [N, H, W] (product in float32, or float64)."""
+    work = cams if cams.dtype == torch.float64 else cams.float()
+    return torch.floor(work * 255).to(torch.int64)
+
+
+def iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair of boxes: a [A, 4], b [B, 4] -> float64 [A, B] ("+1" areas)."""
+    return _iou(a.double()[:, None, :], b.double()[None, :, :])
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise IoU of broadcastable float64 boxes [..., 4] with inclusive corners."""
+    width = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0]) + 1)
+    height = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = width.clamp_min(0) * height.clamp_min(0)
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def _check_convention(box_convention: str) -> None:
+    if box_convention not in ("inclusive", "wsolevaluation"):
+        raise ValueError(
+            f"box_convention must be 'inclusive' or 'wsolevaluation', got {box_convention!r}"
+        )
+
+
+@dataclass(frozen=True)
+class _ThresholdComponents:
+    components: Components  # slot = n * T + (index of the threshold in sorted order)
+    order: torch.Tensor  # int64 [T]: sorted position j holds thresholds[order[j]]
+    num_thresholds: int
+
+
+def _threshold_components(
+    cams: torch.Tensor, thresholds: torch.Tensor, box_convention: str
+) -> _ThresholdComponents:
+    levels = quantize_cams(cams)
+    ascending, order = torch.sort(thresholds, stable=True)
+    top = levels.amax(dim=(1, 2)).to(torch.float64)
+    cuts = torch.floor(ascending.to(cams.device)[None, :] * top[:, None]).to(torch.int64)
+    found = superlevel_components(levels, cuts)
+    if box_convention == "wsolevaluation":
+        h, w = cams.shape[-2:]
+        ends = torch.stack(
+            [(found.boxes[:, 2] + 1).clamp_max(w - 1), (found.boxes[:, 3] + 1).clamp_max(h - 1)],
+            dim=1,
+        )
+        found = Components(found.slot, torch.cat([found.boxes[:, :2], ends], 1), found.areas)
+    return _ThresholdComponents(found, order.to(cams.device), thresholds.numel())
+
+
+def _largest_per_slot(components: Components, num_slots: int) -> torch.Tensor:
+    """Index of each slot's largest component (ties: first in raster order), K if none."""
+    slot, areas = components.slot, components.areas
+    count = slot.numel()
+    largest = torch.zeros(num_slots, dtype=torch.int64, device=slot.device)
+    largest.scatter_reduce_(0, slot, areas, reduce="amax", include_self=True)
+    candidate = areas == largest[slot]
+    chosen = torch.full((num_slots,), count, dtype=torch.int64, device=slot.device)
+    index = torch.arange(count, device=slot.device)
+    chosen.scatter_reduce_(0, slot[candidate], index[candidate], reduce="amin", include_self=True)
+    return chosen
+
+
+def _ious_per_slot(
+    found: _ThresholdComponents, gt: torch.Tensor, valid: torch.Tensor, multi_contour: bool
+) -> torch.Tensor:
+    """Best IoU per (image, threshold) -> float64 [N, T] in the caller's threshold order."""
+    n, t = gt.shape[0], found.num_thresholds
+    comps = found.components
+    image = comps.slot // t
+    per_object = _iou(comps.boxes.double()[:, None, :], gt[image])
+    per_component = per_object.masked_fill(~valid[image], 0.0).amax(dim=1)
+    best = torch.zeros(n * t, dtype=torch.float64, device=gt.device)
+    if multi_contour:
+        best.scatter_reduce_(0, comps.slot, per_component, reduce="amax", include_self=True)
+    else:
+        chosen = _largest_per_slot(comps, n * t)
+        has = chosen < comps.slot.numel()
+        best[has] = per_component[chosen[has]]
+    out = torch.empty(n, t, dtype=torch.float64, device=gt.device)
+    out[:, found.order] = best.reshape(n, t)
+    return out
+
+
+def _prepare(cams, boxes, thresholds, box_convention):
+    check_cams(cams)
+    _check_convention(box_convention)
+    gt, valid = as_box_batch(boxes, cams.shape[0], cams.device)
+    grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
+    return gt, valid, _threshold_components(cams, grid, box_convention)
+
+
+def box_ious(
+    cams: torch.Tensor,
+    boxes: BoxesLike,
+    thresholds: ThresholdsLike = None,
+    multi_contour: bool = True,
+    *,
+    box_convention: BoxConvention = "inclusive",
+) -> torch.Tensor:
+    """Best IoU between predicted and ground-truth boxes, per image and threshold.
+
+    ``cams`` float [N, H, W] in [0, 1]; ``boxes`` [N, 4], [N, G, 4] or a list of [M_i, 4];
+    ``thresholds`` (default ``default_thresholds()``) in [0, 1]. ``multi_contour=True`` is
+    V2 (every component's box), False is v1 (the largest component's box). Returns float64
+    [N, T] on the cams' device; see the module docstring for the exact binarization.
+    """
+    gt, valid, found = _prepare(cams, boxes, thresholds, box_convention)
+    return _ious_per_slot(found, gt, valid, multi_contour)
+
+
+def box_ious_v1_v2(
+    cams: torch.Tensor,
+    boxes: BoxesLike,
+    thresholds: ThresholdsLike = None,
+    *,
+    box_convention: BoxConvention = "inclusive",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(box_ious(..., multi_contour=False), box_ious(..., multi_contour=True))`` sharing
+    one connected-component pass."""
+    gt, valid, found = _prepare(cams, boxes, thresholds, box_convention)
+    return _ious_per_slot(found, gt, valid, False), _ious_per_slot(found, gt, valid, True)
+
+
+def threshold_boxes(
+    cam: torch.Tensor,
+    thresholds: ThresholdsLike = None,
+    multi_contour: bool = True,
+    *,
+    box_convention: BoxConvention = "inclusive",
+) -> list[torch.Tensor]:
+    """The predicted boxes of one map at each threshold.
+
+    ``cam`` float [H, W] in [0, 1]. Returns one int64 tensor [K_t, 4] per threshold (in the
+    given order): every component's box in raster order of first pixels (V2), or the
+    largest component's box (v1); [0, 4] where there is no foreground.
+    """
+    if not isinstance(cam, torch.Tensor) or cam.dim() != 2:
+        shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
+        raise ValueError(f"cam must be a tensor [H, W], got {shape}")
+    cams = cam.unsqueeze(0)
+    check_cams(cams, name="cam")
+    _check_convention(box_convention)
+    grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
+    found = _threshold_components(cams, grid, box_convention)
+    comps = found.components
+    if not multi_contour:
+        chosen = _largest_per_slot(comps, found.num_thresholds)
+        keep = chosen[chosen < comps.slot.numel()]
+        comps = Components(comps.slot[keep], comps.boxes[keep], comps.areas[keep])
+    sorted_position = torch.argsort(found.order).tolist()
+    return [comps.boxes[comps.slot == j] for j in sorted_position]
+
+
+@dataclass(frozen=True)
+class MaxBoxAccResult:
+    """MaxBoxAcc per IoU threshold delta and its mean over deltas (MaxBoxAccV2 when computed
+    with multi_contour=True at deltas 0.3, 0.5, 0.7).
+
+    ``accuracy[delta]``: max over thresholds of the fraction of images with IoU >= delta.
+    ``best_threshold[delta]``: the map threshold reaching it (the smallest one on ties).
+    ``curves[delta]``: the fraction at every threshold of ``thresholds`` (same order).
+    """
+
+    accuracy: dict[float, float]
+    mean: float
+    best_threshold: dict[float, float]
+    thresholds: tuple[float, ...]
+    curves: dict[float, tuple[float, ...]]
+
+
+def max_box_acc_from_ious(
+    ious: torch.Tensor,
+    thresholds: ThresholdsLike = None,
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+) -> MaxBoxAccResult:
+    """MaxBoxAcc from per-image IoU rows ``ious`` [N, T] (as ``box_ious`` returns them).
+
+    ``thresholds`` [T] labels the columns (default ``default_thresholds()``).
+    """
+    if not isinstance(ious, torch.Tensor) or ious.dim() != 2 or ious.shape[0] == 0:
+        shape = tuple(ious.shape) if isinstance(ious, torch.Tensor) else type(ious).__name__
+        raise ValueError(f"ious must be a non-empty tensor [N, T], got {shape}")
+    grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
+    if grid.numel() != ious.shape[1]:
+        raise ValueError(f"ious have {ious.shape[1]} columns but {grid.numel()} thresholds")
+    values = ious.detach().to("cpu", torch.float64)
+    if not bool(((values >= 0) & (values <= 1)).all()):
+        raise ValueError("ious must lie in [0, 1] (and not be NaN)")
+    deltas = [float(d) for d in iou_thresholds]
+    if not deltas or not all(0.0 < d <= 1.0 for d in deltas):
+        raise ValueError(f"iou_thresholds must be a non-empty list in (0, 1], got {deltas}")
+    accuracy, best, curves = {}, {}, {}
+    for delta in deltas:
+        curve = (values >= delta).double().mean(dim=0)
+        top = curve.max()
+        accuracy[delta] = float(top)
+        best[delta] = float(grid[curve == top].min())
+        curves[delta] = tuple(curve.tolist())
+    return MaxBoxAccResult(
+        accuracy=accuracy,
+        mean=sum(accuracy.values()) / len(accuracy),
+        best_threshold=best,
+        thresholds=tuple(grid.tolist()),
+        curves=curves,
+    )
+
+
+def max_box_acc(
+    cams: torch.Tensor,
+    boxes: BoxesLike,
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+    thresholds: ThresholdsLike = None,
+    multi_contour: bool = True,
+    *,
+    box_convention: BoxConvention = "inclusive",
+) -> MaxBoxAccResult:
+    """MaxBoxAcc over a set of maps: V2 with the defaults, v1 with multi_contour=False."""
+    grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
+    ious = box_ious(cams, boxes, grid, multi_contour, box_convention=box_convention)
+    return max_box_acc_from_ious(ious, grid, iou_thresholds)
+
+
+def cam_paper_localization(
+    cams: torch.Tensor,
+    boxes: BoxesLike,
+    correct_class: torch.Tensor | None = None,
+    *,
+    box_convention: BoxConvention = "inclusive",
+) -> torch.Tensor:
+    """The CAM paper's hit per image -> bool [N].
+
+    Threshold at 20% of the map's max (binarized as in ``box_ious``), take the box of the
+    largest connected component, hit when its IoU with a ground-truth box is >= 0.5 and,
+    when ``correct_class`` (bool [N]) is given, the predicted class is right.
+    """
+    ious = box_ious(cams, boxes, [CAM_PAPER_THRESHOLD], False, box_convention=box_convention)
+    hit = ious[:, 0] >= CAM_PAPER_IOU
+    if correct_class is not None:
+        if not isinstance(correct_class, torch.Tensor) or correct_class.dtype != torch.bool:
+            raise TypeError("correct_class must be a bool tensor [N]")
+        if correct_class.shape != hit.shape:
+            raise ValueError(
+                f"correct_class must have shape {tuple(hit.shape)}, got "
+                f"{tuple(correct_class.shape)}"
+            )
+        hit = hit & correct_class.to(hit.device)
+    return hit
+
+
+def pixel_pr_counts(
+    cams: torch.Tensor, masks: torch.Tensor, thresholds: ThresholdsLike = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image pixel counts at each threshold -> (tp, fp, fn), int64 [N, T] each.
+
+    A pixel is predicted foreground at threshold tau when ``map >= tau`` (map in float64,
+    no quantization). ``thresholds`` (default ``default_pixel_thresholds()``) must be
+    strictly increasing. Sum the rows over any set of images and pass them to
+    ``pxap_from_counts``.
+    """
+    check_cams(cams)
+    check_masks(masks, cams)
+    grid = default_pixel_thresholds() if thresholds is None else as_thresholds(thresholds)
+    if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
+        raise ValueError("thresholds for pixel counts must be strictly increasing")
+    n, t = cams.shape[0], grid.numel()
+    scores = cams.reshape(n, -1).double()
+    grid = grid.to(cams.device)
+    passed = torch.searchsorted(grid, scores, right=True)  # thresholds <= score, in 0..T
+    foreground = masks.reshape(n, -1)
+
+    def at_or_above(selected: torch.Tensor) -> torch.Tensor:
+        hist = torch.zeros(n, t + 1, dtype=torch.int64, device=cams.device)
+        hist.scatter_add_(1, passed, selected.to(torch.int64))
+        return hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [:, j]: pixels passing threshold j
+
+    tp, fp = at_or_above(foreground), at_or_above(~foreground)
+    fn = foreground.sum(1, keepdim=True) - tp
+    return tp, fp, fn
+
+
+def pxap_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+    """PxAP from per-image counts [N, T] (or totals [T]) at increasing thresholds.
+
+    Totals over images give precision P_j and recall R_j at threshold j; with R_T = 0 past the
+    highest threshold, PxAP = sum_j P_j * (R_j - R_{j+1}) (the step rule of average precision,
+    as in Choe et al.'s code; thresholds with no predicted pixel add nothing).
+    """
+    shapes = {tuple(x.shape) for x in (tp, fp, fn)}
+    if len(shapes) != 1 or tp.dim() not in (1, 2):
+        raise ValueError(f"tp, fp, fn must share one shape [N, T] or [T], got {sorted(shapes)}")
+    totals = [x.detach().to("cpu", torch.float64) for x in (tp, fp, fn)]
+    tp_sum, fp_sum, fn_sum = (x.sum(0) if x.dim() == 2 else x for x in totals)
+    positives = tp_sum + fn_sum
+    if bool((positives != positives[0]).any()) or bool((torch.stack(totals) < 0).any()):
+        raise ValueError("inconsistent counts: tp + fn must be the same at every threshold")
+    if float(positives[0]) == 0:
+        raise ValueError("the masks have no foreground pixel: PxAP is undefined")
+    if bool((tp_sum[1:] > tp_sum[:-1]).any()) or bool((fp_sum[1:] > fp_sum[:-1]).any()):
+        raise ValueError("counts must come from increasing thresholds (tp, fp non-increasing)")
+    predicted = tp_sum + fp_sum
+    precision = torch.where(predicted > 0, tp_sum / predicted.clamp_min(1), 0.0)
+    recall = tp_sum / positives
+    recall_above = torch.cat([recall[1:], torch.zeros(1, dtype=torch.float64)])
+    return float((precision * (recall - recall_above)).sum())
+
+
+def pxap(cams: torch.Tensor, masks: torch.Tensor, thresholds: ThresholdsLike = None) -> float:
+    """Pixel average precision of ``cams`` [N, H, W] against bool ``masks`` over the set."""
+    return pxap_from_counts(*pixel_pr_counts(cams, masks, thresholds))
+
+
+def _object_masks(target: torch.Tensor | BoxesLike, cams: torch.Tensor) -> torch.Tensor:
+    """Bool [N, H, W]: the given masks, or the union of each image's boxes' pixels."""
+    if isinstance(target, torch.Tensor) and target.dtype == torch.bool:
+        check_masks(target, cams)
+        return target.to(cams.device)
+    boxes, valid = as_box_batch(target, cams.shape[0], cams.device)
+    h, w = cams.shape[-2:]
+    ys = torch.arange(h, device=cams.device, dtype=torch.float64)[:, None]
+    xs = torch.arange(w, device=cams.device, dtype=torch.float64)[None, :]
+    b = boxes[..., None, None]  # [N, G, 4, 1, 1]
+    inside = (xs >= b[:, :, 0]) & (xs <= b[:, :, 2]) & (ys >= b[:, :, 1]) & (ys <= b[:, :, 3])
+    return (inside & valid[..., None, None]).any(dim=1)
+
+
+def pointing_game(cams: torch.Tensor, target: torch.Tensor | BoxesLike) -> torch.Tensor:
+    """Pointing-game hit per image -> bool [N].
+
+    ``target``: bool masks [N, H, W], or boxes as in ``box_ious``. A hit when the map's
+    maximum lies on the object; when several pixels share the maximum, all of them must lie
+    on the object (so a flat map cannot score).
+    """
+    check_cams(cams)
+    inside = _object_masks(target, cams)
+    peak = cams == cams.amax(dim=(1, 2), keepdim=True)
+    return ~(peak & ~inside).any(dim=(1, 2))
+
+
+def energy_pointing_game(
+    cams: torch.Tensor, boxes: BoxesLike
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energy-based pointing game -> (energy, box_area_fraction), float64 [N] each.
+
+    energy = the map's mass inside the boxes (their union) / its total mass; its chance
+    level, reported beside it, is the fraction of the image the boxes cover. A map with no
+    mass counts as uniform: its energy is the box area fraction.
+    """
+    check_cams(cams)
+    inside = _object_masks(boxes, cams)
+    mass = cams.double()
+    total = mass.sum(dim=(1, 2))
+    in_box = (mass * inside).sum(dim=(1, 2))
+    fraction = inside.sum(dim=(1, 2)).double() / inside[0].numel()
+    energy = torch.where(total > 0, in_box / total.clamp_min(torch.finfo(torch.float64).tiny),
+                         fraction)
+    return energy, fraction

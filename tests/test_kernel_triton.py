@@ -1,0 +1,216 @@
+"""The fused Triton kernel (backend="triton") against the fp64 oracle.
+
+Without a GPU it runs on CPU tensors through Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before triton is imported), which is slow: shapes stay tiny here and the
+large shapes live in test_kernel_cuda.py. With a GPU the same cases run on CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from camplug.kernels import cam, triton_cam  # noqa: E402
+from kernel_oracle import (  # noqa: E402
+    IN_DTYPES,
+    OUT_DTYPES,
+    OUTPUT_CASES,
+    assert_matches_oracle,
+    make_inputs,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def inputs(*shape, **kw):
+    return make_inputs(*shape, device=DEVICE, **kw)
+
+
+def check(features, weights, size, *, relu=False, normalize=True, out_dtype=None):
+    return assert_matches_oracle(
+        "triton", features, weights, size, relu=relu, normalize=normalize, out_dtype=out_dtype
+    )
+
+
+@pytest.mark.parametrize("in_dtype", IN_DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize(("out_dtype", "relu", "normalize"), OUTPUT_CASES)
+def test_dtype_layout_and_flag_matrix(in_dtype, channels_last, out_dtype, relu, normalize):
+    features, weights = inputs(
+        2, 12, 3, 5, 2, dtype=in_dtype, channels_last=channels_last, per_sample_weights=True
+    )
+    check(features, weights, (7, 4), relu=relu, normalize=normalize, out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize(
+    ("hw", "size"),
+    [
+        pytest.param((3, 5), (7, 4), id="up-and-down-non-square"),
+        pytest.param((6, 5), (3, 2), id="down"),
+        pytest.param((4, 3), None, id="same"),
+        pytest.param((1, 1), (5, 3), id="1x1"),
+        pytest.param((1, 4), (3, 4), id="1-row-same-width"),
+        pytest.param((2, 2), 9, id="int-size"),
+    ],
+)
+@pytest.mark.parametrize("per_sample_weights", [False, True], ids=["CK", "BCK"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+def test_sizes_and_weight_shapes(hw, size, per_sample_weights, normalize):
+    features, weights = inputs(2, 10, *hw, 3, per_sample_weights=per_sample_weights, seed=1)
+    check(features, weights, size, normalize=normalize)
+
+
+@pytest.mark.parametrize("classes", [1, 3, 4, 5, 16, 70], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_class_counts_cover_both_accumulators_and_class_blocks(classes, channels_last):
+    """C <= 4 uses the elementwise accumulator, more classes tl.dot; C > 64 takes two blocks."""
+    features, weights = inputs(2, 20, 3, 4, classes, channels_last=channels_last, seed=2)
+    check(features, weights, (5, 6), relu=True)
+
+
+@pytest.mark.parametrize("classes", [2, 8], ids=lambda c: f"C{c}")
+def test_map_split_over_several_position_blocks(classes):
+    """h*w larger than one block of low-res positions (several programs per map)."""
+    features, weights = inputs(1, 6, 17, 16, classes, channels_last=True, seed=3)
+    settings = triton_cam.launch_settings(1, classes, 6, 17 * 16, 5, 5, num_sms=1)
+    assert settings.position_blocks > 1
+    check(features, weights, (5, 5))
+
+
+def test_min_max_over_several_chunks():
+    """A low-res map longer than one min/max chunk (33 * 32 > 1024 values)."""
+    features, weights = inputs(1, 3, 33, 32, 1, seed=4)
+    features[0, :, 30, 31] = 40.0  # the maximum sits in the last chunk
+    check(features, weights, (9, 8))
+
+
+def test_long_channel_loop():
+    features, weights = inputs(1, 600, 2, 3, 2, dtype=torch.float16, seed=5)
+    check(features, weights, (4, 4))
+
+
+def test_non_contiguous_inputs():
+    features, _ = inputs(2, 16, 4, 3, 1, seed=6)
+    features = features[:, ::2]
+    weights = torch.randn(8, 3, device=DEVICE).t()
+    assert not features.is_contiguous() and not weights.is_contiguous()
+    check(features, weights, (6, 5), out_dtype=torch.float16)
+
+
+def test_float64_inputs_are_accepted():
+    features, weights = inputs(2, 8, 3, 3, 2, dtype=torch.float64, seed=7)
+    check(features, weights.double(), (5, 4))
+
+
+# The interpreter computes masked-off lanes too (here (0 - min) / eps, too large for fp16).
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+def test_constant_map_gives_zeros(out_dtype):
+    features = torch.full((2, 4, 3, 2), -1.5, device=DEVICE)
+    out = cam(features, torch.randn(3, 4, device=DEVICE), (4, 5), out_dtype=out_dtype,
+              backend="triton")  # fmt: skip
+    assert out.shape == (2, 3, 4, 5)
+    assert not out.float().isnan().any()
+    assert (out.float() == 0).all()
+
+
+@pytest.mark.parametrize("out_dtype", [None, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("classes", [2, 6], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+def test_nan_in_one_sample_stays_in_that_sample(out_dtype, classes, relu):
+    features, weights = inputs(3, 8, 3, 4, classes, seed=8)
+    clean = cam(features, weights, (5, 5), relu=relu, out_dtype=out_dtype, backend="triton")
+    features[1, 2, 1, 3] = float("nan")
+    out = cam(features, weights, (5, 5), relu=relu, out_dtype=out_dtype, backend="triton")
+    assert out[1].isnan().all()
+    assert torch.equal(out[0], clean[0]) and torch.equal(out[2], clean[2])
+
+
+def test_nan_without_normalization_matches_reference_pattern():
+    features, weights = inputs(2, 5, 3, 3, 2, seed=9)
+    features[0, 1, 1, 1] = float("nan")
+    out = cam(features, weights, (5, 4), normalize=False, backend="triton")
+    ref = cam(features, weights, (5, 4), normalize=False, backend="torch")
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert not out[1].isnan().any()
+
+
+def test_nan_isolation_for_uint8_output():
+    features, weights = inputs(3, 8, 3, 3, 2, seed=10)
+    clean = cam(features, weights, (4, 4), out_dtype=torch.uint8, backend="triton")
+    features[0, 0, 0, 0] = float("nan")
+    out = cam(features, weights, (4, 4), out_dtype=torch.uint8, backend="triton")
+    assert torch.equal(out[1:], clean[1:])
+
+
+def test_uint8_is_round_half_up_of_float_output():
+    features, weights = inputs(2, 12, 4, 5, 3, seed=13)
+    as_float = cam(features, weights, (9, 11), backend="triton")
+    as_u8 = cam(features, weights, (9, 11), out_dtype=torch.uint8, backend="triton")
+    want = torch.floor(as_float * 255 + 0.5)
+    diff = (as_u8.float() - want).abs()
+    # A GPU may fuse 255 * v + 0.5 into one FMA: ties can then round the other way.
+    assert diff.max() <= 1 and (diff == 0).float().mean() >= 0.99
+    assert as_u8.min() == 0 and as_u8.max() == 255
+
+
+def test_empty_batch_launches_nothing(monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("an empty batch must not launch a kernel")
+
+    monkeypatch.setattr(triton_cam, "_weighted_sum_kernel", no_launch)
+    monkeypatch.setattr(triton_cam, "_normalize_upsample_kernel", no_launch)
+    features, weights = inputs(0, 8, 3, 3, 2)
+    out = cam(features, weights, (6, 7), out_dtype=torch.uint8, backend="triton")
+    assert out.shape == (0, 2, 6, 7) and out.dtype == torch.uint8
+
+
+def test_inputs_are_not_modified():
+    features, weights = inputs(2, 8, 3, 3, 2, dtype=torch.bfloat16, seed=11)
+    f_copy, w_copy = features.clone(), weights.clone()
+    cam(features, weights, (5, 5), relu=True, backend="triton")
+    assert torch.equal(features, f_copy) and torch.equal(weights, w_copy)
+
+
+def test_matches_torch_backend_closely():
+    """Same fp32 semantics: the two backends agree to fp32 rounding, uint8 to one level."""
+    features, weights = inputs(2, 24, 4, 5, 3, dtype=torch.float16, seed=12)
+    for out_dtype in (None, torch.uint8):
+        ours = cam(features, weights, (9, 7), out_dtype=out_dtype, backend="triton").float()
+        ref = cam(features, weights, (9, 7), out_dtype=out_dtype, backend="torch").float()
+        assert (ours - ref).abs().max() <= (1 if out_dtype == torch.uint8 else 1e-6)
+
+
+class TestLaunchSettings:
+    """The one helper that picks block sizes and grids."""
+
+    def test_small_batch_still_fills_an_h100(self):
+        s = triton_cam.launch_settings(1, 1, 2048, 49, 224, 224, num_sms=132)
+        assert s.tiles_per_map >= 4 * 132
+        assert s.position_blocks > 1  # the one sample's map is split too
+        assert s.block_h * s.block_w <= 4096
+
+    def test_large_batch_uses_full_tiles(self):
+        s = triton_cam.launch_settings(256, 1, 2048, 49, 224, 224, num_sms=132)
+        assert s.block_w == 256 and s.block_h == 16
+        assert s.sum_grid == 1 and not s.use_dot  # one program reads a whole sample
+
+    @pytest.mark.parametrize("classes", [1, 4, 5, 64, 65, 200])
+    @pytest.mark.parametrize("hw", [1, 49, 196, 4096])
+    def test_blocks_cover_every_class_and_position(self, classes, hw):
+        s = triton_cam.launch_settings(8, classes, 512, hw, 1024, 1000, num_sms=132)
+        assert s.block_c * s.class_blocks >= classes
+        assert s.block_c <= 64
+        assert s.block_s * s.position_blocks >= hw
+        assert s.block_h * s.row_tiles >= 1024 and s.block_w * s.col_tiles >= 1000
+        if s.use_dot:
+            assert min(s.block_c, s.block_k, s.block_s) >= 16  # tl.dot's minimum
+        else:
+            assert s.block_c * s.block_k * s.block_s <= 8192
+
+    def test_features_are_read_once_for_up_to_64_classes(self):
+        for classes in (1, 7, 64):
+            s = triton_cam.launch_settings(4, classes, 2048, 49, 224, 224, num_sms=132)
+            assert s.class_blocks == 1
