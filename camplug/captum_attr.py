@@ -13,7 +13,6 @@ the logit minus the head's bias (the completeness residual ``compute_convergence
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from captum.log import log_usage
 from torch import nn
 
 from .api import attach
+from .heads import layer_name
 from .kernels import Backend, cam
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
@@ -119,7 +119,8 @@ def find_model(forward_func: Callable[..., Any], model: nn.Module | None = None)
     candidate: Any = forward_func
     while isinstance(candidate, functools.partial):
         candidate = candidate.func
-    for found in (candidate, getattr(candidate, "__self__", None), getattr(candidate, "model", None)):
+    owners = (getattr(candidate, "__self__", None), getattr(candidate, "model", None))
+    for found in (candidate, *owners):
         if isinstance(found, nn.Module):
             return found
     raise TypeError(
@@ -142,19 +143,19 @@ def _check_single_device(model: nn.Module, device_ids: Sequence[int] | None) -> 
 class ClassActivationMap(LayerAttribution):
     """Class Activation Map (Zhou et al., CVPR 2016) as a Captum layer attribution.
 
-    ``forward_func``: the model, or a function wrapping one (see ``find_model``; pass
-    ``model=`` for a plain function). ``layer``: the module whose output feeds global pooling;
-    None finds it with camplug's head discovery, which also folds affine layers after the pooling
-    (BatchNorm1d, Linear, ...) into effective class weights. ``device_ids`` is accepted for
-    Captum's signature; a multi-device DataParallel model is refused. ``output`` selects the
-    logits when the model returns a tuple or dict (see ``camplug.attach``); ``backend`` picks the
-    CAM kernel ("auto": Triton on CUDA, PyTorch elsewhere).
+    forward_func: the model, or a function wrapping one (see ``find_model``; pass ``model=``
+    for a plain function). layer: the module (or its qualified name) whose output feeds the
+    global pooling; None finds it with camplug's head discovery, which also folds the affine
+    layers after the pooling (BatchNorm1d, LayerNorm, Linear chains, ...) into effective class
+    weights. device_ids: accepted for Captum's signature; a multi-device DataParallel model is
+    refused. output: selects the logits when the model returns a tuple or dict (as in
+    ``camplug.attach``). backend: the ``camplug.kernels.cam`` backend ("auto": Triton on CUDA).
     """
 
     def __init__(
         self,
         forward_func: Callable[..., Any],
-        layer: nn.Module | None = None,
+        layer: nn.Module | str | None = None,
         device_ids: list[int] | None = None,
         *,
         model: nn.Module | None = None,
@@ -162,13 +163,8 @@ class ClassActivationMap(LayerAttribution):
         backend: Backend = "auto",
     ) -> None:
         self.model = find_model(forward_func, model)
-        if layer is not None and not isinstance(layer, nn.Module):
-            raise TypeError(f"layer must be a torch.nn.Module or None, got {type(layer).__name__}")
-        if layer is not None and not any(m is layer for m in self.model.modules()):
-            raise ValueError(
-                f"layer {type(layer).__name__} is not a submodule of the model "
-                f"{type(self.model).__name__}"
-            )
+        if layer is not None:
+            layer = dict(self.model.named_modules())[layer_name(self.model, layer)]
         _check_single_device(self.model, device_ids)
         LayerAttribution.__init__(self, forward_func, layer, device_ids)  # type: ignore[arg-type]
         self.output = output
@@ -270,13 +266,54 @@ class ClassActivationMap(LayerAttribution):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One hooked forward: features [N,K,h,w], W [N,1,K], bias [N], logits, classes [N]."""
         extra = _as_forward_args(additional_forward_args)
-        with attach(self.model, self.layer, output=self.output, backend=self.backend) as capture:
-            self.forward_func(*inputs, *extra)
+        hooked_layer = None if attribute_to_layer_input else self.layer
+        with attach(self.model, hooked_layer, output=self.output, backend=self.backend) as capture:
+            if attribute_to_layer_input:
+                layer_input = _last_input_of(self.layer, lambda: self.forward_func(*inputs, *extra))
+            else:
+                self.forward_func(*inputs, *extra)
             features = capture.features
+            if attribute_to_layer_input:
+                _check_is_pooling_input(layer_input, features, self.layer)
             logits = capture.logits
             classes = to_class_indices(target, logits)
             weights, bias = capture.class_weights(classes[:, None])
         return features, weights, bias[:, 0], logits, classes
+
+
+def _last_input_of(layer: nn.Module | None, run: Callable[[], Any]) -> torch.Tensor | None:
+    """Run ``run()`` and return the first tensor argument of ``layer``'s last call in it."""
+    if layer is None:
+        raise ValueError("attribute_to_layer_input=True needs a layer (got layer=None)")
+    seen: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen[:] = [args[0].detach()]
+
+    handle = layer.register_forward_pre_hook(keep)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0] if seen else None
+
+
+def _check_is_pooling_input(
+    layer_input: torch.Tensor | None, features: torch.Tensor, layer: nn.Module | None
+) -> None:
+    """CAM needs the tensor feeding global pooling: the layer's input must be that tensor."""
+    name = type(layer).__name__
+    if layer_input is None:
+        raise ValueError(f"layer {name} was not called with a tensor during the forward")
+    same = layer_input.shape == features.shape and torch.equal(layer_input, features)
+    if not same:
+        raise ValueError(
+            f"attribute_to_layer_input=True: the input of layer {name} (shape "
+            f"{tuple(layer_input.shape)}) is not the tensor that feeds the global pooling "
+            f"(shape {tuple(features.shape)}). Pass the pooling module, or the layer whose "
+            "output feeds the pooling with attribute_to_layer_input=False, or layer=None"
+        )
 
 
 def _as_input_tuple(inputs: Any, what: str = "inputs") -> tuple[torch.Tensor, ...]:
@@ -322,7 +359,9 @@ def _output_size(
         and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in interpolate)
     ):
         return int(interpolate[0]), int(interpolate[1])
-    raise ValueError(f"interpolate must be None, 'input' or (H, W) positive ints; got {interpolate!r}")
+    raise ValueError(
+        f"interpolate must be None, 'input' or (H, W) positive ints; got {interpolate!r}"
+    )
 
 
 # ------------------------------------------------------------------------- helpers for Captum

@@ -72,7 +72,8 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
     parser.add_argument("--std", type=_floats, help="normalization std (folders)")
     parser.add_argument("--class-names", type=Path,
                         help="file with one class name per line, for name labels (folders)")
-    parser.add_argument("--n", type=_positive, default=DEMO_SIZE,
+    # not "--n": torchrun would take it for an abbreviation of its own options
+    parser.add_argument("--num-images", type=_positive, default=DEMO_SIZE,
                         help=f"synthetic: number of images (default {DEMO_SIZE})")
     parser.add_argument("--seed", type=int, default=DEMO_SEED,
                         help=f"synthetic: seed (default {DEMO_SEED}, unseen by the demo model)")
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit the shipped demo model on a generated localization set, print the "
         "metrics and the report's path.")
     demo.add_argument("--split", choices=("easy", "hard"), default="easy")
-    demo.add_argument("--n", type=_positive, default=DEMO_SIZE)
+    demo.add_argument("--num-images", type=_positive, default=DEMO_SIZE)
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
     demo.add_argument("--image-size", type=int, default=96)
     demo.add_argument("--baselines", action="store_true",
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "faithfulness)")
     _add_model_options(compare)
     _add_data_options(compare, "synthetic")
-    compare.set_defaults(n=16)
+    compare.set_defaults(num_images=16)
     compare.add_argument("--methods", help="comma-separated method names (default: all)")
     compare.add_argument("--device")
 
@@ -168,7 +169,7 @@ def _dataset(args: argparse.Namespace):
     return open_dataset(
         args.data, annotations=args.annotations, image_size=args.image_size,
         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD, class_names=class_names,
-        n=args.n, seed=args.seed,
+        n=args.num_images, seed=args.seed,
     )
 
 
@@ -209,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from camplug.datasets import SyntheticLocalization
 
     model = zoo.load_demo_model(args.split)
-    data = SyntheticLocalization(n=args.n, split=args.split, image_size=args.image_size,
+    data = SyntheticLocalization(n=args.num_images, split=args.split, image_size=args.image_size,
                                  seed=args.seed)
     summary = _run_audit(model, data, args, model_name=f"demo ({args.split})")
     _print_summary(summary, main=_is_main_rank())
@@ -237,11 +238,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     model = _load_model(args)
     data = _dataset(args)
-    n = min(args.n, len(data))
+    n = min(args.num_images, len(data))
     items = [data[i] for i in range(n)]
     images = torch.stack([item["image"] for item in items])
     labels = torch.tensor([int(item["label"]) for item in items])
-    kwargs = {"target": labels}
+    kwargs = {"target": labels, "layer": args.layer, "output": args.output}
     if args.methods:
         kwargs["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.device:
@@ -258,7 +259,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     import camplug
 
     model = _load_model(args)
-    print(camplug.describe(model))
+    camplug.describe(model, layer=args.layer, output=args.output)
     return 0
 
 

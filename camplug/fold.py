@@ -240,6 +240,6 @@ def fold_head(
         w = F.one_hot(targets, num_classes).float()
         return w, w.new_zeros(targets.shape)
     w, b = steps[-1].select(targets, inputs[-1], states[-1], num_classes)
-    for step, x_in, state in zip(steps[-2::-1], inputs[-2::-1], states[-2::-1]):
+    for step, x_in, state in zip(steps[-2::-1], inputs[-2::-1], states[-2::-1], strict=True):
         w, b = step.fold(w, b, x_in, state)
     return w, b

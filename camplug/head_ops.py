@@ -197,7 +197,7 @@ def _owner_module(op: Op) -> nn.Module | None:
 
 def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
     """The fold step for ``op`` (x -> y), None for a shape-only op; raises if not affine."""
-    name, where = op.name, f"({op.where})"
+    name, where = op.name, f"in {op.site}"
     k_in = per_sample(x.shape)
     if name in RESHAPES or name in PERMUTES or name == "__getitem__":
         if keeps_vector(op, x, y):
@@ -214,19 +214,19 @@ def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
         if per_sample(x.shape) != x.shape[-1]:
             raise refuse(op, "mixes positions rather than acting on the pooled vector")
         weight, bias = _const(op.arg(1, "weight")), _const(op.arg(2, "bias"))
-        return LinearStep(weight, bias, f"linear {where}: {k_in} -> {weight.shape[0]}")
+        return LinearStep(weight, bias, f"linear {k_in} -> {weight.shape[0]} {where}")
     if name in _MATMUL:
         matrix = _const(op.arg(1, "other"))
         if matrix is None or matrix.dim() != 2 or per_sample(x.shape) != x.shape[-1]:
             raise refuse(op, "is not a product with a constant matrix")
-        return LinearStep(matrix.t(), None, f"matrix product {where}: {k_in} -> {matrix.shape[1]}")
+        return LinearStep(matrix.t(), None, f"matrix product {k_in} -> {matrix.shape[1]} {where}")
     if name == "conv2d":
         weight, bias = _const(op.arg(1, "weight")), _const(op.arg(2, "bias"))
         one_by_one = tuple(weight.shape[-2:]) == (1, 1) and tuple(x.shape[-2:]) == (1, 1)
         if not (one_by_one and op.arg(6, "groups", 1) == 1 and tuple(y.shape[-2:]) == (1, 1)):
             raise refuse(op, "is a convolution other than a 1x1 one on the pooled 1x1 map")
         return LinearStep(weight.flatten(1), bias,
-                          f"1x1 convolution {where}: {k_in} -> {weight.shape[0]}")
+                          f"1x1 convolution {k_in} -> {weight.shape[0]} {where}")
     if name == "batch_norm":
         module = _owner_module(op)
         owner_bn = module if isinstance(module, nn.modules.batchnorm._BatchNorm) else None
@@ -234,7 +234,7 @@ def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
             owner_bn, _const(op.arg(1, "running_mean")), _const(op.arg(2, "running_var")),
             _const(op.arg(3, "weight")), _const(op.arg(4, "bias")),
             float(op.arg(7, "eps", 1e-5)), bool(op.arg(5, "training", False)), x.shape[1],
-            f"batch_norm {where}: running statistics (eval) or batch statistics (train)",
+            f"batch_norm {where} (running statistics in eval, the batch's in train)",
         )
     if name in ("layer_norm", "rms_norm"):
         normalized = op.arg(1, "normalized_shape")
@@ -247,11 +247,11 @@ def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
         if name == "rms_norm":
             eps = op.arg(3, "eps")
             eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
-            return RMSNormStep(weight, eps, f"rms_norm {where}: per-sample RMS frozen")
+            return RMSNormStep(weight, eps, f"rms_norm {where} (per-sample RMS folded)")
         bias = _const(op.arg(3, "bias"))
         return LayerNormStep(weight, bias.reshape(-1) if bias is not None else None,
                              float(op.arg(4, "eps", 1e-5)),
-                             f"layer_norm {where}: per-sample mean and std frozen")
+                             f"layer_norm {where} (per-sample mean and std folded)")
     if name == "group_norm":
         if op.arg(1, "num_groups") != 1:
             raise refuse(op, "normalizes groups of features rather than the whole vector")
@@ -260,7 +260,7 @@ def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
         return LayerNormStep(
             weight.repeat_interleave(repeat) if weight is not None else None,
             bias.repeat_interleave(repeat) if bias is not None else None,
-            float(op.arg(4, "eps", 1e-5)), f"group_norm with 1 group {where}: frozen statistics",
+            float(op.arg(4, "eps", 1e-5)), f"group_norm, 1 group, {where} (per-sample statistics folded)",
         )
     raise refuse(op, "is not affine")
 
@@ -287,6 +287,6 @@ def pre_pool_conv_step(op: Op) -> LinearStep:
     weight, bias = _const(op.arg(1, "weight")), _const(op.arg(2, "bias"))
     return LinearStep(
         weight.flatten(1), bias,
-        f"1x1 convolution before the pooling ({op.where}): {weight.shape[1]} -> "
-        f"{weight.shape[0]}, moved after it (they commute)",
+        f"1x1 convolution {weight.shape[1]} -> {weight.shape[0]} in {op.site}, before the "
+        "pooling (moved after it: they commute)",
     )

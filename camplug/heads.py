@@ -15,13 +15,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .errors import UnsupportedHeadError
-from .fold import HeadStep
+from .fold import HeadStep, LinearStep
 from .head_ops import (
     DROPOUTS,
     PERMUTES,
@@ -35,8 +35,8 @@ from .head_ops import (
 )
 from .recorder import ForwardRecorder, ModuleCall, Op, Value, tensors_in
 
-OutputSelector = Union[int, str, Callable[[Any], torch.Tensor], None]
-LayerSpec = Union[str, nn.Module, None]
+OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
+LayerSpec = str | nn.Module | None
 
 # Operations allowed between a user-chosen ``layer`` and the pooling (replayed on its output).
 _FEATURE_PATH_OPS = frozenset({
@@ -116,8 +116,8 @@ class HeadInfo:
             f"features  : {self.feature_source} -> [B, {k}, {h}, {w}]{tokens}, "
             f"{str(self.feature_dtype).replace('torch.', '')}",
             f"pooling   : {self.pooling}",
-            f"classifier: {self.classifier} -> {self.num_classes} classes",
-            "head      : " + ("; ".join(self.folded) if self.folded else "(identity)"),
+            f"classifier: {self.classifier} ({self.num_classes} classes)",
+            "head      : " + ("\n            ".join(self.folded) if self.folded else "identity"),
             f"capture   : {self.capture.describe()}",
         ]
         return "\n".join(lines)
@@ -244,7 +244,7 @@ def record_forward(
     return recorder, value
 
 
-def _input_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
+def input_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
     first = next((t for t in tensors_in((args, kwargs)) if t.dim() >= 3), None)
     return (int(first.shape[-2]), int(first.shape[-1])) if first is not None else None
 
@@ -276,7 +276,7 @@ def find_head(
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     kwargs = dict(example_kwargs or {})
     recorder, logits = record_forward(model, args, kwargs, output)
-    return analyze(recorder, logits, name, _input_size(args, kwargs))
+    return analyze(recorder, logits, name, input_size_of(args, kwargs))
 
 
 def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
@@ -379,16 +379,29 @@ def _capture_point(
 
 
 def _describe_source(value: Value) -> str:
+    """``output of `layer4` (Sequential)``, ``relu (in Net.forward) of output of ...``."""
     call = _outermost_output(value)
-    if call is not None:
-        return f"output of `{call.name}` ({type(call.module).__name__})" if call.name else (
-            "the model input")
+    if call is not None and call.name:
+        return f"output of {call.label}"
     op = value.producer
     if op is None:
         return "the model input"
-    upstream = next((v for v in op.tainted_inputs), None)
+    upstream = next(iter(op.tainted_inputs), None)
+    text = _index_text(op.args[1]) if op.name == "__getitem__" else op.name
     source = f" of {_describe_source(upstream)}" if upstream is not None else ""
-    return f"{op.name}{source} in {op.owner.label if op.owner else 'forward'}"
+    return f"{text} (in {op.site}){source}"
+
+
+def _index_text(index: Any) -> str:
+    """``[:, 3:]`` for (slice(None), slice(3, None))."""
+    def one(item: Any) -> str:
+        if isinstance(item, slice):
+            parts = ["" if v is None else str(v) for v in (item.start, item.stop)]
+            return ":".join(parts) + (f":{item.step}" if item.step is not None else "")
+        return "..." if item is Ellipsis else repr(item)
+
+    items = index if isinstance(index, tuple) else (index,)
+    return "[" + ", ".join(one(i) for i in items) + "]"
 
 
 def _grid_from_recording(recorder: ForwardRecorder, pool: Op, tokens: int,
@@ -441,8 +454,8 @@ def analyze(
         grid = None
         feature_shape = tuple(shape[1:]) if layout == "nchw" else (shape[3], shape[1], shape[2])
     all_steps = (*conv_steps, *steps)
-    weighted = [s for s in all_steps if hasattr(s, "weight")]
-    classifier = weighted[-1].description if weighted else "none (the pooled channels are the logits)"
+    weighted = [s for s in all_steps if isinstance(s, LinearStep)]
+    classifier = weighted[-1].description if weighted else "none (pooled channels = logits)"
     k_in = feature_shape[0]
     if not all_steps and k_in != logits.shape[1]:
         raise UnsupportedHeadError("the pooled features do not match the logits")
@@ -455,7 +468,7 @@ def analyze(
         feature_dtype=captured.dtype,
         layout=layout,
         token_grid=grid,
-        pooling=f"{pool.name} ({pool.where})",
+        pooling=f"{pool.name} in {pool.site}",
         classifier=classifier,
         num_classes=int(logits.shape[1]),
         folded=tuple(s.description for s in all_steps),

@@ -34,9 +34,9 @@ class ModuleCall:
 
     @property
     def label(self) -> str:
-        """``name`` (ClassName), the root shown as its class name only."""
+        """```name`` (ClassName)``; the root as ``ClassName.forward``."""
         kind = type(self.module).__name__
-        return f"`{self.name}` ({kind})" if self.name else f"the model's own forward ({kind})"
+        return f"`{self.name}` ({kind})" if self.name else f"{kind}.forward"
 
 
 @dataclass(eq=False)
@@ -74,9 +74,14 @@ class Op:
         return [value for value in self.inputs if value.tainted]
 
     @property
+    def site(self) -> str:
+        """The module the call ran in, for messages."""
+        return self.owner.label if self.owner else "the forward"
+
+    @property
     def where(self) -> str:
-        """Human description of the call site."""
-        return f"`{self.name}` in {self.owner.label}" if self.owner else f"`{self.name}`"
+        """The call and its site, for messages."""
+        return f"`{self.name}` in {self.site}"
 
     def arg(self, position: int, name: str, default: Any = None) -> Any:
         """The argument passed at ``position`` or as keyword ``name``."""

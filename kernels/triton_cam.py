@@ -25,7 +25,7 @@ import triton.language as tl
 from .reference import EPS
 
 _EPS = tl.constexpr(EPS)
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on")
 
 # Launch settings: every block size and warp count is chosen here.
 _MAX_CLASS_BLOCK = 64  # classes per program in launch 1: the features are read once per block
@@ -113,11 +113,11 @@ def launch_settings(
     )
 
 
-def _tuning_configs(stages: tuple[int, ...]) -> list[triton.Config]:
+def _tuning_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:
     """Autotuning candidates (warps, pipeline stages); one configuration when interpreting."""
     if _INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in stages]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
 
 
 @functools.cache
@@ -128,7 +128,7 @@ def _sm_count(device: torch.device) -> int:
 
 
 @triton.autotune(
-    configs=_tuning_configs(stages=(1, 2, 3)),
+    configs=_tuning_configs(warps=(4, 8), stages=(1, 2, 3)),  # 8192 accumulators: >= 4 warps
     key=["C", "K", "HW", "BLOCK_C", "BLOCK_K", "BLOCK_S", "USE_DOT"],
 )
 @triton.jit
@@ -183,7 +183,7 @@ def _weighted_sum_kernel(
 
 
 @triton.autotune(
-    configs=_tuning_configs(stages=(1,)),
+    configs=_tuning_configs(warps=(2, 4, 8), stages=(1,)),
     key=["H_OUT", "W_OUT", "H_IN", "W_IN", "BLOCK_H", "BLOCK_W", "NORMALIZE", "RESAMPLE"],
 )
 @triton.jit
@@ -316,6 +316,7 @@ def cam_triton(
             s.class_blocks, s.position_blocks,
             RELU=relu, USE_DOT=s.use_dot,
             BLOCK_C=s.block_c, BLOCK_K=s.block_k, BLOCK_S=s.block_s,
+            enable_fp_fusion=True,
         )  # fmt: skip
         _normalize_upsample_kernel[(batch * classes * s.tiles_per_map,)](
             raw, out,
@@ -325,5 +326,6 @@ def cam_triton(
             NORMALIZE=normalize, RESAMPLE=(h, w) != (out_h, out_w),
             OUT_UINT8=out.dtype == torch.uint8,
             BLOCK_HW=s.block_hw, BLOCK_H=s.block_h, BLOCK_W=s.block_w,
+            enable_fp_fusion=True,  # FMAs, as nvcc compiles PyTorch's upsampling
         )  # fmt: skip
     return out

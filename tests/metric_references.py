@@ -26,22 +26,43 @@ def components(mask: np.ndarray) -> list[tuple[list[int], int]]:
     return out
 
 
-def threshold_boxes(cam: np.ndarray, thresholds, multi_contour: bool, convention: str):
-    """Boxes per threshold: numpy uint8 quantization, ``q > int(tau * max q)``, scipy labels."""
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+
+
+def hole_borders(mask: np.ndarray) -> list[list[int]]:
+    """Boxes of OpenCV's hole contours: 4-connected background regions away from the image
+    border, grown by one pixel (the ring of foreground pixels around each hole)."""
+    height, width = mask.shape
+    labels, _ = ndimage.label(~mask, structure=FOUR_CONNECTED)
+    out = []
+    for rows, cols in ndimage.find_objects(labels):
+        x0, y0, x1, y1 = cols.start, rows.start, cols.stop - 1, rows.stop - 1
+        if x0 > 0 and y0 > 0 and x1 < width - 1 and y1 < height - 1:
+            out.append([x0 - 1, y0 - 1, x1 + 1, y1 + 1])
+    return out
+
+
+def threshold_boxes(cam: np.ndarray, thresholds, multi_contour: bool, compat: str):
+    """Boxes per threshold: numpy uint8 quantization, ``q > int(tau * max q)``, scipy labels.
+
+    compat="wsolevaluation": box ends one past the last pixel (clipped), hole borders added in
+    V2, [0, 0, 0, 0] when nothing is foreground.
+    """
     levels = (cam * 255).astype(np.uint8)  # product in the map's own float dtype
     height, width = cam.shape
     result = []
     for tau in thresholds:
-        cut = int(float(tau) * int(levels.max()))
-        found = components(levels > cut)
+        foreground = levels > int(float(tau) * int(levels.max()))
+        found = components(foreground)
         if not multi_contour and found:
             best_area = max(area for _, area in found)
             found = [next(c for c in found if c[1] == best_area)]  # first in raster order
-        boxes = []
-        for (x0, y0, x1, y1), _ in found:
-            if convention == "wsolevaluation":
-                x1, y1 = min(x1 + 1, width - 1), min(y1 + 1, height - 1)
-            boxes.append([x0, y0, x1, y1])
+        boxes = [box for box, _ in found]
+        if compat == "wsolevaluation":
+            if multi_contour:
+                boxes += hole_borders(foreground)
+            boxes = [[x0, y0, min(x1 + 1, width - 1), min(y1 + 1, height - 1)]
+                     for x0, y0, x1, y1 in boxes] or [[0, 0, 0, 0]]
         result.append(boxes)
     return result
 
@@ -56,12 +77,12 @@ def iou(a, b) -> float:
     return inter / (area_a + area_b - inter)
 
 
-def box_ious(cams, gt_boxes, thresholds, multi_contour: bool, convention: str = "inclusive"):
+def box_ious(cams, gt_boxes, thresholds, multi_contour: bool, compat: str = "none"):
     """[N][T] best IoU; ``gt_boxes[i]`` is a list of boxes of image i."""
     table = []
     for cam, objects in zip(cams, gt_boxes, strict=True):
         row = []
-        for boxes in threshold_boxes(cam, thresholds, multi_contour, convention):
+        for boxes in threshold_boxes(cam, thresholds, multi_contour, compat):
             row.append(max((iou(p, g) for p in boxes for g in objects), default=0.0))
         table.append(row)
     return table
@@ -140,7 +161,8 @@ def bilinear(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def linear_probability(weight, bias, image: np.ndarray, target: int) -> float:
     """Softmax probability of ``target`` for a linear model on the flattened image."""
-    logits = [float(np.dot(w_row, image.ravel()) + b) for w_row, b in zip(weight, bias, strict=True)]
+    pixels = image.ravel()
+    logits = [float(np.dot(row, pixels) + b) for row, b in zip(weight, bias, strict=True)]
     top = max(logits)
     exps = [math.exp(v - top) for v in logits]
     return exps[target] / sum(exps)

@@ -153,18 +153,19 @@ def test_uint8_is_round_half_up_of_float_output():
     diff = (as_u8.float() - want).abs()
     # A GPU may fuse 255 * v + 0.5 into one FMA: ties can then round the other way.
     assert diff.max() <= 1 and (diff == 0).float().mean() >= 0.99
-    assert as_u8.min() == 0 and as_u8.max() == 255
+    assert as_u8.max() - as_u8.min() > 128  # the maps span most of the range
 
 
-def test_empty_batch_launches_nothing(monkeypatch):
+@pytest.mark.parametrize(("batch", "classes"), [(0, 2), (3, 0)], ids=["B0", "C0"])
+def test_empty_result_launches_nothing(monkeypatch, batch, classes):
     def no_launch(*args, **kwargs):
-        raise AssertionError("an empty batch must not launch a kernel")
+        raise AssertionError("an empty result must not launch a kernel")
 
     monkeypatch.setattr(triton_cam, "_weighted_sum_kernel", no_launch)
     monkeypatch.setattr(triton_cam, "_normalize_upsample_kernel", no_launch)
-    features, weights = inputs(0, 8, 3, 3, 2)
+    features, weights = inputs(batch, 8, 3, 3, classes)
     out = cam(features, weights, (6, 7), out_dtype=torch.uint8, backend="triton")
-    assert out.shape == (0, 2, 6, 7) and out.dtype == torch.uint8
+    assert out.shape == (batch, classes, 6, 7) and out.dtype == torch.uint8
 
 
 def test_inputs_are_not_modified():

@@ -3,14 +3,16 @@
 Maps compared (every one min-max normalized per image, scored with ``camplug.metrics`` on the
 labelled class):
 
-- ``CAM``: the model's class activation map (``camplug.attach``), bilinearly upsampled;
+- ``CAM``: the model's class activation map (``camplug.attach``): normalized at the feature
+  resolution, then bilinearly upsampled;
 - ``centre Gaussian``: exp(-d^2 / (2 sigma^2)) around the image centre, sigma = a quarter of
   the image side; it knows nothing about the image (the "centre bias" baseline of Choe et al.);
 - ``smoothed random``: i.i.d. uniform noise blurred with a Gaussian of sigma = 1/16 of the
   side (seeded); smoothing matters, as multi-contour MaxBoxAccV2 rewards raw pixel noise;
 - ``untrained CAM``: the CAM of the same architecture with random weights
   (``camplug.zoo.untrained_demo_model``; only when the model is the demo architecture);
-- ``LayerGradCam``: Captum's Grad-CAM on the layer CAM uses, ReLU applied, upsampled;
+- ``LayerGradCam``: Captum's Grad-CAM on the layer CAM uses, ReLU applied, normalized and
+  upsampled like CAM (on a GAP + linear model it is ReLU(CAM) up to a constant factor);
 - ``Saliency``: Captum's absolute input gradient, maximum over colour channels.
 """
 
@@ -152,7 +154,8 @@ def _grad_cam_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
 
     def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         maps = explainer.attribute(images, target=labels, relu_attributions=True)
-        return minmax(_upsample(maps[:, 0].detach(), tuple(images.shape[-2:])))
+        # as for CAM: normalize the low-resolution map, then upsample
+        return _upsample(minmax(maps[:, 0]), tuple(images.shape[-2:])).clamp(0, 1)
 
     return run
 
@@ -199,8 +202,9 @@ def localization_table(
             untrained = zoo.untrained_demo_model(seed, model.classifier.out_features)
         else:
             methods.remove("untrained CAM")
-    training = {name: m.training for name, m in model.named_modules()}
-    original_device = next(model.parameters()).device
+    from .pipeline import ModelState, describe_dataset
+
+    state = ModelState(model)
     model.eval().to(device)
     if untrained is not None:
         untrained.eval().to(device)
@@ -228,9 +232,7 @@ def localization_table(
                 scores[method].add(maps, boxes, masks, grid.to(device))
             n += b
     finally:
-        model.to(original_device)
-        for name, module in model.named_modules():
-            module.train(training[name])
+        state.restore()
     rows = []
     for method in methods:
         s = scores[method]
@@ -238,8 +240,6 @@ def localization_table(
         v2 = metrics.max_box_acc_from_ious(torch.cat(s.ious_v2), grid, iou_thresholds)
         pxap = None if s.counts is None else metrics.pxap_from_counts(*s.counts)
         rows.append(LocalizationRow(method, v2, v1, pxap))
-    from .pipeline import describe_dataset
-
     return LocalizationTable(tuple(rows), n, describe_dataset(data))
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from camplug import metrics
 
-from .batches import canonical_sample
+from .batches import Sample, canonical_sample
 from .report import GalleryItem, Plot, ReportContent, histogram_plot, threshold_curve_plot
 from .report import write_report as write_html
 from .store import SampleRow
@@ -65,18 +65,36 @@ def _class_name(names: Sequence[str] | None, index: int | None) -> str:
     return f"{names[index]} ({index})" if names and 0 <= index < len(names) else str(index)
 
 
+def sample_cams(samples: Sequence[Sample], *, model: nn.Module, capture,
+                device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
+    """The CAM of each sample's label, float [H, W] in [0, 1], computed in batches of samples
+    of one image shape."""
+    cams: list[torch.Tensor | None] = [None] * len(samples)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for k, sample in enumerate(samples):
+        by_shape.setdefault(tuple(sample.image.shape), []).append(k)
+    for group in by_shape.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            images = torch.stack([samples[k].image for k in chunk]).to(device)
+            labels = torch.tensor([[samples[k].label] for k in chunk], device=device)
+            with torch.no_grad():
+                model(images)
+                maps = capture.maps(target=labels, size="input", normalize=True)
+            for k, cam in zip(chunk, maps[:, 0].float().clamp(0, 1), strict=True):
+                cams[k] = cam
+    return cams  # type: ignore[return-value]
+
+
 def gallery_items(
     chosen: Sequence[SampleRow], *, model: nn.Module, capture, data: Dataset,
     device: torch.device, threshold: float, column: int, class_names: Sequence[str] | None,
 ) -> list[GalleryItem]:
     """Recompute the CAMs of ``chosen`` samples and draw their boxes at ``threshold``."""
+    samples = [canonical_sample(r.sample_index, data[r.sample_index]) for r in chosen]
+    cams = sample_cams(samples, model=model, capture=capture, device=device)
     items = []
-    for row in chosen:
-        sample = canonical_sample(row.sample_index, data[row.sample_index])
-        with torch.no_grad():
-            model(sample.image.unsqueeze(0).to(device))
-            cam = capture.maps(target=torch.tensor([[sample.label]], device=device),
-                               size="input", normalize=True)[0, 0].float().clamp(0, 1)
+    for row, sample, cam in zip(chosen, samples, cams, strict=True):
         predicted = metrics.threshold_boxes(cam, [threshold], multi_contour=True)[0]
         caption = [
             f"label {_class_name(class_names, row.label)}",
@@ -141,12 +159,13 @@ def build_report(
         threshold = summary.best_threshold()
         column = int(np.argmin(np.abs(summary.thresholds - threshold)))
         plots = _plots(summary, ok, column)
-        gallery = {
-            title: gallery_items(chosen, model=model, capture=capture, data=data,
-                                 device=device, threshold=threshold, column=column,
-                                 class_names=class_names)
-            for title, chosen in select_gallery(ok, column, gallery_size).items()
-        }
+        sections = select_gallery(ok, column, gallery_size)
+        unique = {r.sample_index: r for rows_ in sections.values() for r in rows_}
+        items = dict(zip(unique, gallery_items(
+            list(unique.values()), model=model, capture=capture, data=data, device=device,
+            threshold=threshold, column=column, class_names=class_names), strict=True))
+        gallery = {title: [items[r.sample_index] for r in chosen]
+                   for title, chosen in sections.items()}
     errors = [(r.sample_id, r.error or "") for r in rows if r.error is not None]
     notes = [
         f"CAM thresholds: {len(summary.thresholds)} values from {summary.thresholds[0]:g} to "

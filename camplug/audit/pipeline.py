@@ -85,8 +85,14 @@ def run_config(
     }
 
 
+DISPLAY_ONLY = ("model", "dataset")  # names as the user gave them: not part of the identity
+
+
 def run_id_of(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """The run's identity: a hash of everything in ``config`` that determines the results
+    (the model's and dataset's fingerprints, not the names they were given)."""
+    identity = {k: v for k, v in config.items() if k not in DISPLAY_ONLY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_arguments(batch_size: int, thresholds: np.ndarray,
@@ -109,7 +115,7 @@ def _pick_device(device: str | torch.device | None, ctx: distributed.DistContext
     return torch.device("cpu")
 
 
-class _ModelState:
+class ModelState:
     """The model's training flags and device, restored after the audit."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -245,7 +251,7 @@ def _run(model, data, *, ctx, run_id, config, n, done, pending, db_path, shard_p
          gallery_size, progress) -> AuditSummary:
     from camplug import attach
 
-    state = _ModelState(model)
+    state = ModelState(model)
     status = "failed"
     try:
         model.eval()

@@ -101,12 +101,16 @@ def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, colour: tuple[int, int, int],
 
 
 def gallery_image(item: GalleryItem) -> bytes:
-    """The PNG of one gallery tile: the CAM over the image, enlarged, boxes drawn."""
-    blended = overlay(item.rgb, item.cam)
-    scale = max(1, GALLERY_SCALE_TARGET // max(blended.shape[:2]))
-    big = np.repeat(np.repeat(blended, scale, axis=0), scale, axis=1)
-    big = draw_boxes(big, item.pred_boxes, PRED_COLOUR, scale)
-    return png_bytes(draw_boxes(big, item.gt_boxes, GT_COLOUR, scale))
+    """The PNG of one gallery tile: the image (left) and the CAM over it (right), enlarged,
+    both with the ground-truth boxes (green) and the CAM's boxes (red)."""
+    scale = max(1, GALLERY_SCALE_TARGET // max(item.rgb.shape[:2]))
+    panels = []
+    for panel in (item.rgb, overlay(item.rgb, item.cam)):
+        big = np.repeat(np.repeat(panel, scale, axis=0), scale, axis=1)
+        big = draw_boxes(big, item.pred_boxes, PRED_COLOUR, scale)
+        panels.append(draw_boxes(big, item.gt_boxes, GT_COLOUR, scale))
+    gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    return png_bytes(np.concatenate([panels[0], gap, panels[1]], axis=1))
 
 
 # plots ------------------------------------------------------------------------------------
@@ -127,11 +131,15 @@ def _figure_png(fig) -> bytes:
 def threshold_curve_plot(
     thresholds: np.ndarray, curves: dict[str, np.ndarray], title: str
 ) -> bytes:
-    """Accuracy (%) against the CAM threshold, one line per curve name."""
+    """Accuracy (%) against the CAM threshold, one line per curve; names "V2, ..." are solid and
+    "v1, ..." dashed, in one colour per text after the last comma (the IoU threshold)."""
     fig, ax = _new_axes((5.5, 3.6))
+    colours = {}
     for name, values in curves.items():
-        ax.plot(thresholds, 100 * np.asarray(values), label=name,
-                linestyle="--" if "v1" in name else "-")
+        group = name.split(",")[-1]  # the same colour for the same IoU threshold
+        colour = colours.setdefault(group, f"C{len(colours)}")
+        ax.plot(thresholds, 100 * np.asarray(values), label=name, color=colour,
+                linestyle="--" if name.startswith("v1") else "-")
     ax.set_xlabel("CAM threshold (fraction of the map's range)")
     ax.set_ylabel("images with IoU >= delta (%)")
     ax.set_ylim(0, 100)
@@ -167,7 +175,7 @@ th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .plots, .gallery { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: .8em; color: #555; max-width: 420px; }
-.tile { width: 200px; font-size: .78em; } .tile img { width: 192px; image-rendering: pixelated; }
+.tile { width: 392px; font-size: .78em; } .tile img { width: 388px; image-rendering: pixelated; }
 .legend span { display: inline-block; width: 1em; height: .6em; margin: 0 .3em 0 1em; }
 .notes li { font-size: .85em; color: #444; }
 """
@@ -223,7 +231,7 @@ def render_html(content: ReportContent) -> str:
         )
     parts.append("</div><h2>Gallery</h2>")
     parts.append(
-        '<p class="legend">CAM of the labelled class over the image;'
+        '<p class="legend">Each tile: the image, then the CAM of the labelled class over it;'
         f'<span style="background: rgb{GT_COLOUR}"></span>ground-truth box'
         f'<span style="background: rgb{PRED_COLOUR}"></span>CAM boxes at the best threshold</p>'
     )

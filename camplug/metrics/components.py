@@ -1,4 +1,4 @@
-"""8-connected components of binary masks, vectorized in torch (CPU or CUDA).
+"""Connected components (8- or 4-connected) of binary masks, vectorized in torch (CPU or CUDA).
 
 The core works on superlevel sets: for integer maps ``levels`` [N, H, W] and integer cuts
 [N, T] it finds the components of every mask ``levels[n] > cuts[n, t]`` at once, without
@@ -11,10 +11,11 @@ Method:
    sorted cuts, found by binary search; runs end symmetrically with the right neighbour.
    Runs are keyed by ((n * T + t) * H + y) * W + x of their first (or last) pixel; the i-th
    start and the i-th end in key order belong to the same run.
-2. Edges. Two runs in adjacent rows touch (8-connectivity) exactly when the lower run's first
-   pixel has foreground of the upper run above it or above-left, or the upper run's first
-   pixel has foreground of the lower run below-left. Three look-ups per run therefore give
-   every edge; the run holding a looked-up pixel is found by binary search over run starts.
+2. Edges. With 8-connectivity two runs in adjacent rows touch exactly when the lower run's
+   first pixel has foreground of the upper run above it or above-left, or the upper run's
+   first pixel has foreground of the lower run below-left; with 4-connectivity, directly above
+   or directly below. These look-ups per run give every edge; the run holding a looked-up
+   pixel is found by binary search over run starts.
 3. Union-find over the run graph: every root is hooked to the smallest root it touches, then
    pointers jump until each run points at its root; repeated until no edge joins two roots
    (a convergence check, not a fixed count). A component's root is its first run in raster
@@ -86,8 +87,13 @@ def _crossing_keys(first: torch.Tensor, count: torch.Tensor, num_cuts: int) -> t
     return torch.sort(keys).values
 
 
-def _run_edges(levels: torch.Tensor, cuts: torch.Tensor, start: torch.Tensor):
-    """Index pairs of touching runs, from three look-ups around each run's first pixel."""
+# Look-ups (row offset, column offset) from each run's first pixel that find every pair of
+# touching runs in adjacent rows (see the module docstring).
+_LOOKUPS = {8: ((-1, -1), (-1, 0), (1, -1)), 4: ((-1, 0), (1, 0))}
+
+
+def _run_edges(levels: torch.Tensor, cuts: torch.Tensor, start: torch.Tensor, connectivity: int):
+    """Index pairs of touching runs, from look-ups around each run's first pixel."""
     _, h, w = levels.shape
     num_cuts = cuts.shape[1]
     slot = start // (h * w)
@@ -97,7 +103,7 @@ def _run_edges(levels: torch.Tensor, cuts: torch.Tensor, start: torch.Tensor):
     cut = cuts.reshape(-1)[slot]
     flat_levels = levels.reshape(-1)
     own, other = [], []
-    for dy, dx in ((-1, -1), (-1, 0), (1, -1)):
+    for dy, dx in _LOOKUPS[connectivity]:
         inside = ((row + dy >= 0) & (row + dy < h) & (col + dx >= 0)).nonzero().squeeze(1)
         pixel = (row[inside] + dy) * w + col[inside] + dx
         foreground = flat_levels[image[inside] * (h * w) + pixel] > cut[inside]
@@ -128,11 +134,11 @@ def _union_find(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return parent
 
 
-def _label_runs(levels: torch.Tensor, cuts: torch.Tensor) -> _Runs:
+def _label_runs(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> _Runs:
     num_cuts = cuts.shape[1]
     start = _crossing_keys(*_crossing_counts(levels, _shifted(levels, -1), cuts), num_cuts)
     end = _crossing_keys(*_crossing_counts(levels, _shifted(levels, +1), cuts), num_cuts)
-    a, b = _run_edges(levels, cuts, start)
+    a, b = _run_edges(levels, cuts, start, connectivity)
     return _Runs(start=start, end=end, root=_union_find(start.numel(), a, b))
 
 
@@ -162,7 +168,7 @@ def _stats_from_runs(runs: _Runs, h: int, w: int) -> Components:
     )
 
 
-def _check_levels(levels: torch.Tensor, cuts: torch.Tensor) -> None:
+def _check_levels(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> None:
     for name, t, dims in (("levels", levels, "[N, H, W]"), ("cuts", cuts, "[N, T]")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -178,28 +184,37 @@ def _check_levels(levels: torch.Tensor, cuts: torch.Tensor) -> None:
         raise ValueError(f"levels on {levels.device} but cuts on {cuts.device}")
     if cuts.shape[1] > 1 and bool((cuts[:, 1:] < cuts[:, :-1]).any()):
         raise ValueError("cuts must be non-decreasing along T in every row")
+    _check_connectivity(connectivity)
 
 
-def superlevel_components(levels: torch.Tensor, cuts: torch.Tensor) -> Components:
+def _check_connectivity(connectivity: int) -> None:
+    if connectivity not in _LOOKUPS:
+        raise ValueError(f"connectivity must be 8 or 4, got {connectivity!r}")
+
+
+def superlevel_components(
+    levels: torch.Tensor, cuts: torch.Tensor, connectivity: int = 8
+) -> Components:
     """Components of every mask ``levels[n] > cuts[n, t]``.
 
-    ``levels``: integer [N, H, W]; ``cuts``: integer [N, T], non-decreasing along T. Returns
-    ``Components`` with slot = n * T + t, on the inputs' device.
+    ``levels``: integer [N, H, W]; ``cuts``: integer [N, T], non-decreasing along T;
+    ``connectivity``: 8 (diagonal neighbours touch) or 4. Returns ``Components`` with
+    slot = n * T + t, on the inputs' device.
     """
-    _check_levels(levels, cuts)
+    _check_levels(levels, cuts, connectivity)
     levels, cuts = levels.to(torch.int64).contiguous(), cuts.to(torch.int64).contiguous()
-    n, h, w = levels.shape
-    num_cuts = cuts.shape[1]
+    n = levels.shape[0]
     # Split the batch so that no chunk holds more than _MAX_RUNS_PER_CHUNK runs.
     _, count = _crossing_counts(levels, _shifted(levels, -1), cuts)
     per_image = count.sum(1).tolist()
-    parts, begin, acc = [], 0, 0
+    bounds, begin, acc = [], 0, 0
     for i, runs in enumerate(per_image):
         if i > begin and acc + runs > _MAX_RUNS_PER_CHUNK:
-            parts.append(_chunk_components(levels[begin:i], cuts[begin:i], begin, num_cuts))
+            bounds.append((begin, i))
             begin, acc = i, 0
         acc += runs
-    parts.append(_chunk_components(levels[begin:n], cuts[begin:n], begin, num_cuts))
+    bounds.append((begin, n))
+    parts = [_chunk_components(levels, cuts, lo, hi, connectivity) for lo, hi in bounds]
     return Components(
         slot=torch.cat([p.slot for p in parts]),
         boxes=torch.cat([p.boxes for p in parts]),
@@ -207,45 +222,42 @@ def superlevel_components(levels: torch.Tensor, cuts: torch.Tensor) -> Component
     )
 
 
-def _chunk_components(levels, cuts, first_image: int, num_cuts: int) -> Components:
+def _chunk_components(levels, cuts, begin: int, end: int, connectivity: int) -> Components:
     h, w = levels.shape[-2:]
-    part = _stats_from_runs(_label_runs(levels, cuts), h, w)
-    return Components(part.slot + first_image * num_cuts, part.boxes, part.areas)
+    part = _stats_from_runs(_label_runs(levels[begin:end], cuts[begin:end], connectivity), h, w)
+    return Components(part.slot + begin * cuts.shape[1], part.boxes, part.areas)
 
 
-def _check_masks(masks: torch.Tensor) -> None:
+def _as_levels(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
     if masks.dtype != torch.bool:
         raise TypeError(f"masks must be a bool tensor [..., H, W], got dtype {masks.dtype}")
     if masks.dim() < 2:
         raise ValueError(f"masks must have shape [..., H, W], got {tuple(masks.shape)}")
-
-
-def _as_levels(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_masks(masks)
     h, w = masks.shape[-2:]
     levels = masks.reshape(-1, h, w).to(torch.int64)
     return levels, torch.zeros(levels.shape[0], 1, dtype=torch.int64, device=masks.device)
 
 
-def connected_components(masks: torch.Tensor) -> Components:
-    """Bounding boxes and areas of the 8-connected components of ``masks``.
+def connected_components(masks: torch.Tensor, connectivity: int = 8) -> Components:
+    """Bounding boxes and areas of the connected components of ``masks``.
 
     ``masks``: bool [..., H, W] on any device (e.g. [N, H, W] or [N, T, H, W]); the leading
-    dims are flattened row-major into ``Components.slot``.
+    dims are flattened row-major into ``Components.slot``. ``connectivity``: 8 or 4.
     """
-    return superlevel_components(*_as_levels(masks))
+    return superlevel_components(*_as_levels(masks), connectivity=connectivity)
 
 
-def label_components(masks: torch.Tensor) -> torch.Tensor:
+def label_components(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
     """Per-pixel component labels of ``masks`` (bool [..., H, W]) -> int64 [..., H, W].
 
     0 is background; within each mask the components are numbered 1, 2, ... in the raster
     order of their first pixel (the numbering of ``scipy.ndimage.label``).
     """
     levels, cuts = _as_levels(masks)
-    runs = _label_runs(levels, cuts)
+    _check_connectivity(connectivity)
+    runs = _label_runs(levels, cuts, connectivity)
     device = levels.device
     hw = levels.shape[1] * levels.shape[2]
     is_root = runs.root == torch.arange(runs.start.numel(), device=device)

@@ -17,17 +17,20 @@ Conventions shared by every function here:
   i.e. strictly above, like cv2.THRESH_BINARY. The foreground's 8-connected components give
   the predicted boxes: every component in V2 ("multi-contour"), only the largest in v1, where
   largest means most pixels and ties go to the component whose first pixel comes first in
-  raster order. A map whose levels are all 0 has no foreground and scores IoU 0.
+  raster order. A map whose levels are all 0 has no foreground: IoU 0 (but see compat).
 - Default box thresholds: 0, 0.01, ..., 0.99, bit-identical to numpy.arange(0, 1, 0.01).
 - Rates (MaxBoxAcc, PxAP, pointing accuracy) are fractions in [0, 1]; per-sample values are
   float64, so an IoU of exactly 0.7 passes ``>= 0.7``.
 
-Known differences from Choe et al.'s code (which uses OpenCV contours): there v1 picks the
-contour of largest polygon area (cv2.contourArea, which is 0 for any one-pixel-wide shape)
-rather than the component with the most pixels, and V2 also scores the boxes of hole contours
-(cv2.RETR_TREE). Their boxes end one pixel past the last foreground pixel, clipped to the
-image (x1 = x + w of cv2.boundingRect); ``box_convention="wsolevaluation"`` reproduces that
-end, the default "inclusive" gives the true bounding box.
+Compatibility with Choe et al.'s code (wsolevaluation, which uses OpenCV contours). By
+default (``compat="none"``) the candidate boxes are the true bounding boxes of the foreground
+components. ``compat="wsolevaluation"`` reproduces that code's candidates: boxes end one pixel
+past the last foreground pixel, clipped to the image (x1 = x + w of cv2.boundingRect); V2
+also scores the boxes of hole contours (cv2.RETR_TREE), i.e. of every 4-connected background
+region not touching the image border, grown by one pixel; a map without foreground scores
+the box [0, 0, 0, 0]. One difference remains in either mode: their v1 picks the contour of
+largest polygon area (cv2.contourArea, 0 for any one-pixel-wide shape), ours the component
+with the most pixels.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 from .components import Components, superlevel_components
 from .validation import BoxesLike, as_box_batch, as_thresholds, check_cams, check_masks
 
-BoxConvention = Literal["inclusive", "wsolevaluation"]
+Compat = Literal["none", "wsolevaluation"]
 ThresholdsLike = torch.Tensor | Sequence[float] | None
 
 CAM_PAPER_THRESHOLD = 0.2
@@ -83,36 +86,57 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a + area_b - inter)
 
 
-def _check_convention(box_convention: str) -> None:
-    if box_convention not in ("inclusive", "wsolevaluation"):
-        raise ValueError(
-            f"box_convention must be 'inclusive' or 'wsolevaluation', got {box_convention!r}"
-        )
+def _check_compat(compat: str) -> None:
+    if compat not in ("none", "wsolevaluation"):
+        raise ValueError(f"compat must be 'none' or 'wsolevaluation', got {compat!r}")
 
 
 @dataclass(frozen=True)
-class _ThresholdComponents:
-    components: Components  # slot = n * T + (index of the threshold in sorted order)
+class _Candidates:
+    """Candidate boxes of N maps at T thresholds; slot = n * T + index in sorted order."""
+
+    components: Components  # one box per foreground component
+    holes: Components | None  # hole-border boxes (compat="wsolevaluation" only)
     order: torch.Tensor  # int64 [T]: sorted position j holds thresholds[order[j]]
     num_thresholds: int
 
 
-def _threshold_components(
-    cams: torch.Tensor, thresholds: torch.Tensor, box_convention: str
-) -> _ThresholdComponents:
+def _wsolevaluation_ends(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """x1, y1 one past the last pixel, clipped to the image (x + w of cv2.boundingRect)."""
+    ends = torch.stack(
+        [(boxes[:, 2] + 1).clamp_max(w - 1), (boxes[:, 3] + 1).clamp_max(h - 1)], dim=1
+    )
+    return torch.cat([boxes[:, :2], ends], dim=1)
+
+
+def _hole_borders(levels: torch.Tensor, cuts: torch.Tensor) -> Components:
+    """Boxes of the hole contours cv2.RETR_TREE reports: every 4-connected background
+    component that does not touch the image border, grown by one pixel on each side."""
+    h, w = levels.shape[-2:]
+    t = cuts.shape[1]
+    # Background levels <= cut, i.e. -levels > -cut - 1; flip T to keep the cuts ascending.
+    background = superlevel_components(-levels, (-cuts - 1).flip(1), connectivity=4)
+    boxes = background.boxes
+    enclosed = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w - 1) & (boxes[:, 3] < h - 1)
+    slot = background.slot[enclosed]
+    slot = slot - slot % t + (t - 1 - slot % t)
+    grow = torch.tensor([-1, -1, 1, 1], device=boxes.device)
+    return Components(slot, boxes[enclosed] + grow, background.areas[enclosed])
+
+
+def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, compat: str) -> _Candidates:
+    h, w = cams.shape[-2:]
     levels = quantize_cams(cams)
     ascending, order = torch.sort(thresholds, stable=True)
     top = levels.amax(dim=(1, 2)).to(torch.float64)
     cuts = torch.floor(ascending.to(cams.device)[None, :] * top[:, None]).to(torch.int64)
     found = superlevel_components(levels, cuts)
-    if box_convention == "wsolevaluation":
-        h, w = cams.shape[-2:]
-        ends = torch.stack(
-            [(found.boxes[:, 2] + 1).clamp_max(w - 1), (found.boxes[:, 3] + 1).clamp_max(h - 1)],
-            dim=1,
-        )
-        found = Components(found.slot, torch.cat([found.boxes[:, :2], ends], 1), found.areas)
-    return _ThresholdComponents(found, order.to(cams.device), thresholds.numel())
+    holes = None
+    if compat == "wsolevaluation":
+        found = Components(found.slot, _wsolevaluation_ends(found.boxes, h, w), found.areas)
+        holes = _hole_borders(levels, cuts)
+        holes = Components(holes.slot, _wsolevaluation_ends(holes.boxes, h, w), holes.areas)
+    return _Candidates(found, holes, order.to(cams.device), thresholds.numel())
 
 
 def _largest_per_slot(components: Components, num_slots: int) -> torch.Tensor:
@@ -128,33 +152,47 @@ def _largest_per_slot(components: Components, num_slots: int) -> torch.Tensor:
     return chosen
 
 
+def _best_over_objects(boxes: torch.Tensor, image: torch.Tensor, gt, valid) -> torch.Tensor:
+    """float64 [K]: IoU of each box with the best-matching object of its image."""
+    per_object = _iou(boxes.double()[:, None, :], gt[image])
+    return per_object.masked_fill(~valid[image], 0.0).amax(dim=1)
+
+
 def _ious_per_slot(
-    found: _ThresholdComponents, gt: torch.Tensor, valid: torch.Tensor, multi_contour: bool
+    found: _Candidates, gt: torch.Tensor, valid: torch.Tensor, multi_contour: bool
 ) -> torch.Tensor:
     """Best IoU per (image, threshold) -> float64 [N, T] in the caller's threshold order."""
     n, t = gt.shape[0], found.num_thresholds
     comps = found.components
-    image = comps.slot // t
-    per_object = _iou(comps.boxes.double()[:, None, :], gt[image])
-    per_component = per_object.masked_fill(~valid[image], 0.0).amax(dim=1)
+    per_component = _best_over_objects(comps.boxes, comps.slot // t, gt, valid)
     best = torch.zeros(n * t, dtype=torch.float64, device=gt.device)
     if multi_contour:
         best.scatter_reduce_(0, comps.slot, per_component, reduce="amax", include_self=True)
+        if found.holes is not None:
+            holes = found.holes
+            per_hole = _best_over_objects(holes.boxes, holes.slot // t, gt, valid)
+            best.scatter_reduce_(0, holes.slot, per_hole, reduce="amax", include_self=True)
     else:
         chosen = _largest_per_slot(comps, n * t)
         has = chosen < comps.slot.numel()
         best[has] = per_component[chosen[has]]
+    if found.holes is not None:  # wsolevaluation scores the box [0, 0, 0, 0] when empty
+        empty = torch.ones(n * t, dtype=torch.bool, device=gt.device)
+        empty[comps.slot] = False
+        slots = empty.nonzero().squeeze(1)
+        origin = torch.zeros(slots.numel(), 4, dtype=torch.float64, device=gt.device)
+        best[slots] = _best_over_objects(origin, slots // t, gt, valid)
     out = torch.empty(n, t, dtype=torch.float64, device=gt.device)
     out[:, found.order] = best.reshape(n, t)
     return out
 
 
-def _prepare(cams, boxes, thresholds, box_convention):
+def _prepare(cams, boxes, thresholds, compat):
     check_cams(cams)
-    _check_convention(box_convention)
+    _check_compat(compat)
     gt, valid = as_box_batch(boxes, cams.shape[0], cams.device)
     grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
-    return gt, valid, _threshold_components(cams, grid, box_convention)
+    return gt, valid, _candidates(cams, grid, compat)
 
 
 def box_ious(
@@ -163,16 +201,16 @@ def box_ious(
     thresholds: ThresholdsLike = None,
     multi_contour: bool = True,
     *,
-    box_convention: BoxConvention = "inclusive",
+    compat: Compat = "none",
 ) -> torch.Tensor:
     """Best IoU between predicted and ground-truth boxes, per image and threshold.
 
     ``cams`` float [N, H, W] in [0, 1]; ``boxes`` [N, 4], [N, G, 4] or a list of [M_i, 4];
     ``thresholds`` (default ``default_thresholds()``) in [0, 1]. ``multi_contour=True`` is
-    V2 (every component's box), False is v1 (the largest component's box). Returns float64
-    [N, T] on the cams' device; see the module docstring for the exact binarization.
+    V2 (every component's box), False is v1 (the largest component's box). ``compat``: see
+    the module docstring. Returns float64 [N, T] on the cams' device.
     """
-    gt, valid, found = _prepare(cams, boxes, thresholds, box_convention)
+    gt, valid, found = _prepare(cams, boxes, thresholds, compat)
     return _ious_per_slot(found, gt, valid, multi_contour)
 
 
@@ -181,11 +219,11 @@ def box_ious_v1_v2(
     boxes: BoxesLike,
     thresholds: ThresholdsLike = None,
     *,
-    box_convention: BoxConvention = "inclusive",
+    compat: Compat = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(box_ious(..., multi_contour=False), box_ious(..., multi_contour=True))`` sharing
     one connected-component pass."""
-    gt, valid, found = _prepare(cams, boxes, thresholds, box_convention)
+    gt, valid, found = _prepare(cams, boxes, thresholds, compat)
     return _ious_per_slot(found, gt, valid, False), _ious_per_slot(found, gt, valid, True)
 
 
@@ -194,29 +232,38 @@ def threshold_boxes(
     thresholds: ThresholdsLike = None,
     multi_contour: bool = True,
     *,
-    box_convention: BoxConvention = "inclusive",
+    compat: Compat = "none",
 ) -> list[torch.Tensor]:
     """The predicted boxes of one map at each threshold.
 
     ``cam`` float [H, W] in [0, 1]. Returns one int64 tensor [K_t, 4] per threshold (in the
-    given order): every component's box in raster order of first pixels (V2), or the
-    largest component's box (v1); [0, 4] where there is no foreground.
+    given order): every component's box in raster order of first pixels (V2; with
+    compat="wsolevaluation" followed by the hole-border boxes), or the largest component's
+    box (v1). Without foreground: [0, 4], or [[0, 0, 0, 0]] with compat="wsolevaluation".
     """
     if not isinstance(cam, torch.Tensor) or cam.dim() != 2:
         shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
         raise ValueError(f"cam must be a tensor [H, W], got {shape}")
     cams = cam.unsqueeze(0)
     check_cams(cams, name="cam")
-    _check_convention(box_convention)
+    _check_compat(compat)
     grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
-    found = _threshold_components(cams, grid, box_convention)
+    found = _candidates(cams, grid, compat)
     comps = found.components
     if not multi_contour:
         chosen = _largest_per_slot(comps, found.num_thresholds)
         keep = chosen[chosen < comps.slot.numel()]
         comps = Components(comps.slot[keep], comps.boxes[keep], comps.areas[keep])
-    sorted_position = torch.argsort(found.order).tolist()
-    return [comps.boxes[comps.slot == j] for j in sorted_position]
+    out = []
+    for j in torch.argsort(found.order).tolist():
+        boxes = comps.boxes[comps.slot == j]
+        if found.holes is not None:
+            if multi_contour:
+                boxes = torch.cat([boxes, found.holes.boxes[found.holes.slot == j]])
+            if boxes.shape[0] == 0:
+                boxes = torch.zeros(1, 4, dtype=torch.int64, device=cam.device)
+        out.append(boxes)
+    return out
 
 
 @dataclass(frozen=True)
@@ -280,11 +327,11 @@ def max_box_acc(
     thresholds: ThresholdsLike = None,
     multi_contour: bool = True,
     *,
-    box_convention: BoxConvention = "inclusive",
+    compat: Compat = "none",
 ) -> MaxBoxAccResult:
     """MaxBoxAcc over a set of maps: V2 with the defaults, v1 with multi_contour=False."""
     grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
-    ious = box_ious(cams, boxes, grid, multi_contour, box_convention=box_convention)
+    ious = box_ious(cams, boxes, grid, multi_contour, compat=compat)
     return max_box_acc_from_ious(ious, grid, iou_thresholds)
 
 
@@ -293,7 +340,7 @@ def cam_paper_localization(
     boxes: BoxesLike,
     correct_class: torch.Tensor | None = None,
     *,
-    box_convention: BoxConvention = "inclusive",
+    compat: Compat = "none",
 ) -> torch.Tensor:
     """The CAM paper's hit per image -> bool [N].
 
@@ -301,7 +348,7 @@ def cam_paper_localization(
     largest connected component, hit when its IoU with a ground-truth box is >= 0.5 and,
     when ``correct_class`` (bool [N]) is given, the predicted class is right.
     """
-    ious = box_ious(cams, boxes, [CAM_PAPER_THRESHOLD], False, box_convention=box_convention)
+    ious = box_ious(cams, boxes, [CAM_PAPER_THRESHOLD], False, compat=compat)
     hit = ious[:, 0] >= CAM_PAPER_IOU
     if correct_class is not None:
         if not isinstance(correct_class, torch.Tensor) or correct_class.dtype != torch.bool:

@@ -83,16 +83,22 @@ def weights_path(split: str = "easy") -> Path:
     return Path(__file__).with_name(_WEIGHT_FILES[split])
 
 
-def load_demo_model(split: str = "easy", map_location: str | torch.device = "cpu") -> DemoCNN:
-    """The shipped demo model trained on ``split``, in eval mode.
+def load_demo_model(
+    split: str = "easy",
+    *,
+    weights: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> DemoCNN:
+    """The demo model trained on ``split`` (or the checkpoint at ``weights``), in eval mode.
 
-    The checkpoint is read with ``torch.load(weights_only=True)``; it holds ``state_dict``,
-    ``num_classes``, ``widths``, ``class_names`` and ``image_size``.
+    Checkpoints are read with ``torch.load(weights_only=True)``; they hold ``state_dict``,
+    ``num_classes``, ``widths``, ``class_names``, ``image_size`` and ``split``, as written by
+    ``python -m camplug.zoo.train``. The class names end up in ``model.class_names``.
     """
-    path = weights_path(split)
+    path = weights_path(split) if weights is None else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no shipped weights for split {split!r} at {path}; train them with "
+            f"no demo weights at {path}; train them with "
             f"`python -m camplug.zoo.train --split {split}`"
         )
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,124 @@
+"""The plugin's public functions: attach, explain, decorate/undecorate, describe."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple, TextIO
+
+import torch
+from torch import nn
+
+from .capture import CamCapture, SizeSpec
+from .heads import HeadInfo, LayerSpec, OutputSelector, find_head
+
+DECORATION_ATTRIBUTE = "cam"
+
+
+class CamResult(NamedTuple):
+    """What :func:`explain` returns."""
+
+    logits: torch.Tensor  # [B, N] the selected model output
+    maps: torch.Tensor  # [B, C, H, W]
+    targets: torch.Tensor  # int64 [B, C] the classes of the maps
+
+
+def attach(
+    model: nn.Module,
+    layer: LayerSpec = None,
+    *,
+    backend: str = "auto",
+    output: OutputSelector = None,
+) -> CamCapture:
+    """Attach CAM capture to ``model`` (unmodified) until ``close()`` or the end of a with-block.
+
+    layer: the module (or its name) whose output feeds the global pooling; None finds it.
+    backend: the ``camplug.kernels.cam`` backend ("auto", "torch", "triton").
+    output: selects the logits when ``model(x)`` returns a tuple/dict: an int index, a str key
+    or a callable taking the output.
+
+    >>> with camplug.attach(model) as capture:
+    ...     logits = model(x)
+    ...     maps = capture.maps()                 # [B, 1, H, W], predicted classes
+    ...     top3 = capture.maps(topk=3)           # [B, 3, H, W]
+    """
+    return CamCapture(model, layer, backend=backend, output=output)
+
+
+def explain(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = None,
+    *,
+    topk: int | None = None,
+    layer: LayerSpec = None,
+    output: OutputSelector = None,
+    backend: str = "auto",
+    size: SizeSpec = "input",
+    relu: bool = False,
+    normalize: bool = True,
+    out_dtype: torch.dtype | None = None,
+) -> CamResult:
+    """One call: run ``model(x)`` without gradients under a temporary capture and return the
+    logits, the maps [B, C, H, W] of ``target`` (see ``CamCapture.maps``) and the classes.
+
+    The model runs in its current mode: call ``model.eval()`` first for inference behaviour.
+    """
+    with attach(model, layer, backend=backend, output=output) as capture, torch.no_grad():
+        model(x)
+        targets = capture.resolve_targets(target, topk)
+        maps = capture.maps(targets, size=size, relu=relu, normalize=normalize,
+                            out_dtype=out_dtype)
+        return CamResult(capture.logits, maps, targets)
+
+
+def decorate(
+    model: nn.Module,
+    layer: LayerSpec = None,
+    *,
+    backend: str = "auto",
+    output: OutputSelector = None,
+) -> nn.Module:
+    """Keep a capture attached to ``model`` until :func:`undecorate`; returns ``model`` itself.
+
+    ``model(x)`` returns exactly what it did before. The capture is the attribute
+    ``model.cam`` (a :class:`CamCapture`): after ``logits = model(x)``, ``model.cam.maps()``
+    gives the maps of that forward, and ``model.cam.logits`` / ``.features`` its tensors.
+    """
+    if hasattr(model, DECORATION_ATTRIBUTE):
+        already = isinstance(getattr(model, DECORATION_ATTRIBUTE), CamCapture)
+        raise ValueError(
+            "the model is already decorated: call camplug.undecorate(model) first" if already
+            else f"the model already has an attribute {DECORATION_ATTRIBUTE!r}; camplug.decorate "
+            "stores its capture there. Use camplug.attach(model) instead"
+        )
+    capture = attach(model, layer, backend=backend, output=output)
+    object.__setattr__(model, DECORATION_ATTRIBUTE, capture)
+    return model
+
+
+def undecorate(model: nn.Module) -> nn.Module:
+    """Remove the capture added by :func:`decorate` (all its hooks); returns ``model``."""
+    capture = model.__dict__.get(DECORATION_ATTRIBUTE)
+    if not isinstance(capture, CamCapture):
+        raise ValueError("the model is not decorated by camplug.decorate")
+    capture.close()
+    del model.__dict__[DECORATION_ATTRIBUTE]
+    return model
+
+
+def describe(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[Any, ...] | None = None,
+    *,
+    layer: LayerSpec = None,
+    output: OutputSelector = None,
+    file: TextIO | None = None,
+    quiet: bool = False,
+) -> HeadInfo:
+    """Find the head (see ``camplug.heads.find_head``), print what was found (feature layer,
+    shapes, pooling, folded operations, classifier) to ``file`` (default stdout) unless
+    ``quiet``, and return the :class:`HeadInfo` (``info.describe()`` is the text)."""
+    info = find_head(model, example_input, layer=layer, output=output)
+    if not quiet:
+        print(f"{type(model).__name__}\n{info.describe()}", file=file or sys.stdout)
+    return info

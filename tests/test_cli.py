@@ -1,0 +1,174 @@
+"""The ``camplug`` command line: demo, audit (model specs, user folders), compare, describe."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from camplug.audit.sources import load_model, model_fingerprint
+from camplug.audit.store import ResultStore
+from camplug.cli import main
+from camplug.datasets import MEAN, STD, SyntheticLocalization, export_image_folder
+
+MODEL_SOURCE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.features(x)).flatten(1))
+
+    def make():
+        generator = torch.Generator().manual_seed(0)
+        model = Net()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+        return model
+""")
+FAST = ["--thresholds-step", "0.05"]
+FLOAT_ARGS = ["--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "tiny_cli_models.py"
+    path.write_text(MODEL_SOURCE)
+    return path
+
+
+def only_run(db):
+    with ResultStore(db) as store:
+        (run,) = store.runs()
+        return run, store.rows(run.run_id)
+
+
+def test_audit_of_a_folder_records_a_truncated_png_and_goes_on(tmp_path, model_file, capsys):
+    ds = SyntheticLocalization(n=6, image_size=32, seed=7)
+    folder = tmp_path / "images"
+    export_image_folder(ds, folder)
+    broken = folder / f"{ds.sample_id(2)}.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    status = main(["audit", "--model", f"{model_file}:make", "--data", str(folder),
+                   "--image-size", "0", *FLOAT_ARGS, "--out", str(out), "--gallery-size", "2",
+                   *FAST])
+    printed = capsys.readouterr().out
+    assert status == 0
+    run, rows = only_run(out / "audit.sqlite")
+    assert len(rows) == 6 and run.status == "complete"
+    assert rows[2].sample_id == broken.name
+    assert rows[2].error.startswith("OSError") and "truncated" in rows[2].error
+    assert all(r.error is None for i, r in enumerate(rows) if i != 2)
+    assert "| samples audited | 5 | of 6; 1 failed (see errors) |" in printed
+    assert "| PxAP (%) | n/a | needs ground-truth masks |" in printed
+    report = (out / "report.html").read_text()
+    assert f"report:  {out / 'report.html'}" in printed
+    assert broken.name in report and "truncated" in report
+
+    # the same images through the built-in dataset: identical predictions and box IoUs
+    synthetic_out = tmp_path / "synthetic"
+    assert main(["audit", "--model", f"{model_file}:make", "--data", "synthetic",
+                 "--num-images", "6", "--image-size", "32", "--seed", "7",
+                 "--out", str(synthetic_out), "--no-report", *FAST]) == 0
+    _, reference = only_run(synthetic_out / "audit.sqlite")
+    for i, (a, b) in enumerate(zip(rows, reference, strict=True)):
+        if i == 2:
+            continue
+        assert (a.label, a.prediction) == (b.label, b.prediction)
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        np.testing.assert_array_equal(a.box_ious, b.box_ious)
+
+
+def test_checkpoint_weights_are_what_gets_audited(tmp_path, model_file):
+    model = load_model(f"{model_file}:make")
+    with torch.no_grad():
+        model.fc.weight.mul_(-1.0)
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), checkpoint)
+    out = tmp_path / "out"
+    assert main(["audit", "--model", f"{model_file}:make", "--checkpoint", str(checkpoint),
+                 "--data", "synthetic", "--num-images", "4", "--image-size", "32",
+                 "--out", str(out), "--no-report", *FAST]) == 0
+    run, rows = only_run(out / "audit.sqlite")
+    assert run.config["model_fingerprint"] == model_fingerprint(model)
+    assert run.config["model_fingerprint"] != model_fingerprint(load_model(f"{model_file}:make"))
+    ds = SyntheticLocalization(n=4, image_size=32, seed=2)
+    with torch.no_grad():
+        logits = model(torch.stack([ds[i]["image"] for i in range(4)]))
+    assert [r.prediction for r in rows] == logits.argmax(1).tolist()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_model_error_and_its_workaround(tmp_path, model_file, capsys):
+    model = load_model(f"{model_file}:make")
+    scripted = tmp_path / "model.pt"
+    torch.jit.script(model).save(str(scripted))
+    common = ["--data", "synthetic", "--num-images", "3", "--image-size", "32", "--no-report",
+              *FAST]
+    status = main(["audit", "--model", str(scripted), "--out", str(tmp_path / "a"), *common])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "TorchScript" in error and "forward hooks" in error and "Workaround" in error
+    # the workaround the message gives: the scripted weights into the Python model
+    weights = tmp_path / "weights.pt"
+    torch.save(torch.jit.load(str(scripted)).state_dict(), weights)
+    assert main(["audit", "--model", f"{model_file}:make", "--checkpoint", str(weights),
+                 "--out", str(tmp_path / "b"), *common]) == 0
+
+
+def test_user_errors_are_reported_without_a_traceback(tmp_path, model_file, capsys):
+    status = main(["audit", "--model", f"{model_file}:make", "--data",
+                   str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert status == 2
+    assert "neither 'synthetic[:easy|hard]' nor an existing image folder" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "--data", "synthetic", "--out", str(tmp_path), "--min-mass-inside", "2"])
+    assert exit_info.value.code == 2
+    assert "expected a value in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "--data", "synthetic"])  # --out is required
+
+
+def test_describe_prints_the_head(model_file, capsys):
+    assert main(["describe", "--model", f"{model_file}:make"]) == 0
+    printed = capsys.readouterr().out
+    assert "Net" in printed and "features" in printed and "fc" in printed
+
+
+def test_compare_prints_a_markdown_table(model_file, capsys):
+    assert main(["compare", "--model", f"{model_file}:make", "--num-images", "3",
+                 "--image-size", "32", "--methods", "Saliency"]) == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(lines) >= 4  # header, rule, CAM, Saliency
+    assert re.search(r"^\| CAM\b", lines[2]) and any("Saliency" in line for line in lines)
+
+
+def test_demo_prints_the_metrics_and_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--num-images", "16", "--image-size", "48", "--batch-size", "8",
+                 "--out", str(out), "--gallery-size", "2", *FAST]) == 0
+    printed = capsys.readouterr().out
+    for metric in ("top-1 accuracy (%)", "MaxBoxAccV2 (%)", "MaxBoxAcc v1 (%)", "PxAP (%)",
+                   "CAM-paper localization, top-1 (%)", "pointing game (%)"):
+        assert f"| {metric} |" in printed, metric
+    assert f"report:  {out / 'report.html'}" in printed
+    assert (out / "report.html").stat().st_size > 10_000
+    run, rows = only_run(out / "audit.sqlite")
+    assert run.model == "demo (easy)" and len(rows) == 16
+    assert run.config["dataset"].startswith("SyntheticLocalization(n=16, split='easy'")
