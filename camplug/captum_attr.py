@@ -13,7 +13,8 @@ the logit minus the head's bias (the completeness residual ``compute_convergence
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -257,6 +258,15 @@ class ClassActivationMap(LayerAttribution):
             logit = logits.gather(1, classes[:, None]).squeeze(1).double()
             return (total - (logit - bias.double())).float()
 
+    def _call_forward_func(self, inputs: tuple[torch.Tensor, ...], extra: tuple[Any, ...]) -> None:
+        """Run ``forward_func``; the model's own bound ``forward`` runs through the module, so
+        that forward hooks (camplug's among them) see the call as with ``model(x)``."""
+        func = self.forward_func
+        is_own_forward = getattr(func, "__self__", None) is self.model and (
+            getattr(func, "__func__", None) is type(self.model).forward
+        )
+        (self.model if is_own_forward else func)(*inputs, *extra)
+
     def _forward(
         self,
         inputs: tuple[torch.Tensor, ...],
@@ -266,44 +276,59 @@ class ClassActivationMap(LayerAttribution):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One hooked forward: features [N,K,h,w], W [N,1,K], bias [N], logits, classes [N]."""
         extra = _as_forward_args(additional_forward_args)
+        if attribute_to_layer_input and self.layer is None:
+            raise ValueError("attribute_to_layer_input=True needs a layer (got layer=None)")
         hooked_layer = None if attribute_to_layer_input else self.layer
-        with attach(self.model, hooked_layer, output=self.output, backend=self.backend) as capture:
-            if attribute_to_layer_input:
-                layer_input = _last_input_of(self.layer, lambda: self.forward_func(*inputs, *extra))
-            else:
-                self.forward_func(*inputs, *extra)
+        watched = self.layer if attribute_to_layer_input else None
+        with (
+            attach(self.model, hooked_layer, output=self.output, backend=self.backend) as capture,
+            _first_inputs(self.model) as model_inputs,
+            _first_inputs(watched) as layer_inputs,
+        ):
+            self._call_forward_func(inputs, extra)
+            if not model_inputs:
+                raise RuntimeError(
+                    f"forward_func {_short_name(self.forward_func)} did not call the model through "
+                    "model(...), so camplug's hooks saw no forward: pass the model itself, or a "
+                    "function that calls it"
+                )
             features = capture.features
             if attribute_to_layer_input:
-                _check_is_pooling_input(layer_input, features, self.layer)
+                _check_is_pooling_input(layer_inputs[-1:], features, self.layer)
             logits = capture.logits
             classes = to_class_indices(target, logits)
             weights, bias = capture.class_weights(classes[:, None])
         return features, weights, bias[:, 0], logits, classes
 
 
-def _last_input_of(layer: nn.Module | None, run: Callable[[], Any]) -> torch.Tensor | None:
-    """Run ``run()`` and return the first tensor argument of ``layer``'s last call in it."""
-    if layer is None:
-        raise ValueError("attribute_to_layer_input=True needs a layer (got layer=None)")
-    seen: list[torch.Tensor] = []
+@contextmanager
+def _first_inputs(module: nn.Module | None) -> Iterator[list[torch.Tensor | None]]:
+    """Collect the first positional argument of every call of ``module`` inside the block.
 
-    def keep(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            seen[:] = [args[0].detach()]
+    The pre-hook is removed on exit, also on errors; None collects nothing.
+    """
+    seen: list[torch.Tensor | None] = []
+    if module is None:
+        yield seen
+        return
 
-    handle = layer.register_forward_pre_hook(keep)
+    def keep(_: nn.Module, args: tuple[Any, ...]) -> None:
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        seen.append(None if first is None else first.detach())
+
+    handle = module.register_forward_pre_hook(keep)
     try:
-        run()
+        yield seen
     finally:
         handle.remove()
-    return seen[0] if seen else None
 
 
 def _check_is_pooling_input(
-    layer_input: torch.Tensor | None, features: torch.Tensor, layer: nn.Module | None
+    last_call: list[torch.Tensor | None], features: torch.Tensor, layer: nn.Module | None
 ) -> None:
     """CAM needs the tensor feeding global pooling: the layer's input must be that tensor."""
     name = type(layer).__name__
+    layer_input = last_call[0] if last_call else None
     if layer_input is None:
         raise ValueError(f"layer {name} was not called with a tensor during the forward")
     same = layer_input.shape == features.shape and torch.equal(layer_input, features)
@@ -314,6 +339,10 @@ def _check_is_pooling_input(
             f"(shape {tuple(features.shape)}). Pass the pooling module, or the layer whose "
             "output feeds the pooling with attribute_to_layer_input=False, or layer=None"
         )
+
+
+def _short_name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", type(func).__name__)
 
 
 def _as_input_tuple(inputs: Any, what: str = "inputs") -> tuple[torch.Tensor, ...]:

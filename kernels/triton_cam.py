@@ -29,9 +29,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "ye
 
 # Launch settings: every block size and warp count is chosen here.
 _MAX_CLASS_BLOCK = 64  # classes per program in launch 1: the features are read once per block
-_SUM_REGISTER_BUDGET = 8192  # fp32 accumulator elements per program in launch 1
-_TILE_ELEMENTS = 4096  # output elements per program in launch 2
+_SUM_REGISTER_BUDGET = 4096  # fp32 accumulators per program in launch 1 (~128 regs, 8 warps)
+_TILE_ELEMENTS = 2048  # output elements per program in launch 2 (~64 regs, 8 warps)
 _MINMAX_CHUNK = 1024  # low-res values per step of launch 2's min/max loop
+_INT32_LIMIT = 2**31  # per-element offsets at or past this switch to int64
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _sm_count(device: torch.device) -> int:
 
 
 @triton.autotune(
-    configs=_tuning_configs(warps=(4, 8), stages=(1, 2, 3)),  # 8192 accumulators: >= 4 warps
+    configs=_tuning_configs(warps=(4, 8), stages=(1, 2, 3)),
     key=["C", "K", "HW", "BLOCK_C", "BLOCK_K", "BLOCK_S", "USE_DOT"],
 )
 @triton.jit
@@ -140,6 +141,7 @@ def _weighted_sum_kernel(
     CLASS_BLOCKS, POSITION_BLOCKS,
     RELU: tl.constexpr,
     USE_DOT: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -155,9 +157,16 @@ def _weighted_sum_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     c_mask = offs_c < C
     s_mask = offs_s < HW
-    position = (offs_s // W_IN) * f_sh + (offs_s % W_IN) * f_sw
-    f_ptrs = f_ptr + b * f_sb + offs_k[:, None] * f_sk + position[None, :]
-    w_ptrs = w_ptr + b * w_sb + offs_c[:, None] * w_sc + offs_k[None, :] * w_sk
+    if WIDE:  # offsets inside one sample can pass 2**31
+        offs_c = offs_c.to(tl.int64)
+        offs_s = offs_s.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+    # Scalar 64-bit bases advance along K; the per-element offsets stay loop-invariant.
+    f_base = f_ptr + b * f_sb
+    w_base = w_ptr + b * w_sb
+    k_step = tl.full([], BLOCK_K, tl.int64) if WIDE else BLOCK_K
+    f_offs = offs_k[:, None] * f_sk + ((offs_s // W_IN) * f_sh + (offs_s % W_IN) * f_sw)[None, :]
+    w_offs = offs_c[:, None] * w_sc + offs_k[None, :] * w_sk
 
     if USE_DOT:
         acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
@@ -165,21 +174,24 @@ def _weighted_sum_kernel(
         acc3 = tl.zeros([BLOCK_C, BLOCK_K, BLOCK_S], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
-        f = tl.load(f_ptrs, mask=k_mask[:, None] & s_mask[None, :], other=0.0).to(tl.float32)
-        w = tl.load(w_ptrs, mask=c_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+        f = tl.load(f_base + f_offs, mask=k_mask[:, None] & s_mask[None, :], other=0.0)
+        w = tl.load(w_base + w_offs, mask=c_mask[:, None] & k_mask[None, :], other=0.0)
+        f = f.to(tl.float32)
+        w = w.to(tl.float32)
         if USE_DOT:
             acc = tl.dot(w, f, acc, input_precision="ieee")
         else:
             acc3 += w[:, :, None] * f[None, :, :]
-        f_ptrs += BLOCK_K * f_sk
-        w_ptrs += BLOCK_K * w_sk
+        f_base += k_step * f_sk
+        w_base += k_step * w_sk
     if not USE_DOT:
         acc = tl.sum(acc3, axis=1)
     if RELU:
         acc = tl.where(acc < 0.0, 0.0, acc)  # keeps NaN, unlike maximum()
 
-    raw_ptrs = raw_ptr + (b * C + offs_c[:, None]) * HW + offs_s[None, :]
-    tl.store(raw_ptrs, acc, mask=c_mask[:, None] & s_mask[None, :])
+    raw_base = raw_ptr + b * C * HW
+    raw_offs = offs_c[:, None] * HW + offs_s[None, :]
+    tl.store(raw_base + raw_offs, acc, mask=c_mask[:, None] & s_mask[None, :])
 
 
 @triton.autotune(
@@ -189,12 +201,13 @@ def _weighted_sum_kernel(
 @triton.jit
 def _normalize_upsample_kernel(
     raw_ptr, out_ptr,
-    H_IN, W_IN, H_OUT, W_OUT,
+    H_IN, W_IN, HW_IN, H_OUT, W_OUT,
     scale_h, scale_w,
     COL_TILES, TILES_PER_MAP,
     NORMALIZE: tl.constexpr,
     RESAMPLE: tl.constexpr,
     OUT_UINT8: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
@@ -205,33 +218,34 @@ def _normalize_upsample_kernel(
     tile = pid % TILES_PER_MAP
     row_tile = tile // COL_TILES
     col_tile = tile % COL_TILES
-    hw = H_IN * W_IN
-    src = raw_ptr + map_idx * hw
+    src = raw_ptr + map_idx * HW_IN
 
     if NORMALIZE:
         lo = tl.full([], float("inf"), tl.float32)
         hi = tl.full([], float("-inf"), tl.float32)
         nans = tl.full([], 0, tl.int32)
-        for start in range(0, hw, BLOCK_HW):
+        for start in range(0, HW_IN, BLOCK_HW):
             offs = start + tl.arange(0, BLOCK_HW)
-            m = offs < hw
+            m = offs < HW_IN
             v = tl.load(src + offs, mask=m, other=0.0)
             lo = tl.minimum(lo, tl.min(tl.where(m, v, float("inf")), axis=0))
             hi = tl.maximum(hi, tl.max(tl.where(m, v, float("-inf")), axis=0))
             nans += tl.sum((v != v).to(tl.int32), axis=0)
         # tl.min/tl.max may drop NaN; torch.amin/amax propagate it.
-        lo = tl.where(nans > 0, float("nan"), lo)
+        lo = lo
         span = hi - lo + _EPS
 
     offs_y = row_tile * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_x = col_tile * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = (offs_y < H_OUT)[:, None] & (offs_x < W_OUT)[None, :]
+    if WIDE:  # offsets inside one map can pass 2**31
+        offs_y = offs_y.to(tl.int64)
     if RESAMPLE:
         # PyTorch's source index: src = scale * (dst + 0.5) - 0.5, clamped at 0.
         sy = scale_h * (offs_y.to(tl.float32) + 0.5) - 0.5
         sy = tl.where(sy < 0.0, 0.0, sy)
-        y0 = tl.minimum(sy.to(tl.int32), H_IN - 1)
-        y1 = y0 + (y0 < H_IN - 1).to(tl.int32)
+        y0 = tl.minimum(sy.to(offs_y.dtype), H_IN - 1)
+        y1 = y0 + (y0 < H_IN - 1).to(y0.dtype)
         ly1 = sy - y0.to(tl.float32)
         ly0 = 1.0 - ly1
         sx = scale_w * (offs_x.to(tl.float32) + 0.5) - 0.5
@@ -241,12 +255,12 @@ def _normalize_upsample_kernel(
         lx1 = sx - x0.to(tl.float32)
         lx0 = 1.0 - lx1
 
-        row0 = src + (y0 * W_IN)[:, None]
-        row1 = src + (y1 * W_IN)[:, None]
-        v00 = tl.load(row0 + x0[None, :], mask=mask, other=0.0)
-        v01 = tl.load(row0 + x1[None, :], mask=mask, other=0.0)
-        v10 = tl.load(row1 + x0[None, :], mask=mask, other=0.0)
-        v11 = tl.load(row1 + x1[None, :], mask=mask, other=0.0)
+        row0 = (y0 * W_IN)[:, None]
+        row1 = (y1 * W_IN)[:, None]
+        v00 = tl.load(src + (row0 + x0[None, :]), mask=mask, other=0.0)
+        v01 = tl.load(src + (row0 + x1[None, :]), mask=mask, other=0.0)
+        v10 = tl.load(src + (row1 + x0[None, :]), mask=mask, other=0.0)
+        v11 = tl.load(src + (row1 + x1[None, :]), mask=mask, other=0.0)
         if NORMALIZE:
             v00 = (v00 - lo) / span
             v01 = (v01 - lo) / span
@@ -256,19 +270,41 @@ def _normalize_upsample_kernel(
         lx1 = lx1[None, :]
         val = ly0[:, None] * (lx0 * v00 + lx1 * v01) + ly1[:, None] * (lx0 * v10 + lx1 * v11)
     else:
-        val = tl.load(src + (offs_y * W_IN)[:, None] + offs_x[None, :], mask=mask, other=0.0)
+        val = tl.load(src + ((offs_y * W_IN)[:, None] + offs_x[None, :]), mask=mask, other=0.0)
         if NORMALIZE:
             val = (val - lo) / span
 
     if OUT_UINT8:
         val = tl.minimum(tl.maximum(tl.floor(val * 255.0 + 0.5), 0.0), 255.0)
-    out_ptrs = (
-        out_ptr
-        + map_idx * H_OUT * W_OUT
-        + (offs_y.to(tl.int64) * W_OUT)[:, None]
-        + offs_x[None, :]
+    out_base = out_ptr + map_idx * H_OUT * W_OUT
+    out_offs = (offs_y * W_OUT)[:, None] + offs_x[None, :]
+    tl.store(out_base + out_offs, val.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _extent(t: torch.Tensor, fixed_dims: int) -> int:
+    """1 + the largest element offset inside ``t[i, ...]`` with the first dims fixed."""
+    dims = zip(t.shape[fixed_dims:], t.stride()[fixed_dims:], strict=True)
+    return 1 + sum((n - 1) * stride for n, stride in dims)
+
+
+def wide_offsets(
+    features: torch.Tensor, weights: torch.Tensor, out_size: tuple[int, int], s: LaunchSettings
+) -> tuple[bool, bool]:
+    """Whether offsets inside one sample (launch 1) or one map (launch 2) can pass int32.
+
+    Offsets between samples and maps are always 64-bit; these flags switch the per-element
+    offsets to int64 only where a single sample or map is that large.
+    """
+    hw = features.shape[2] * features.shape[3]
+    per_sample = max(
+        _extent(features, 1) + s.block_k * features.stride(1),
+        _extent(weights, weights.dim() - 2)
+        + s.block_k * weights.stride(-1)
+        + s.block_c * weights.stride(-2),
+        s.class_blocks * s.block_c * hw,
     )
-    tl.store(out_ptrs, val.to(out_ptr.dtype.element_ty), mask=mask)
+    per_map = max(s.row_tiles * s.block_h * out_size[1], hw)
+    return per_sample >= _INT32_LIMIT, per_map >= _INT32_LIMIT
 
 
 def _source_scale(in_size: int, out_size: int) -> float:
@@ -302,6 +338,7 @@ def cam_triton(
     raw = torch.empty((batch, classes, h * w), dtype=torch.float32, device=features.device)
     s = launch_settings(batch, classes, channels, h * w, out_h, out_w, _sm_count(features.device))
     w_sb = weights.stride(0) if weights.dim() == 3 else 0
+    wide_sum, wide_map = wide_offsets(features, weights, out_size, s)
     guard = (
         torch.cuda.device(features.device)
         if features.device.type == "cuda"
@@ -314,17 +351,17 @@ def cam_triton(
             *features.stride(),
             w_sb, weights.stride(-2), weights.stride(-1),
             s.class_blocks, s.position_blocks,
-            RELU=relu, USE_DOT=s.use_dot,
+            RELU=relu, USE_DOT=s.use_dot, WIDE=wide_sum,
             BLOCK_C=s.block_c, BLOCK_K=s.block_k, BLOCK_S=s.block_s,
             enable_fp_fusion=True,
         )  # fmt: skip
         _normalize_upsample_kernel[(batch * classes * s.tiles_per_map,)](
             raw, out,
-            h, w, out_h, out_w,
+            h, w, h * w, out_h, out_w,
             _source_scale(h, out_h), _source_scale(w, out_w),
             s.col_tiles, s.tiles_per_map,
             NORMALIZE=normalize, RESAMPLE=(h, w) != (out_h, out_w),
-            OUT_UINT8=out.dtype == torch.uint8,
+            OUT_UINT8=out.dtype == torch.uint8, WIDE=wide_map,
             BLOCK_HW=s.block_hw, BLOCK_H=s.block_h, BLOCK_W=s.block_w,
             enable_fp_fusion=True,  # FMAs, as nvcc compiles PyTorch's upsampling
         )  # fmt: skip

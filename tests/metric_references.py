@@ -13,20 +13,19 @@ import numpy as np
 from scipy import ndimage
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
-def components(mask: np.ndarray) -> list[tuple[list[int], int]]:
-    """[(box (x0, y0, x1, y1) inclusive, area)] of the 8-connected components, scipy order."""
-    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+def components(mask: np.ndarray, structure=EIGHT_CONNECTED) -> list[tuple[list[int], int]]:
+    """[(box (x0, y0, x1, y1) inclusive, area)] of the components (8-connected by default),
+    in scipy's order."""
+    labels, count = ndimage.label(mask, structure=structure)
     out = []
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
         area = int((labels == index).sum())
         out.append(([cols.start, rows.start, cols.stop - 1, rows.stop - 1], area))
     assert len(out) == count
     return out
-
-
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 def hole_borders(mask: np.ndarray) -> list[list[int]]:

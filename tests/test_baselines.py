@@ -79,7 +79,7 @@ def test_smoothed_random_is_seeded_smooth_and_normalized():
 def table_and_data():
     model = PositiveNet().eval()
     ds = SyntheticLocalization(n=12, image_size=32, seed=3)
-    table = localization_table(model, ds, batch_size=5, thresholds=GRID,
+    table = localization_table(model, ds, batch_size=6, thresholds=GRID,
                                untrained=PositiveNet().eval())
     return model, ds, table
 

@@ -26,6 +26,15 @@ matplotlib.use("Agg")
 
 EXACT = {"atol": 1e-6, "rtol": 1e-6}  # fp32 against LayerGradCam (the issue's tolerance)
 CASES = {case.name: case for case in SUPPORTED}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The models are tiny: one intra-op thread is faster and steadier on shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 # Heads that are affine in the pooled vector for fixed parameters: there LayerGradCam's
 # gradient is the constant W_eff / (h*w) and equals CAM. (LayerNorm/RMSNorm heads normalize
 # by the sample's own statistics: CAM freezes them, the gradient does not.)
@@ -250,12 +259,16 @@ def test_forward_func_may_wrap_the_model():
 
     wrappers = [
         ClassActivationMap(model.forward),
-        ClassActivationMap(functools.partial(model.forward)),
+        ClassActivationMap(functools.partial(model)),
         ClassActivationMap(Holder(model)),
         ClassActivationMap(lambda t: model(t).softmax(-1), model=model),
     ]
     for cam in wrappers:
         torch.testing.assert_close(cam.attribute(x, target=3), expected, **EXACT)
+    bypass = ClassActivationMap(lambda t: model.forward(t), model=model)
+    with pytest.raises(RuntimeError, match="did not call the model through model"):
+        bypass.attribute(x, target=3)
+    assert no_hooks_left(model)
     with pytest.raises(TypeError, match="pass the module itself|model=the_module"):
         ClassActivationMap(lambda t: model(t))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
@@ -429,9 +442,11 @@ def test_visualize_image_attr_draws_the_map():
     assert picture.min() >= 0 and picture.max() <= 1
     np.testing.assert_allclose(attr, numpy_bilinear(maps[1, 0].double().numpy(), 32, 32),
                                atol=1e-6)
-    for method in ("heat_map", "blended_heat_map", "masked_image"):
-        figure, axis = visualization.visualize_image_attr(attr, picture, method=method, sign="all",
-                                            use_pyplot=False)
+    for method, sign in (("heat_map", "all"), ("blended_heat_map", "all"),
+                         ("masked_image", "absolute_value")):
+        figure, axis = visualization.visualize_image_attr(
+            attr, picture, method=method, sign=sign, use_pyplot=False
+        )
         assert isinstance(figure, Figure) and axis.images
     with pytest.raises(ValueError, match="zero everywhere"):
         to_visualization(torch.zeros(1, 4, 4), x[0])

@@ -184,6 +184,44 @@ def test_matches_torch_backend_closely():
         assert (ours - ref).abs().max() <= (1 if out_dtype == torch.uint8 else 1e-6)
 
 
+class TestOffsets:
+    """Offsets between samples and maps are always 64-bit; inside one sample or map they
+    switch to 64-bit only when that sample or map passes 2**31 elements."""
+
+    def settings(self, features, weights, size):
+        b, k, h, w = features.shape
+        return triton_cam.launch_settings(b, weights.shape[-2], k, h * w, *size, num_sms=132)
+
+    def test_big_batch_keeps_32_bit_offsets_inside_samples(self):
+        features = torch.empty(257, 2048, 64, 64, device="meta")  # B*K*h*w > 2**31
+        weights = torch.empty(257, 64, 2048, device="meta")
+        size = (1024, 1024)  # B*C*H*W > 2**31 as well
+        s = self.settings(features, weights, size)
+        assert triton_cam.wide_offsets(features, weights, size, s) == (False, False)
+
+    def test_huge_sample_or_map_switches_to_64_bit(self):
+        features = torch.empty(1, 2**19, 64, 64, device="meta").to(
+            memory_format=torch.channels_last
+        )
+        weights = torch.empty(3, 2**19, device="meta")
+        s = self.settings(features, weights, (8, 8))
+        assert triton_cam.wide_offsets(features, weights, (8, 8), s) == (True, False)
+        small = torch.empty(1, 4, 7, 7, device="meta")
+        s = self.settings(small, weights[:, :4], (50_000, 50_000))
+        assert triton_cam.wide_offsets(small, weights[:, :4], (50_000, 50_000), s) == (False, True)
+
+    @pytest.mark.parametrize("classes", [2, 6], ids=lambda c: f"C{c}")
+    @pytest.mark.parametrize(("size", "out_dtype"), [((5, 7), None), (None, torch.uint8)])
+    def test_64_bit_offset_path(self, monkeypatch, classes, size, out_dtype):
+        """Force the int64 path on tiny tensors: same results as the int32 path."""
+        monkeypatch.setattr(triton_cam, "_INT32_LIMIT", 1)
+        features, weights = inputs(2, 9, 3, 4, classes, channels_last=True,
+                                   per_sample_weights=True, seed=14)  # fmt: skip
+        s = self.settings(features, weights, size or (3, 4))
+        assert triton_cam.wide_offsets(features, weights, size or (3, 4), s) == (True, True)
+        check(features, weights, size, relu=True, out_dtype=out_dtype)
+
+
 class TestLaunchSettings:
     """The one helper that picks block sizes and grids."""
 
@@ -191,11 +229,11 @@ class TestLaunchSettings:
         s = triton_cam.launch_settings(1, 1, 2048, 49, 224, 224, num_sms=132)
         assert s.tiles_per_map >= 4 * 132
         assert s.position_blocks > 1  # the one sample's map is split too
-        assert s.block_h * s.block_w <= 4096
+        assert s.block_h * s.block_w <= triton_cam._TILE_ELEMENTS
 
     def test_large_batch_uses_full_tiles(self):
         s = triton_cam.launch_settings(256, 1, 2048, 49, 224, 224, num_sms=132)
-        assert s.block_w == 256 and s.block_h == 16
+        assert s.block_w == 256 and s.block_h * s.block_w == triton_cam._TILE_ELEMENTS
         assert s.sum_grid == 1 and not s.use_dot  # one program reads a whole sample
 
     @pytest.mark.parametrize("classes", [1, 4, 5, 64, 65, 200])
@@ -209,7 +247,7 @@ class TestLaunchSettings:
         if s.use_dot:
             assert min(s.block_c, s.block_k, s.block_s) >= 16  # tl.dot's minimum
         else:
-            assert s.block_c * s.block_k * s.block_s <= 8192
+            assert s.block_c * s.block_k * s.block_s <= triton_cam._SUM_REGISTER_BUDGET
 
     def test_features_are_read_once_for_up_to_64_classes(self):
         for classes in (1, 7, 64):

@@ -85,18 +85,20 @@ def test_components_u_shape_merges_branches_that_meet_below():
     assert found.areas.tolist() == [11]
 
 
+@pytest.mark.parametrize("connectivity", [8, 4])
 @pytest.mark.parametrize("density", [0.1, 0.4, 0.6, 0.9])
-def test_components_match_scipy_on_random_masks(density):
+def test_components_match_scipy_on_random_masks(density, connectivity):
     rng = np.random.default_rng(int(density * 100))
+    structure = ref.EIGHT_CONNECTED if connectivity == 8 else ref.FOUR_CONNECTED
     for h, w in [(1, 1), (1, 9), (9, 1), (7, 11), (16, 16)]:
         masks = rng.random((3, h, w)) < density
-        labels = metrics.label_components(torch.from_numpy(masks)).numpy()
-        found = metrics.connected_components(torch.from_numpy(masks))
+        labels = metrics.label_components(torch.from_numpy(masks), connectivity).numpy()
+        found = metrics.connected_components(torch.from_numpy(masks), connectivity)
         expected = []
         for i, m in enumerate(masks):
-            scipy_labels, _ = ndimage.label(m, structure=ref.EIGHT_CONNECTED)
+            scipy_labels, _ = ndimage.label(m, structure=structure)
             np.testing.assert_array_equal(labels[i], scipy_labels)
-            expected += [(i, box, area) for box, area in ref.components(m)]
+            expected += [(i, box, area) for box, area in ref.components(m, structure)]
         assert component_rows(found) == expected
 
 
@@ -117,6 +119,8 @@ def test_components_of_stacked_masks_and_superlevel_sets_agree():
 def test_components_empty_and_full_masks():
     empty = metrics.connected_components(torch.zeros(2, 4, 5, dtype=torch.bool))
     assert empty.slot.numel() == 0 and empty.boxes.shape == (0, 4)
+    none = metrics.connected_components(torch.zeros(0, 4, 5, dtype=torch.bool))
+    assert none.slot.numel() == 0 and none.boxes.shape == (0, 4)
     full = metrics.connected_components(torch.ones(2, 4, 5, dtype=torch.bool))
     assert full.boxes.tolist() == [[0, 0, 4, 3]] * 2 and full.areas.tolist() == [20, 20]
 
@@ -129,6 +133,8 @@ def test_components_reject_bad_input():
     with pytest.raises(ValueError, match="non-decreasing"):
         metrics.superlevel_components(torch.zeros(1, 2, 2, dtype=torch.int64),
                                       torch.tensor([[3, 1]]))
+    with pytest.raises(ValueError, match="connectivity"):
+        metrics.connected_components(torch.zeros(3, 3, dtype=torch.bool), connectivity=6)
     with pytest.raises(ValueError, match="N=2"):
         metrics.superlevel_components(torch.zeros(2, 2, 2, dtype=torch.int64),
                                       torch.zeros(1, 1, dtype=torch.int64))

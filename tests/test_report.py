@@ -144,3 +144,63 @@ def test_report_renders_in_chromium(tmp_path):
     # not blank: many colours (plots, overlays) and not a uniform page
     colours = np.unique(shot.reshape(-1, 3), axis=0)
     assert len(colours) > 50 and shot.std() > 20
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """A real audit of a small random-weight model, with its report."""
+    import torch
+    from torch import nn
+
+    from camplug.audit import audit
+    from camplug.datasets import SyntheticLocalization
+
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    out = tmp_path_factory.mktemp("report")
+    summary = audit(model, SyntheticLocalization(n=10, image_size=32, seed=4), out_dir=out,
+                    batch_size=5, thresholds=[round(0.05 * i, 2) for i in range(20)],
+                    gallery_size=3)
+    return out, summary
+
+
+def test_audit_report_gallery_shows_the_right_samples(audited):
+    from camplug.audit.store import ResultStore
+
+    out, summary = audited
+    assert summary.report_path == out / "report.html"
+    page = summary.report_path.read_text()
+    with ResultStore(summary.db_path) as store:
+        rows = store.rows(summary.run_id)
+    column = int(np.argmin(np.abs(summary.thresholds - summary.best_threshold())))
+    order = sorted(rows, key=lambda r: (-r.box_ious[column], r.sample_index))
+
+    def section(k: int) -> list[str]:
+        match = re.search(rf'<div class="gallery" id="gallery-{k}">(.*?)</div>', page, re.S)
+        return re.findall(r'data-sample="([^"]+)"', match.group(1)) if match else []
+
+    assert section(0) == [r.sample_id for r in order[:3]]  # best
+    worst = sorted(rows, key=lambda r: (r.box_ious[column], r.sample_index))
+    assert section(1) == [r.sample_id for r in worst[:3]]
+    flagged_ids = {r.sample_id for r in rows if r.flags}
+    assert set(section(2)) <= flagged_ids and len(section(2)) == min(3, len(flagged_ids))
+    summary_table = re.search(r'<table id="summary">(.*?)</table>', page, re.S).group(1)
+    assert f"<td class=\"num\">{100 * summary.max_box_acc_v2.mean:.1f}</td>" in summary_table
+    assert len(re.findall(r'<img ', page)) == 4 + len(section(0)) + len(section(1)) + len(
+        section(2))
+
+
+@needs_chromium
+def test_audit_report_renders_in_chromium(audited, tmp_path):
+    out, summary = audited
+    dom = rendered_dom(tmp_path, summary.report_path)
+    assert "Box accuracy against the CAM threshold" not in dom  # plots are images, not text
+    assert "MaxBoxAccV2 (%)" in dom and "Best localized (highest IoU)" in dom
+    probe = re.search(r'<pre id="probe">(.*?)</pre>', dom).group(1).split()
+    assert len(probe) >= 4 + 3 + 3
+    assert all(p.startswith("true:") and not p.startswith("true:0x") for p in probe), probe

@@ -166,7 +166,8 @@ def _saliency_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
     explainer = Saliency(model)
 
     def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        grads = explainer.attribute(images, target=labels, abs=True)
+        grads = explainer.attribute(images.detach().clone().requires_grad_(True),
+                                    target=labels, abs=True)
         return minmax(grads.detach().amax(dim=1))
 
     return run

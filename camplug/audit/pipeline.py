@@ -107,9 +107,13 @@ def _check_arguments(batch_size: int, thresholds: np.ndarray,
         raise ValueError(f"iou_thresholds must be values in (0, 1], got {iou_thresholds}")
 
 
-def _pick_device(device: str | torch.device | None, ctx: distributed.DistContext) -> torch.device:
+def _pick_device(device: str | torch.device | None, ctx: distributed.DistContext,
+                 model_device: torch.device | None) -> torch.device:
+    """``device``; else the model's own GPU; else this rank's GPU when there is one; else CPU."""
     if device is not None:
         return torch.device(device)
+    if model_device is not None and model_device.type != "cpu":
+        return model_device
     if torch.cuda.is_available():
         return torch.device("cuda", ctx.local_rank if ctx.is_distributed else 0)
     return torch.device("cpu")
@@ -171,7 +175,7 @@ def audit(
     iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
     flags: FlagThresholds | None = None,
     faithfulness: bool = False,
-    faithfulness_steps: int = 16,
+    faithfulness_steps: int = 20,
     report: bool = True,
     gallery_size: int = 8,
     model_name: str | None = None,
@@ -187,8 +191,14 @@ def audit(
     0.01, ..., 0.99). ``flags``: when samples are flagged (``FlagThresholds``). ``faithfulness``
     adds deletion / insertion AUC (``faithfulness_steps`` forwards each per batch). ``fresh``
     discards a stored run with the same configuration instead of resuming it. ``progress``:
-    None draws the bar only on a terminal. Writes ``audit.sqlite`` and (``report``)
-    ``report.html`` under ``out_dir``. The model's modes, device and hooks are restored.
+    None draws the bar only on a terminal. ``device``: default the model's GPU, else a GPU
+    when present, else the CPU. Writes ``audit.sqlite`` and (``report``) ``report.html``
+    under ``out_dir``. The model's modes, device and hooks are restored.
+
+    Resuming: a run's identity is a hash of the model's weights, the dataset's
+    ``fingerprint()`` (or its description: class, length and ``n``/``split``/``image_size``/
+    ``seed`` attributes when present) and every option that changes results; calling again with
+    the same identity and ``out_dir`` audits only the samples not stored yet.
     """
     _check_model(model)
     grid = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds, dtype=np.float64)
@@ -217,7 +227,8 @@ def audit(
         summary = _run(
             model, data, ctx=ctx, run_id=run_id, config=config, n=n, done=len(done),
             pending=pending, db_path=db_path, shard_path=shard_path, batch_size=batch_size,
-            num_workers=num_workers, device=_pick_device(device, ctx), layer=layer,
+            num_workers=num_workers, device=_pick_device(device, ctx, ModelState(model).device),
+            layer=layer,
             output=output, settings=ScoringSettings(
                 torch.from_numpy(grid), flags, faithfulness, faithfulness_steps),
             iou_thresholds=iou_thresholds, report=report, gallery_size=gallery_size,
@@ -262,6 +273,7 @@ def _run(model, data, *, ctx, run_id, config, n, done, pending, db_path, shard_p
             loader = DataLoader(
                 GuardedDataset(data), batch_sampler=_batches(pending, batch_size),
                 collate_fn=collate, num_workers=num_workers,
+                pin_memory=device.type == "cuda",
             )
             total = n if not ctx.is_distributed else len(pending)
             bar = Progress(total, done=done if not ctx.is_distributed else 0,

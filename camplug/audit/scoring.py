@@ -57,8 +57,8 @@ def score_batch(
     rows = error_rows(run_id, batch)
     if not batch.indices:
         return rows
-    images = batch.images.to(device)
-    labels = batch.labels.to(device)
+    images = batch.images.to(device, non_blocking=True)
+    labels = batch.labels.to(device, non_blocking=True)
     with torch.no_grad():
         model(images)
         logits = capture.logits.float()

@@ -204,6 +204,9 @@ def superlevel_components(
     _check_levels(levels, cuts, connectivity)
     levels, cuts = levels.to(torch.int64).contiguous(), cuts.to(torch.int64).contiguous()
     n = levels.shape[0]
+    if n == 0 or levels.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=levels.device)
+        return Components(empty, empty.reshape(0, 4), empty)
     # Split the batch so that no chunk holds more than _MAX_RUNS_PER_CHUNK runs.
     _, count = _crossing_counts(levels, _shifted(levels, -1), cuts)
     per_image = count.sum(1).tolist()
@@ -233,8 +236,9 @@ def _as_levels(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
     if masks.dtype != torch.bool:
         raise TypeError(f"masks must be a bool tensor [..., H, W], got dtype {masks.dtype}")
-    if masks.dim() < 2:
-        raise ValueError(f"masks must have shape [..., H, W], got {tuple(masks.shape)}")
+    if masks.dim() < 2 or masks.shape[-1] == 0 or masks.shape[-2] == 0:
+        raise ValueError(f"masks must have shape [..., H, W] with H, W >= 1, got "
+                         f"{tuple(masks.shape)}")
     h, w = masks.shape[-2:]
     levels = masks.reshape(-1, h, w).to(torch.int64)
     return levels, torch.zeros(levels.shape[0], 1, dtype=torch.int64, device=masks.device)

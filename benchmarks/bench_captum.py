@@ -1,0 +1,245 @@
+"""CAM against Captum's LayerGradCam: throughput on the ResNet-50-shaped benchmark model.
+
+Every method makes the layer-resolution maps (S/32 x S/32) of the top-C classes of each image
+(C = 1 and 5 by default) on the same batch:
+
+- Captum's LayerGradCam on ``layer4``: a forward that records autograd, then a backward from
+  the logits to ``layer4`` only;
+- ``camplug.ClassActivationMap``: a forward without autograd, plus a probe forward of one image
+  that discovers the head;
+- ``camplug.explain``: the plugin attached for one call (so it probes too);
+- the plugin attached once (``camplug.attach`` kept open on a copy of the model): no probe
+  after the first forward;
+- a plain ``model(x)`` under no_grad: the floor every method pays.
+
+Captum's API takes one class per image and call, so LayerGradCam and ClassActivationMap make C
+calls where the plugin makes the C maps from one forward.
+
+As a script: ``python benchmarks/bench_captum.py [--quick] [--device cpu] [--batch B]
+[--size S] [--classes 1 5] [--threads T]`` prints a table and writes JSON (device name, date)
+under benchmarks/results/. Default configuration: batch 64 at 224 px on CUDA, batch 8 at
+128 px on CPU. Under pytest-benchmark: ``pytest benchmarks --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from captum.attr import LayerGradCam
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import ResNet50Like, resnet50_like  # noqa: E402
+
+import camplug  # noqa: E402
+from camplug.captum_attr import ClassActivationMap  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+METHODS = ("forward only", "LayerGradCam", "ClassActivationMap", "camplug.explain",
+           "plugin (attached)")
+
+
+def build_methods(
+    model: ResNet50Like, x: torch.Tensor, targets: torch.Tensor
+) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
+    """The timed callables for the classes ``targets`` [B, C], and a function closing the
+    attached capture. Captum's API takes one class per image and call, so LayerGradCam and
+    ClassActivationMap make C calls; the plugin makes the C maps from one forward."""
+    grad_cam = LayerGradCam(model, model.layer4)
+    cam = ClassActivationMap(model)
+    # The attached plugin gets its own copy of the model, so that its hooks never run (and never
+    # slow down) the other methods' forwards.
+    twin = copy.deepcopy(model)
+    capture = camplug.attach(twin)
+    columns = targets.unbind(1)
+
+    def forward_only() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def attached() -> torch.Tensor:
+        with torch.no_grad():
+            twin(x)
+        return capture.maps(targets, size="features", normalize=False)
+
+    methods = {
+        "forward only": forward_only,
+        "LayerGradCam": lambda: [grad_cam.attribute(x, target=c) for c in columns],
+        "ClassActivationMap": lambda: [cam.attribute(x, target=c) for c in columns],
+        "camplug.explain": lambda: camplug.explain(
+            model, x, targets, size="features", normalize=False
+        ).maps,
+        "plugin (attached)": attached,
+    }
+    return methods, capture.close
+
+
+def interleaved_medians(
+    methods: dict[str, Callable[[], object]], device: torch.device, warmup: int, rounds: int
+) -> dict[str, float]:
+    """Median wall time in seconds of each method, timed round-robin (one call of each per
+    round) so that drifting machine load biases no method; CUDA synchronized around calls."""
+    for fn in methods.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model}"
+
+
+def run(
+    device: torch.device, batch: int, size: int, classes: int, warmup: int, reps: int
+) -> dict:
+    """Time every method for the top-``classes`` classes of each image; JSON-ready results
+    with speedups over LayerGradCam."""
+    model = resnet50_like().to(device)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        targets = model(x).topk(classes, dim=1).indices
+    methods, close = build_methods(model, x, targets)
+    try:
+        grad_cam_maps = torch.cat([m.detach() for m in methods["LayerGradCam"]()], 1)
+        cam_maps = torch.cat(methods["ClassActivationMap"](), 1)
+        hw = cam_maps.shape[-2] * cam_maps.shape[-1]
+        plugin_maps = methods["plugin (attached)"]() / hw
+        max_diff = max((cam_maps - grad_cam_maps).abs().max().item(),
+                       (plugin_maps - grad_cam_maps).abs().max().item())
+        print(f"{classes} class(es) per image: timing {len(methods)} methods x {reps} rounds",
+              file=sys.stderr, flush=True)
+        medians = interleaved_medians(methods, device, warmup, reps)
+    finally:
+        close()
+    results = {name: {"median_ms": round(seconds * 1e3, 3),
+                      "images_per_s": round(batch / seconds, 2)}
+               for name, seconds in medians.items()}
+    base = results["LayerGradCam"]["median_ms"]
+    for entry in results.values():
+        entry["speedup_vs_LayerGradCam"] = round(base / entry["median_ms"], 3)
+    return {"classes_per_image": classes, "results": results,
+            "max_abs_diff_vs_LayerGradCam": max_diff, "map_shape": list(cam_maps.shape)}
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'method':<22}{'median ms':>12}{'images/s':>12}{'x LayerGradCam':>16}"]
+    for name, entry in results.items():
+        lines.append(f"{name:<22}{entry['median_ms']:>12.1f}{entry['images_per_s']:>12.1f}"
+                     f"{entry['speedup_vs_LayerGradCam']:>16.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    parser.add_argument("--batch", type=int, default=None, help="default 64 (CUDA) / 8 (CPU)")
+    parser.add_argument("--size", type=int, default=None, help="default 224 (CUDA) / 128 (CPU)")
+    parser.add_argument("--classes", type=int, nargs="+", default=[1, 5],
+                        help="classes per image, one scenario each (default: 1 5)")
+    parser.add_argument("--quick", action="store_true", help="batch 2 at 64 px, 3 rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    batch = args.batch or (2 if args.quick else 64 if cuda else 8)
+    size = args.size or (64 if args.quick else 224 if cuda else 128)
+    warmup, reps = (1, 3) if args.quick else (3, 10) if cuda else (1, 5)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    scenarios = [run(device, batch, size, classes, warmup, reps) for classes in args.classes]
+    report = {
+        "benchmark": "CAM vs Captum LayerGradCam, ResNet-50-shaped model (benchmarks/models.py), "
+        "fp32, layer-resolution maps of the top-C classes of each image",
+        "device": device_name(device),
+        "device_type": device.type,
+        "date": now.isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "batch": batch,
+        "image_size": size,
+        "warmup": warmup,
+        "rounds": reps,
+        "timing": "median wall clock of interleaved rounds"
+        + (", CUDA synchronized" if cuda else " on CPU"),
+        "scenarios": scenarios,
+    }
+    slug = "".join(c if c.isalnum() else "-" for c in report["device"].lower()).strip("-")
+    out = args.out or RESULTS_DIR / f"captum_{slug}_{now:%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"device: {report['device']}  batch {batch}  {size}x{size}  "
+          f"threads {report['cpu_threads']}  torch {torch.__version__}")
+    for scenario in scenarios:
+        print(f"\n{scenario['classes_per_image']} class(es) per image "
+              f"(max |diff| vs LayerGradCam {scenario['max_abs_diff_vs_LayerGradCam']:.3g})")
+        print(format_table(scenario["results"]))
+    print(f"written: {out}")
+    return 0
+
+
+try:
+    import pytest
+except ImportError:  # running as a script without pytest installed
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.mark.parametrize("method", METHODS[1:])
+    def test_captum_throughput(benchmark, method: str) -> None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        batch, size = (64, 224) if device.type == "cuda" else (2, 64)
+        model = resnet50_like().to(device)
+        x = torch.randn(batch, 3, size, size, device=device)
+        with torch.no_grad():
+            targets = model(x).argmax(1, keepdim=True)
+        methods, close = build_methods(model, x, targets)
+        fn = methods[method]
+
+        def synced() -> None:
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        try:
+            synced()  # first call: head discovery, kernel compilation
+            benchmark.extra_info.update(device=device_name(device), batch=batch, size=size)
+            benchmark(synced)
+        finally:
+            close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
