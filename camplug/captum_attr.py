@@ -13,6 +13,7 @@ the logit minus the head's bias (the completeness residual ``compute_convergence
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -46,8 +47,8 @@ def to_class_indices(target: Any, logits: torch.Tensor) -> torch.Tensor:
         target = _single_index(target, "target")
     if isinstance(target, bool):
         raise TypeError("target must be a class index, got a bool")
-    if isinstance(target, int):
-        classes = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    if isinstance(target, numbers.Integral):
+        classes = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
     elif isinstance(target, torch.Tensor):
         classes = _tensor_target(target, n)
     elif isinstance(target, list):
@@ -87,9 +88,9 @@ def _single_index(value: Any, what: str) -> int:
         value = value[0]
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an integer class index, got {value!r}")
-    return value
+    return int(value)
 
 
 def _tensor_target(target: torch.Tensor, n: int) -> torch.Tensor:
@@ -190,7 +191,11 @@ class ClassActivationMap(LayerAttribution):
         normalize: bool = False,
         return_convergence_delta: bool = False,
     ) -> TensorOrTuple | tuple[TensorOrTuple, torch.Tensor]:
-        """CAM of ``target`` for each sample: fp32 [N, 1, h, w] (a 1-tuple for tuple inputs).
+        """CAM of ``target`` for each sample: fp32 [N, 1, h, w].
+
+        For tuple inputs the result is a 1-tuple holding that map: Captum's metrics
+        (sensitivity_max) iterate over the attributions of tuple inputs, and the map belongs to
+        the layer, not to one of the input tensors.
 
         inputs: a Tensor or a tuple of Tensors, batch first; additional_forward_args follow them
         positionally in the call of ``forward_func``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -121,7 +122,7 @@ def time_call(
         result = fn()
         _synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return result, sorted(seconds)[len(seconds) // 2]
+    return result, statistics.median(seconds)
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
@@ -375,7 +376,7 @@ _RECIPES: dict[str, _Recipe] = {
         "IntegratedGradients",
         "input",
         lambda ctx, cls: cls(ctx.logits_model),
-        lambda ctx: {"n_steps": 32},
+        lambda ctx: {"n_steps": 32, "internal_batch_size": ctx.inputs.shape[0]},
     ),
     "InputXGradient": _Recipe(
         "InputXGradient", "input", lambda ctx, cls: cls(ctx.logits_model), _no_kwargs
@@ -477,16 +478,20 @@ def _build_method(name: str, ctx: _Context) -> tuple[Any, dict[str, Any], Space]
 
         spread = float(ctx.inputs.max() - ctx.inputs.min())
         method = NoiseTunnel(method)
-        kwargs = {**kwargs, "nt_type": prefix, "nt_samples": 8, "stdevs": 0.15 * spread}
+        kwargs = {**kwargs, "nt_type": prefix, "nt_samples": 8, "nt_samples_batch_size": 1,
+                  "stdevs": 0.15 * spread}
     return method, kwargs, recipe.space
 
 
 # ------------------------------------------------------------------------------------ compare
+_LAYER_METHODS = frozenset({"LayerGradCam", "GuidedGradCam"})
+
+
 def compare(
     model: nn.Module,
     inputs: torch.Tensor,
     target: Any = None,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     *,
     layer: LayerSpec = None,
     output: OutputSelector = None,
@@ -505,28 +510,26 @@ def compare(
     (eval, normally; a model in training mode gets a warning). inputs: images [N, C, H, W].
     target: any Captum TargetType, the same for every method; None = each predicted class.
     methods: names from ``known_methods()`` or "<nt_type>:<name>" NoiseTunnel variants
-    (8 samples, noise std 0.15 x the batch's value range); CAM always comes first as the
-    reference. layer / output: as ``camplug.attach`` (layer also serves LayerGradCam and
-    GuidedGradCam). top_percent: k of the top-k% IoU. channel_reduction: how input-space
-    maps [N, C, H, W] become [N, H, W] ("sum", signed, or "abs"); layer maps are upsampled
-    bilinearly. faithfulness: compute deletion / insertion AUC (``camplug.metrics``, maps
-    min-max scaled to [0, 1], ``faithfulness_steps`` steps). warmup / repeats: untimed and
-    timed calls per method (time is the median). measure_memory: a separate call records
-    the peak memory (``peak_memory_bytes``). method_kwargs: extra ``attribute`` arguments
-    per method name, e.g. {"IntegratedGradients": {"n_steps": 64}}.
+    (8 samples, noise std 0.15 x the batch's value range; like IntegratedGradients' 32 steps,
+    run one batch of N images at a time to bound memory); CAM always comes first as the
+    reference. None means ``DEFAULT_METHODS``, less LayerGradCam and GuidedGradCam (with a
+    warning) when no module holds the pooled feature map; named explicitly, they raise then.
+    layer / output: as ``camplug.attach`` (layer also serves LayerGradCam and GuidedGradCam).
+    top_percent: k of the top-k% IoU. channel_reduction: how input-space maps [N, C, H, W]
+    become [N, H, W] ("sum", signed, or "abs"); layer maps are upsampled bilinearly.
+    faithfulness: compute deletion / insertion AUC (``camplug.metrics``, maps min-max scaled
+    to [0, 1], ``faithfulness_steps`` steps). warmup / repeats: untimed and timed calls per
+    method (time is the median). measure_memory: one more call records the peak memory
+    (``peak_memory_bytes``). method_kwargs: extra ``attribute`` arguments per method name,
+    e.g. {"IntegratedGradients": {"n_steps": 64}}.
 
     The model's train/eval flags, hooks and parameter gradients are left unchanged.
     """
     from .captum_attr import to_class_indices
 
     _check_compare_args(model, inputs, top_percent, channel_reduction, faithfulness_steps)
-    names = ["CAM", *(n for n in dict.fromkeys(canonical_method(m) for m in methods) if n != "CAM")]
-    extra = {canonical_method(k): dict(v) for k, v in (method_kwargs or {}).items()}
-    if set(extra) - set(names):
-        raise ValueError(
-            f"method_kwargs names {sorted(set(extra) - set(names))}, which are not compared "
-            f"(methods: {names})"
-        )
+    names = _method_names(DEFAULT_METHODS if methods is None else methods)
+    extra = _method_kwargs(method_kwargs, names)
     if model.training:
         warnings.warn(
             "compare() runs the model in training mode (dropout, batch statistics): call "
@@ -534,24 +537,15 @@ def compare(
             stacklevel=2,
         )
     inputs = inputs.detach()
-    logits_model = model if output is None else _LogitsOnly(model, output)
+    ctx = _context(model, inputs, layer, output, names)
+    if methods is None and ctx.layer is None and _LAYER_METHODS & set(names):
+        warnings.warn(
+            f"LayerGradCam and GuidedGradCam left out: {ctx.layer_problem} (pass layer=)",
+            stacklevel=2,
+        )
+        names = [n for n in names if n not in _LAYER_METHODS]
     with torch.no_grad():
         targets = to_class_indices(target, select_output(model(inputs), output))
-    needs_layer = any(n.rpartition(":")[2] in ("LayerGradCam", "GuidedGradCam") for n in names)
-    captum_layer, layer_input, problem = (
-        _captum_layer(model, inputs, layer, output) if needs_layer else (None, False, None)
-    )
-    modules = dict(model.named_modules())
-    ctx = _Context(
-        model=model,
-        logits_model=logits_model,
-        inputs=inputs,
-        output=output,
-        cam_layer=None if layer is None else modules[layer_name(model, layer)],
-        layer=captum_layer,
-        layer_input=layer_input,
-        layer_problem=problem,
-    )
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     measured = [
         _run(name, ctx, targets, extra.get(name, {}), size, channel_reduction, warmup, repeats,
@@ -563,7 +557,7 @@ def compare(
     for name, maps, seconds, peak in measured:
         deletion = insertion = None
         if faithfulness:
-            deletion, insertion = _faithfulness(logits_model, inputs, maps, targets,
+            deletion, insertion = _faithfulness(ctx.logits_model, inputs, maps, targets,
                                                 faithfulness_steps)
         rows.append(
             ComparisonRow(
@@ -578,6 +572,49 @@ def compare(
             )
         )
     return ComparisonTable(rows, targets, size, float(top_percent), _device_name(inputs.device))
+
+
+def _method_names(methods: Sequence[str]) -> list[str]:
+    """Canonical names without repeats, CAM first."""
+    if isinstance(methods, str):
+        raise TypeError(f"methods must be a sequence of names, got the string {methods!r}")
+    canonical = dict.fromkeys(canonical_method(m) for m in methods)
+    return ["CAM", *(name for name in canonical if name != "CAM")]
+
+
+def _method_kwargs(
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None, names: list[str]
+) -> dict[str, dict[str, Any]]:
+    extra = {canonical_method(k): dict(v) for k, v in (method_kwargs or {}).items()}
+    if set(extra) - set(names):
+        raise ValueError(
+            f"method_kwargs names {sorted(set(extra) - set(names))}, which are not compared "
+            f"(methods: {names})"
+        )
+    return extra
+
+
+def _context(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layer: LayerSpec,
+    output: OutputSelector,
+    names: list[str],
+) -> _Context:
+    needs_layer = any(n.rpartition(":")[2] in _LAYER_METHODS for n in names)
+    captum_layer, layer_input, problem = (
+        _captum_layer(model, inputs, layer, output) if needs_layer else (None, False, None)
+    )
+    return _Context(
+        model=model,
+        logits_model=model if output is None else _LogitsOnly(model, output),
+        inputs=inputs,
+        output=output,
+        cam_layer=None if layer is None else dict(model.named_modules())[layer_name(model, layer)],
+        layer=captum_layer,
+        layer_input=layer_input,
+        layer_problem=problem,
+    )
 
 
 def _check_compare_args(
@@ -637,7 +674,7 @@ def _run(
         with warnings.catch_warnings():
             for message in _CAPTUM_NOTICES:
                 warnings.filterwarnings("ignore", message=message, category=UserWarning)
-            return method.attribute(ctx.inputs.clone(), **kwargs)
+            return method.attribute(ctx.inputs, **kwargs)
 
     result, seconds = time_call(call, ctx.inputs.device, warmup=warmup, repeats=repeats)
     peak = peak_memory_bytes(call, ctx.inputs.device) if measure_memory else None

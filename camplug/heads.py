@@ -91,7 +91,7 @@ class HeadInfo:
     """What :func:`find_head` found. Shapes are per sample, at the probe input's size."""
 
     feature_source: str  # human description of the tensor feeding the pooling
-    feature_module: str | None  # module whose output is exactly that tensor, if any
+    feature_module: str | None  # module whose output is exactly the [B, K, h, w] map, if any
     feature_shape: tuple[int, ...]  # [K, h, w] (tokens reshaped to the patch grid)
     feature_dtype: torch.dtype
     layout: Layout  # how the captured tensor holds the map (tokens: "nlc", "ncl")
@@ -463,7 +463,8 @@ def analyze(
     return HeadInfo(
         feature_source=_describe_source(captured) if not path else (
             f"output of `{layer_call.name}`" + "".join(f" -> {op.name}" for op in path)),
-        feature_module=feature_call.name if feature_call is not None and not path else None,
+        feature_module=(feature_call.name if feature_call is not None and not path
+                        and layout == "nchw" else None),
         feature_shape=tuple(int(s) for s in feature_shape),
         feature_dtype=captured.dtype,
         layout=layout,

@@ -32,6 +32,9 @@ class ModuleCall:
     done_index: int = -1  # calls of this module that finished earlier in the same forward
     ops_at_done: int = -1  # number of recorded ops when the call returned
 
+    def __repr__(self) -> str:
+        return f"ModuleCall({self.label}, call {self.call_index})"
+
     @property
     def label(self) -> str:
         """```name`` (ClassName)``; the root as ``ClassName.forward``."""
@@ -50,6 +53,10 @@ class Value:
     tensor: torch.Tensor | None = None  # kept for constants only
     module_outputs: list[ModuleCall] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        made = f"{self.producer.name}#{self.producer.index}" if self.producer else "leaf"
+        return f"Value({made}, {list(self.shape)}, tainted={self.tainted})"
+
 
 @dataclass(eq=False)
 class Op:
@@ -63,6 +70,9 @@ class Op:
     outputs: tuple[Value, ...]
     owner: ModuleCall | None  # innermost module running when the call was made
     anchor: ModuleCall | None  # last module call that returned inside ``owner`` before this op
+
+    def __repr__(self) -> str:
+        return f"Op(#{self.index} {self.name} in {self.site})"
 
     @property
     def inputs(self) -> list[Value]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from .reference import EPS
 
@@ -121,6 +122,11 @@ def _tuning_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[tri
     return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
 
 
+def _tuning_bench(fn, quantiles):
+    """Autotuning timer: the kernels take microseconds, so short runs suffice."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
@@ -131,6 +137,8 @@ def _sm_count(device: torch.device) -> int:
 @triton.autotune(
     configs=_tuning_configs(warps=(4, 8), stages=(1, 2, 3)),
     key=["C", "K", "HW", "BLOCK_C", "BLOCK_K", "BLOCK_S", "USE_DOT"],
+    do_bench=_tuning_bench,
+    cache_results=True,
 )
 @triton.jit
 def _weighted_sum_kernel(
@@ -197,6 +205,8 @@ def _weighted_sum_kernel(
 @triton.autotune(
     configs=_tuning_configs(warps=(2, 4, 8), stages=(1,)),
     key=["H_OUT", "W_OUT", "H_IN", "W_IN", "BLOCK_H", "BLOCK_W", "NORMALIZE", "RESAMPLE"],
+    do_bench=_tuning_bench,
+    cache_results=True,
 )
 @triton.jit
 def _normalize_upsample_kernel(
@@ -232,7 +242,7 @@ def _normalize_upsample_kernel(
             hi = tl.maximum(hi, tl.max(tl.where(m, v, float("-inf")), axis=0))
             nans += tl.sum((v != v).to(tl.int32), axis=0)
         # tl.min/tl.max may drop NaN; torch.amin/amax propagate it.
-        lo = lo
+        lo = tl.where(nans > 0, float("nan"), lo)
         span = hi - lo + _EPS
 
     offs_y = row_tile * BLOCK_H + tl.arange(0, BLOCK_H)

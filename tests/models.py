@@ -393,6 +393,32 @@ class MeanPoolNet(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+class FlattenMeanNet(nn.Module):
+    """Pooling by ``x.flatten(2).mean(-1)`` (channels-first tokens), then ``fc``."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.features = conv_bn_relu(3, 10, stride=2)
+        self.fc = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(2).mean(-1))
+
+
+class TokenMeanNet(nn.Module):
+    """A patch-token model without position embedding (any input size): tokens [B, N, D]
+    averaged over N, then ``head``."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, patch: int = 8, dim: int = 12) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(patch, dim)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(self.patch_embed(x)).mean(dim=1))
+
+
 class MobileNetV3Like(nn.Module):
     """MobileNetV3: ``classifier = Sequential(Linear, Hardswish, Dropout, Linear)``: no exact CAM."""
 
@@ -466,7 +492,7 @@ class SharedPoolNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mid = self.stage1(x)
-        self.last_aux = self.pool(mid).flatten(1)
+        self.last_aux = self.pool(mid).flatten(1).detach()
         return self.fc(self.pool(self.stage2(mid)).flatten(1))
 
 
@@ -513,6 +539,8 @@ SUPPORTED = [
     Case("timm_head", TimmHeadNet, feature_module="final_conv"),
     Case("vit", ViTLike),
     Case("mean_pool", MeanPoolNet, feature_module="features"),
+    Case("flatten_mean", FlattenMeanNet),
+    Case("token_mean", TokenMeanNet, feature_module=None),
     Case("shared_pool", SharedPoolNet, feature_module="stage2"),
     Case("mutating", MutatingNet, feature_module="features"),
 ]

@@ -467,3 +467,33 @@ def test_upsampling_in_helpers_is_bilinear_not_captums_nearest():
     bilinear = F.interpolate(maps, (4, 4), mode="bilinear", align_corners=False)[0, 0]
     np.testing.assert_allclose(attr, bilinear.numpy(), atol=1e-7)
     assert not np.allclose(attr, nearest)
+
+
+def test_triton_backend_gives_the_same_maps():
+    pytest.importorskip("triton")
+    model, _ = model_and_layer("resnet")
+    x = images(2, 16, seed=14)
+    kwargs = {"target": [2, 3], "interpolate": "input", "relu_attributions": True}
+    got = ClassActivationMap(model, backend="triton").attribute(x, **kwargs)
+    expected = ClassActivationMap(model, backend="torch").attribute(x, **kwargs)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_numpy_integer_targets_and_top_level_export():
+    import camplug
+
+    model, _ = model_and_layer("resnet")
+    x = images(2, 32)
+    cam = camplug.ClassActivationMap(model)
+    assert cam.__class__ is ClassActivationMap
+    torch.testing.assert_close(cam.attribute(x, target=np.int64(2)), cam.attribute(x, target=2))
+    torch.testing.assert_close(cam.attribute(x, target=[np.int64(1), 2]),
+                               cam.attribute(x, target=[1, 2]))
+
+
+def test_importing_camplug_does_not_import_captum():
+    import subprocess
+    import sys
+
+    code = "import sys, camplug; camplug.compare; assert 'captum' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

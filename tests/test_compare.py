@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
-from models import DenseNetLike, ResNetLike, TupleOutputNet, images, randomize_norms
+from models import DenseNetLike, ResNetLike, TupleOutputNet, ViTLike, images, randomize_norms
 from scipy import stats
 
 from camplug.compare import (
@@ -266,12 +266,16 @@ def test_bad_arguments_are_refused_before_running_anything():
 
 
 def test_layer_methods_need_a_module_holding_the_pooled_tensor():
-    model = build_densenet()
+    model = build_densenet()  # pools F.relu(features): no module outputs the pooled map
     x = images(2, 16)
     with pytest.raises(ValueError, match="LayerGradCam needs the module.*Pass layer="):
         compare(model, x, methods=["LayerGradCam"], **FAST)
-    table = compare(model, x, methods=["Saliency"], faithfulness=False, warmup=0)
-    assert [r.method for r in table.rows] == ["CAM", "Saliency"]
+    with pytest.warns(UserWarning, match="LayerGradCam and GuidedGradCam left out"):
+        table = compare(model, x, faithfulness=False, measure_memory=False, warmup=0,
+                        method_kwargs={"IntegratedGradients": {"n_steps": 4},
+                                       "smoothgrad:Saliency": {"nt_samples": 2}})
+    expected = [m for m in DEFAULT_METHODS if m not in ("LayerGradCam", "GuidedGradCam")]
+    assert [r.method for r in table.rows] == expected
 
 
 def build_densenet() -> DenseNetLike:
@@ -286,3 +290,14 @@ def test_a_model_in_training_mode_gets_a_warning_and_keeps_its_mode():
         compare(model, images(2, 16), methods=[], faithfulness=False, warmup=0)
     assert any("training mode" in str(w.message) for w in caught)
     assert all(m.training for m in model.modules())
+
+
+def test_token_models_compare_without_layer_methods():
+    torch.manual_seed(0)
+    model = randomize_norms(ViTLike()).eval()
+    x = images(2, 32)
+    with pytest.raises(ValueError, match="tokens, not an \\[N, K, h, w\\] map"):
+        compare(model, x, methods=["GuidedGradCam"], **FAST)
+    table = compare(model, x, methods=["InputXGradient"], **FAST)
+    assert [r.method for r in table.rows] == ["CAM", "InputXGradient"]
+    assert table.rows[0].maps.shape == (2, 32, 32)

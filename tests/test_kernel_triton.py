@@ -81,8 +81,10 @@ def test_map_split_over_several_position_blocks(classes):
 
 def test_min_max_over_several_chunks():
     """A low-res map longer than one min/max chunk (33 * 32 > 1024 values)."""
-    features, weights = inputs(1, 3, 33, 32, 1, seed=4)
-    features[0, :, 30, 31] = 40.0  # the maximum sits in the last chunk
+    features, _ = inputs(1, 3, 33, 32, 1, seed=4)
+    weights = torch.tensor([[1.0, 0.5, 0.25]], device=DEVICE)
+    features[0, :, 32, 20] = 40.0  # the maximum (70) and minimum (-70) of the map both sit
+    features[0, :, 32, 5] = -40.0  # in the second chunk (flat positions 1044 and 1029)
     check(features, weights, (9, 8))
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 _MAX_RUNS_PER_CHUNK = 1 << 22
+_MAX_LOOKUP_TABLE = 1 << 16
 _BELOW_EVERY_LEVEL = torch.iinfo(torch.int64).min
 
 
@@ -65,11 +66,23 @@ def _shifted(levels: torch.Tensor, step: int) -> torch.Tensor:
     return torch.cat([levels[..., 1:], edge], dim=-1)
 
 
+def _count_cuts_below(cuts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per row n, how many of ``cuts[n]`` (sorted) are < each of ``values[n]`` -> int64."""
+    low, high = int(cuts.min()), int(cuts.max())
+    if high - low + 2 > _MAX_LOOKUP_TABLE:
+        return torch.searchsorted(cuts, values, side="left")
+    # A table over every value that matters (low .. high + 1) replaces one binary search per
+    # pixel by a gather: below low no cut is smaller, above high every cut is.
+    grid = torch.arange(low, high + 2, device=cuts.device).expand(cuts.shape[0], -1)
+    table = torch.searchsorted(cuts, grid.contiguous(), side="left")
+    return table.gather(1, values.clamp(low, high + 1) - low)
+
+
 def _crossing_counts(levels: torch.Tensor, neighbour: torch.Tensor, cuts: torch.Tensor):
     """Per pixel, the first index and the number of cuts c with neighbour <= c < level."""
     n = levels.shape[0]
-    first = torch.searchsorted(cuts, neighbour.reshape(n, -1), side="left")
-    stop = torch.searchsorted(cuts, levels.reshape(n, -1), side="left")
+    first = _count_cuts_below(cuts, neighbour.reshape(n, -1))
+    stop = _count_cuts_below(cuts, levels.reshape(n, -1))
     return first, (stop - first).clamp_min(0)
 
 
@@ -79,9 +92,13 @@ def _crossing_keys(first: torch.Tensor, count: torch.Tensor, num_cuts: int) -> t
     count = count.reshape(-1)
     total = int(count.sum())
     device = first.device
-    pixel = torch.arange(n * hw, device=device).repeat_interleave(count, output_size=total)
-    offset_in_pixel = torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[pixel]
-    cut = first.reshape(-1)[pixel] + offset_in_pixel
+
+    def per_crossing(values: torch.Tensor) -> torch.Tensor:
+        return values.repeat_interleave(count, output_size=total)
+
+    pixel = per_crossing(torch.arange(n * hw, device=device))
+    offset_in_pixel = torch.arange(total, device=device) - per_crossing(count.cumsum(0) - count)
+    cut = per_crossing(first.reshape(-1)) + offset_in_pixel
     image = pixel // hw
     keys = (image * num_cuts + cut) * hw + (pixel - image * hw)
     return torch.sort(keys).values
@@ -92,24 +109,27 @@ def _crossing_keys(first: torch.Tensor, count: torch.Tensor, num_cuts: int) -> t
 _LOOKUPS = {8: ((-1, -1), (-1, 0), (1, -1)), 4: ((-1, 0), (1, 0))}
 
 
+def _indices(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero().squeeze(1)
+
+
 def _run_edges(levels: torch.Tensor, cuts: torch.Tensor, start: torch.Tensor, connectivity: int):
     """Index pairs of touching runs, from look-ups around each run's first pixel."""
     _, h, w = levels.shape
-    num_cuts = cuts.shape[1]
     slot = start // (h * w)
-    row = (start // w) % h
-    col = start % w
-    image = slot // num_cuts
-    cut = cuts.reshape(-1)[slot]
+    pixel = start - slot * (h * w)
+    row = pixel // w
+    col = pixel - row * w
+    cut = cuts.reshape(-1).index_select(0, slot)
     flat_levels = levels.reshape(-1)
+    image_start = (slot // cuts.shape[1]) * (h * w)
     own, other = [], []
     for dy, dx in _LOOKUPS[connectivity]:
-        inside = ((row + dy >= 0) & (row + dy < h) & (col + dx >= 0)).nonzero().squeeze(1)
-        pixel = (row[inside] + dy) * w + col[inside] + dx
-        foreground = flat_levels[image[inside] * (h * w) + pixel] > cut[inside]
-        inside = inside[foreground]
-        neighbour_key = start[inside] + dy * w + dx
-        own.append(inside)
+        inside = (row + dy >= 0) & (row + dy < h) & (col + dx >= 0)
+        target = (image_start + pixel + (dy * w + dx)).clamp(0, flat_levels.numel() - 1)
+        hit = _indices(inside & (flat_levels.index_select(0, target) > cut))
+        neighbour_key = start.index_select(0, hit) + (dy * w + dx)
+        own.append(hit)
         other.append(torch.searchsorted(start, neighbour_key, right=True) - 1)
     return torch.cat(own), torch.cat(other)
 
@@ -118,16 +138,16 @@ def _union_find(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     """Root (smallest node index) of every node's connected component in the graph (a, b)."""
     parent = torch.arange(num_nodes, device=a.device)
     while a.numel():
-        root_a, root_b = parent[a], parent[b]
-        apart = root_a != root_b
-        if not bool(apart.any()):
+        root_a, root_b = parent.index_select(0, a), parent.index_select(0, b)
+        apart = _indices(root_a != root_b)
+        if apart.numel() == 0:
             break
-        a, b, root_a, root_b = a[apart], b[apart], root_a[apart], root_b[apart]
+        a, b, root_a, root_b = (x.index_select(0, apart) for x in (a, b, root_a, root_b))
         parent.scatter_reduce_(
             0, torch.maximum(root_a, root_b), torch.minimum(root_a, root_b), reduce="amin"
         )
         while True:  # pointer jumping until every node points at its root
-            grand = parent[parent]
+            grand = parent.index_select(0, parent)
             if torch.equal(grand, parent):
                 break
             parent = grand
@@ -144,14 +164,13 @@ def _label_runs(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> 
 
 def _stats_from_runs(runs: _Runs, h: int, w: int) -> Components:
     device = runs.start.device
-    is_root = runs.root == torch.arange(runs.start.numel(), device=device)
-    root_index = is_root.nonzero().squeeze(1)
+    root_index = _indices(runs.root == torch.arange(runs.start.numel(), device=device))
     row = (runs.start // w) % h
 
     def reduce(values: torch.Tensor, how: str) -> torch.Tensor:
         out = values.clone()  # each root starts from its own run; the other runs fold in
         out.scatter_reduce_(0, runs.root, values, reduce=how, include_self=True)
-        return out[root_index]
+        return out.index_select(0, root_index)
 
     boxes = torch.stack(
         [
@@ -164,7 +183,9 @@ def _stats_from_runs(runs: _Runs, h: int, w: int) -> Components:
     )
     areas = torch.zeros_like(runs.start).index_add_(0, runs.root, runs.end - runs.start + 1)
     return Components(
-        slot=runs.start[root_index] // (h * w), boxes=boxes, areas=areas[root_index]
+        slot=runs.start.index_select(0, root_index) // (h * w),
+        boxes=boxes,
+        areas=areas.index_select(0, root_index),
     )
 
 
