@@ -327,10 +327,11 @@ def test_autocast(name, dtype):
     folded, _ = capture.class_weights(targets)
     exact = raw_maps(features.double(), folded.double(), torch.arange(2).expand(2, -1))
     assert_close(maps, exact, torch.float32, "maps from the captured low-precision features")
-    assert_close(maps, raw_maps(a, weights, targets), dtype, "maps vs fp32 reference")
+    # end to end through the low-precision model the rounding compounds: bf16's tolerance
+    assert_close(maps, raw_maps(a, weights, targets), torch.bfloat16, "maps vs fp32 reference")
     _, bias = capture.class_weights(targets)
-    assert_close(maps.double().mean(dim=(2, 3)) + bias, logits.gather(1, targets), dtype,
-                 "identity under autocast")
+    assert_close(maps.double().mean(dim=(2, 3)) + bias, logits.gather(1, targets),
+                 torch.bfloat16, "identity under autocast")
 
 
 def test_channels_last():
