@@ -40,6 +40,7 @@ _ADD = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__"})
 _SUB = frozenset({"sub", "__sub__", "sub_", "__isub__", "subtract"})
 _RSUB = frozenset({"__rsub__", "rsub"})
 _NEG = frozenset({"neg", "__neg__", "negative", "neg_"})
+_RDIV = frozenset({"__rtruediv__", "__rdiv__", "reciprocal"})
 _MATMUL = frozenset({"matmul", "__matmul__", "mm"})
 
 
@@ -171,6 +172,8 @@ def _arithmetic_step(op: Op, x: Value, where: str) -> HeadStep:
     other_index = 1 if op.args[0] is x else 0
     if op.name in _NEG:
         return ScaleShiftStep(-1.0, 0.0, f"negation {where}")
+    if op.name in _RDIV:
+        raise refuse(op, "divides by the features")
     other = _const(op.arg(other_index, "other"))
     if other is None:
         raise refuse(op, "combines the features with a tensor that depends on the input")
@@ -203,7 +206,7 @@ def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
         if keeps_vector(op, x, y):
             return None
         raise refuse(op, "reorders or selects features")
-    arithmetic = _MUL | _DIV | _ADD | _SUB | _RSUB | _NEG
+    arithmetic = _MUL | _DIV | _ADD | _SUB | _RSUB | _NEG | _RDIV
     if name in arithmetic:
         return _arithmetic_step(op, x, where)
     if op.args[0] is not x:

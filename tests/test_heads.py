@@ -1,0 +1,321 @@
+"""Head discovery (find_head): what is found for each family, exact folds, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from models import SUPPORTED, UNSUPPORTED, build, images
+from tolerances import assert_close
+from torch import nn
+
+from camplug.errors import UnsupportedHeadError
+from camplug.fold import fold_head
+from camplug.heads import find_head
+
+CASES = {case.name: case for case in SUPPORTED}
+
+# (K, h, w) for a 32x32 input, from each architecture's strides and widths.
+FEATURE_SHAPES = {
+    "resnet": (16, 8, 8), "densenet": (12, 16, 16), "mobilenet_v2": (16, 16, 16),
+    "efficientnet": (16, 16, 16), "convnext": (12, 8, 8), "batchnorm_head": (10, 16, 16),
+    "layernorm_head": (10, 16, 16), "rmsnorm_head": (10, 16, 16), "groupnorm_head": (10, 16, 16),
+    "linear_chain": (10, 16, 16), "conv_classifier": (10, 16, 16), "timm_style": (12, 8, 8),
+    "timm_head": (12, 16, 16), "vit": (12, 4, 4), "mean_pool": (10, 16, 16),
+    "flatten_mean": (10, 16, 16), "token_mean": (12, 4, 4), "shared_pool": (10, 16, 16),
+    "mutating": (10, 16, 16),
+}
+
+# The affine steps between pooling and logits, in forward order (description prefixes).
+FOLDED = {
+    "convnext": ["layer_norm in `classifier.0` (LayerNorm2d)", "linear 12 -> 7 in `classifier.2`"],
+    "batchnorm_head": ["batch_norm in `norm` (BatchNorm1d)", "linear 10 -> 7 in `fc`"],
+    "layernorm_head": ["layer_norm in `norm`", "linear 10 -> 7 in `fc`"],
+    "rmsnorm_head": ["rms_norm in `norm`", "linear 10 -> 7 in `fc`"],
+    "groupnorm_head": ["group_norm, 1 group, in `norm`", "linear 10 -> 7 in `fc`"],
+    "linear_chain": ["linear 10 -> 6 in `bottleneck`", "linear 6 -> 7 in `fc`",
+                     "division by a constant in LinearChainNet.forward"],
+    "conv_classifier": ["1x1 convolution 10 -> 7 in `classifier` (Conv2d), before the pooling"],
+    "vit": ["layer_norm in `fc_norm`", "linear 12 -> 7 in `head`"],
+    "efficientnet": ["linear 16 -> 7 in `classifier.1`"],
+    "timm_head": ["linear 12 -> 7 in `head.fc`"],
+}
+
+CAPTURE_KINDS = {
+    "resnet": ("module_input", "avgpool"), "densenet": ("function", ""),
+    "mobilenet_v2": ("function", ""), "efficientnet": ("module_input", "avgpool"),
+    "conv_classifier": ("module_input", "classifier"),
+    "timm_style": ("module_input", "global_pool.pool"),
+    "timm_head": ("module_input", "head.global_pool.pool"), "vit": ("function", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_discovery_finds_features_shape_and_layer(name):
+    case = CASES[name]
+    info = find_head(build(case), images(1, case.size))
+    assert info.feature_shape == FEATURE_SHAPES[name]
+    assert info.num_features == FEATURE_SHAPES[name][0]
+    assert info.num_classes == 7
+    assert info.feature_module == case.feature_module
+    if case.feature_module is not None:
+        assert f"`{case.feature_module}`" in info.feature_source
+    if name in FOLDED:
+        assert len(info.folded) == len(FOLDED[name])
+        for found, expected in zip(info.folded, FOLDED[name], strict=True):
+            assert found.startswith(expected), (found, expected)
+    if name in CAPTURE_KINDS:
+        assert (info.capture.kind, info.capture.module) == CAPTURE_KINDS[name]
+
+
+def test_describe_text_names_layers_shapes_and_folds():
+    info = find_head(build(CASES["convnext"]), images(1))
+    text = info.describe()
+    assert "output of `features` (Sequential) -> [B, 12, 8, 8]" in text
+    assert "adaptive_avg_pool2d in `avgpool`" in text
+    assert "layer_norm in `classifier.0` (LayerNorm2d)" in text
+    assert "(7 classes)" in text
+
+
+def test_token_models_report_layout_and_grid():
+    info = find_head(build(CASES["vit"]), images(1))
+    assert info.layout == "nlc" and info.token_grid == (4, 4)
+    assert info.feature_module is None  # the map is a slice of `norm`'s output, reshaped
+    assert "[:, 3:]" in info.feature_source and "`norm`" in info.feature_source
+    assert find_head(build(CASES["flatten_mean"]), images(1)).layout == "ncl"
+
+
+def test_densenet_features_are_the_functional_relu_of_features():
+    info = find_head(build(CASES["densenet"]), images(1))
+    assert info.feature_module is None
+    assert info.feature_source.startswith("relu (in DenseNetLike.forward) of output of `features`")
+    assert info.capture.anchor == "features"
+
+
+def test_without_example_input_a_probe_image_is_built():
+    resnet = find_head(build(CASES["resnet"]))
+    assert resnet.probe_input_size == (224, 224) and resnet.feature_shape == (16, 56, 56)
+    vit = find_head(build(CASES["vit"]))  # declares img_size = 32 (fixed position embedding)
+    assert vit.probe_input_size == (32, 32) and vit.token_grid == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "blocker"),
+    [("mobilenet_v3", "`hardswish` in `classifier.1` (Hardswish)"),
+     ("vgg", "`relu` in `classifier.1` (ReLU)"),
+     ("max_pool", "global max pooling (`adaptive_max_pool2d` in `pool` (AdaptiveMaxPool2d))"),
+     ("vit_all_tokens", "averages 19 tokens")],
+)
+def test_models_without_exact_cam_are_refused_naming_the_blocker(name, blocker):
+    case = next(c for c in UNSUPPORTED if c.name == name)
+    with pytest.raises(UnsupportedHeadError) as error:
+        find_head(build(case), images(1, case.size))
+    assert blocker in str(error.value)
+    assert isinstance(error.value, ValueError)
+    if name != "vit_all_tokens":
+        assert "LayerGradCam" in str(error.value)
+
+
+class _Head(nn.Module):
+    """features (conv + ReLU) -> GAP -> flatten -> ``head`` (a callable on [B, K])."""
+
+    def __init__(self, head: nn.Module | None = None, fn=None) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.head = head
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.fn(self, pooled) if self.fn is not None else self.head(pooled)
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda m, p: p @ torch.ones(6, 4) + p.relu().sum(1, keepdim=True),
+         "combines 2 tensors that depend on the input"),
+        (lambda m, p: p[:, [5, 4, 3, 2, 1, 0]] @ torch.ones(6, 3), "reorders or selects"),
+        (lambda m, p: F.layer_norm(p.view(-1, 2, 3), (3,)).flatten(1), "normalizes groups"),
+        (lambda m, p: p * torch.arange(1.0, 3.0)[:, None], "different constant for each sample"),
+        (lambda m, p: 1.0 / p, "divides by the features"),
+        (lambda m, p: torch.softmax(p, dim=1), "`softmax`"),
+    ],
+)
+def test_non_affine_heads_are_refused(fn, message):
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedHeadError, match=message):
+        find_head(_Head(fn=fn).eval(), torch.randn(2, 3, 8, 8))
+
+
+def test_local_pooling_is_not_global_pooling():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 5))
+    with pytest.raises(UnsupportedHeadError, match="adaptive_avg_pool2d"):
+        find_head(model, torch.randn(1, 3, 12, 12))
+
+
+def test_output_not_depending_on_the_input_is_refused():
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.logits = nn.Parameter(torch.zeros(1, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.logits
+
+    with pytest.raises(UnsupportedHeadError, match="does not depend on the model input"):
+        find_head(Constant(), torch.randn(1, 3, 8, 8))
+
+
+def test_avg_pool2d_covering_the_map_and_mean_over_nhwc():
+    class AvgPoolNet(nn.Module):
+        def __init__(self, kernel: int = 8) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 5, 3, padding=1)
+            self.pool = nn.AvgPool2d(kernel, stride=8)
+            self.fc = nn.Linear(5, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.features(x)).flatten(1))
+
+    class NHWCMean(AvgPoolNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(x).permute(0, 2, 3, 1).mean((1, 2)))
+
+    assert find_head(AvgPoolNet(), torch.randn(1, 3, 8, 8)).capture.module == "pool"
+    assert find_head(NHWCMean(), torch.randn(1, 3, 8, 8)).layout == "nhwc"
+    with pytest.raises(UnsupportedHeadError, match="avg_pool2d"):  # 4x4 of 8x8: not global
+        find_head(AvgPoolNet(kernel=4), torch.randn(1, 3, 8, 8))
+
+
+def test_layer_override_validation():
+    model = build(CASES["resnet"])
+    info = find_head(model, images(1), layer=model.layer2)
+    assert (info.capture.kind, info.capture.module) == ("module_output", "layer2")
+    with pytest.raises(ValueError, match="`relu` in `layer2.0.relu`"):
+        find_head(model, images(1), layer="layer1")
+    with pytest.raises(ValueError, match="no submodule named 'layer9'"):
+        find_head(model, images(1), layer="layer9")
+    with pytest.raises(ValueError, match="not a submodule"):
+        find_head(model, images(1), layer=nn.ReLU())
+    densenet = build(CASES["densenet"])
+    with pytest.raises(ValueError, match="`relu` in DenseNetLike.forward"):
+        find_head(densenet, images(1), layer="features")
+
+
+# ----------------------------------------------------------------------------- exact folds
+def _pooled_head(norm: nn.Module, before_flatten: bool = False) -> nn.Module:
+    """GAP -> [norm] -> Linear on the model input itself (so the pooled vector is known)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.norm = norm
+            self.fc = nn.Linear(6, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pool(x)
+            x = self.norm(x).flatten(1) if before_flatten else self.norm(x.flatten(1))
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    net = Net().double()
+    with torch.no_grad():
+        for name, param in net.norm.named_parameters():
+            param.copy_(torch.randn_like(param) * 0.5 + (1.0 if name == "weight" else 0.0))
+        if isinstance(norm, nn.BatchNorm1d):
+            norm.running_mean.copy_(torch.randn(6, dtype=torch.float64))
+            norm.running_var.copy_(torch.rand(6, dtype=torch.float64) + 0.5)
+    return net
+
+
+def _fold(net: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    info = find_head(net, x)
+    states = tuple(step.state() for step in info.steps)
+    return fold_head(info.steps, states, targets, x.mean(dim=(2, 3)).float(), info.num_classes)
+
+
+def _explicit_ln(net: nn.Module, p: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp64 matrices: W diag(gamma / sigma_i) (I - 11^T / K), bias W beta + b."""
+    k = p.shape[1]
+    centering = torch.eye(k, dtype=p.dtype) - torch.ones(k, k, dtype=p.dtype) / k
+    sigma = torch.sqrt(((p - p.mean(1, keepdim=True)) ** 2).mean(1) + eps)
+    weights = torch.stack([net.fc.weight @ torch.diag(gamma / s) @ centering for s in sigma])
+    return weights, (net.fc.weight @ beta + net.fc.bias).expand(p.shape[0], -1)
+
+
+ALL = torch.arange(5).expand(4, -1)
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "groupnorm"])
+def test_layer_norm_fold_is_exact(kind):
+    norm = nn.LayerNorm(6, eps=1e-3) if kind == "layernorm" else nn.GroupNorm(1, 6, eps=1e-3)
+    net = _pooled_head(norm, before_flatten=kind == "groupnorm").eval()
+    x = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    weights, bias = _fold(net, x, ALL)
+    p = x.mean(dim=(2, 3))
+    expected_w, expected_b = _explicit_ln(net, p, norm.weight, norm.bias, 1e-3)
+    assert_close(weights, expected_w, torch.float32, "LN effective weights")
+    assert_close(bias, expected_b, torch.float32, "LN effective bias")
+    with torch.no_grad():
+        logits = net(x)
+    assert_close((weights.double() * p[:, None]).sum(-1) + bias, logits, torch.float32, "LN logits")
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_fold_is_exact(training):
+    norm = nn.BatchNorm1d(6, eps=1e-3)
+    net = _pooled_head(norm).train(training)
+    x = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    p = x.mean(dim=(2, 3))
+    if training:  # batch statistics, biased variance
+        mean, var = p.mean(0), p.var(0, unbiased=False)
+    else:
+        mean, var = norm.running_mean.clone(), norm.running_var.clone()
+    with torch.no_grad():
+        logits = net(x)
+    weights, bias = _fold(net, x, ALL)
+    scale = norm.weight / torch.sqrt(var + 1e-3)
+    expected_w = (net.fc.weight @ torch.diag(scale)).expand(4, -1, -1)
+    expected_b = net.fc.weight @ (norm.bias - mean * scale) + net.fc.bias
+    assert_close(weights, expected_w, torch.float32, "BN effective weights")
+    assert_close(bias, expected_b.expand(4, -1), torch.float32, "BN effective bias")
+    assert_close((weights.double() * p[:, None]).sum(-1) + bias, logits, torch.float32, "BN logits")
+
+
+def test_rms_norm_fold_is_exact():
+    norm = nn.RMSNorm(6, eps=1e-3)
+    net = _pooled_head(norm).eval()
+    x = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    p = x.mean(dim=(2, 3))
+    weights, bias = _fold(net, x, ALL)
+    rms = torch.sqrt((p ** 2).mean(1) + 1e-3)
+    expected = torch.stack([net.fc.weight @ torch.diag(norm.weight / r) for r in rms])
+    assert_close(weights, expected, torch.float32, "RMSNorm effective weights")
+    assert_close(bias, net.fc.bias.expand(4, -1), torch.float32, "RMSNorm effective bias")
+
+
+def test_constant_arithmetic_and_matmul_fold():
+    scale = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.5, -1.0])
+    matrix = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+
+    def fn(m: nn.Module, p: torch.Tensor) -> torch.Tensor:
+        return (0.5 - (p * scale + 1.0) / 4.0) @ matrix - 2.0
+
+    net = _Head(fn=fn).eval()
+    x = torch.randn(3, 3, 8, 8)
+    info = find_head(net, x)
+    targets = torch.arange(4).expand(3, -1)
+    with torch.no_grad():
+        features = net.features(x)
+        logits = net(x)
+    p = features.mean(dim=(2, 3))
+    weights, bias = fold_head(info.steps, (None,) * len(info.steps), targets, p, 4)
+    expected_w = (-(matrix.t() * scale) / 4.0).expand(3, -1, -1)
+    expected_b = ((0.5 - 0.25) * matrix.sum(0) - 2.0).expand(3, -1)
+    assert_close(weights, expected_w, torch.float32, "arithmetic weights")
+    assert_close(bias, expected_b, torch.float32, "arithmetic bias")
+    assert_close((weights * p[:, None]).sum(-1) + bias, logits, torch.float32, "arithmetic logits")
