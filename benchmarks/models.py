@@ -56,7 +56,7 @@ class ResNet50Like(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels = 64
         stages = []
-        for index, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for index, (width, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
             layers = []
             for block in range(count):
                 stride = 2 if index > 0 and block == 0 else 1

@@ -167,16 +167,17 @@ class CamCapture:
             self._open_window(point)  # the pooling runs in the model's own forward
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
-        """Probe on the first sample (or, if the model refuses it, the whole batch)."""
+        """Probe on the first sample; if that fails for another reason than the head itself
+        (a model that needs the whole batch), probe on the whole batch."""
         attempts = [a for a in (_first_sample(args, kwargs), (args, kwargs)) if a is not None]
         for probe_args, probe_kwargs in attempts:
             try:
                 head = find_head(self.model, probe_args, layer=self._layer, output=self.output,
                                  example_kwargs=probe_kwargs)
-            except (UnsupportedHeadError, ValueError, TypeError) as error:
-                self._head_error = error  # deterministic: the same for any batch
+            except UnsupportedHeadError as error:
+                self._head_error = error
                 return
-            except Exception as error:  # the probe forward itself failed
+            except Exception as error:  # kept and raised by the accessors
                 self._head_error = error
                 continue
             self._head_error = None

@@ -223,7 +223,6 @@ def _draw(
     if region is None:
         return None
     y0, y1, x0, x1 = region
-    h, w = y1 - y0 + 1, x1 - x0 + 1
     codes = paint(*_unit_coords(region, pose, ss))
     coverage = _block_mean(codes > 0, ss)
     frac_b = _block_mean(codes == 2, ss)

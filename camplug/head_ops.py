@@ -263,7 +263,8 @@ def affine_step(op: Op, x: Value, y: Value) -> HeadStep | None:
         return LayerNormStep(
             weight.repeat_interleave(repeat) if weight is not None else None,
             bias.repeat_interleave(repeat) if bias is not None else None,
-            float(op.arg(4, "eps", 1e-5)), f"group_norm, 1 group, {where} (per-sample statistics folded)",
+            float(op.arg(4, "eps", 1e-5)),
+            f"group_norm, 1 group, {where} (per-sample statistics folded)",
         )
     raise refuse(op, "is not affine")
 

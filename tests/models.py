@@ -32,9 +32,11 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 if is_norm and isinstance(param, torch.Tensor):
                     offset = 1.0 if name == "weight" else 0.0
                     param.copy_(offset + 0.3 * torch.randn(param.shape, generator=generator))
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-                module.running_mean.copy_(0.2 * torch.randn(module.num_features, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+            stats = getattr(module, "running_mean", None)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and stats is not None:
+                count = module.num_features
+                module.running_mean.copy_(0.2 * torch.randn(count, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(count, generator=generator))
     return model
 
 
@@ -148,7 +150,8 @@ class SqueezeExcite(nn.Module):
 
 
 class EfficientNetLike(nn.Module):
-    """EfficientNet: SE blocks, SiLU, ``avgpool`` module, ``Sequential(Dropout(inplace), Linear)``."""
+    """EfficientNet: SE blocks, SiLU, ``avgpool`` module, classifier
+    ``Sequential(Dropout(inplace=True), Linear)``."""
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
@@ -420,7 +423,7 @@ class TokenMeanNet(nn.Module):
 
 
 class MobileNetV3Like(nn.Module):
-    """MobileNetV3: ``classifier = Sequential(Linear, Hardswish, Dropout, Linear)``: no exact CAM."""
+    """MobileNetV3: ``classifier = Sequential(Linear, Hardswish, Dropout, Linear)``: no CAM."""
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
@@ -434,7 +437,7 @@ class MobileNetV3Like(nn.Module):
 
 
 class VGGLike(nn.Module):
-    """VGG: ``avgpool = AdaptiveAvgPool2d((2, 2))`` and an MLP classifier with ReLU: no exact CAM."""
+    """VGG: ``avgpool = AdaptiveAvgPool2d((2, 2))``, an MLP classifier with ReLU: no exact CAM."""
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()

@@ -146,7 +146,7 @@ def test_object_placement_is_uniform_over_the_image():
     assert abs(np.corrcoef(centres.T)[0, 1]) < 0.2
     assert (centres.min(axis=0) < 0.15).all() and (centres.max(axis=0) > 0.85).all()
     sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + 1
-    assert 0.12 * SIZE <= sizes.min() and sizes.max() <= 0.42 * SIZE
+    assert sizes.min() >= 0.12 * SIZE and sizes.max() <= 0.42 * SIZE
     for values in (centres[:, 0], centres[:, 1]):  # placement independent of the class
         groups = [values[labels == c] for c in range(ds.num_classes)]
         assert stats.f_oneway(*groups).pvalue > 1e-3
@@ -182,8 +182,8 @@ def test_background_statistics_do_not_depend_on_the_class():
 
 
 def test_edges_alone_do_not_find_the_object():
-    """Clutter has the objects' contrast: the strongest smoothed edge energy is off the object
-    in a good share of images, while it would always be on it without clutter."""
+    """Clutter has the objects' contrast: the strongest smoothed edge energy mostly lies off the
+    object (it lies on it in about 85% of images when the clutter is left out)."""
     ds = SyntheticLocalization(120, "easy", SIZE, seed=10)
     hits = []
     for i in range(len(ds)):
@@ -193,7 +193,7 @@ def test_edges_alone_do_not_find_the_object():
         y, x = np.unravel_index(np.argmax(energy), energy.shape)
         x0, y0, x1, y1 = sample.box
         hits.append(x0 <= x <= x1 and y0 <= y <= y1)
-    assert np.mean(hits) < 0.75
+    assert np.mean(hits) < 0.4
 
 
 def changed_fraction(a, b) -> float:

@@ -51,9 +51,16 @@ def test_draws_on_a_terminal_and_throttles():
     bar.update(1)
     assert stream.getvalue().count("\r") == 2
     bar.update(7)  # reaching the total always draws
-    bar.close()
+    bar.close()  # the final state is already shown: only the newline is added
     lines = stream.getvalue().split("\r")
-    assert lines[-1].startswith("audit 10/10") and lines[-1].endswith("\n")
+    assert len(lines) == 4 and lines[-1].startswith("audit 10/10")
+    assert lines[-1].endswith("\n") and stream.getvalue().count("\n") == 1
+    unfinished = Terminal()
+    bar = Progress(10, clock=clock, stream=unfinished, enabled=True, min_interval=100.0)
+    bar.update(1)
+    bar.update(2)  # throttled
+    bar.close()  # an interrupted run shows where it stopped
+    assert unfinished.getvalue().split("\r")[-1].startswith("audit  3/10")
 
 
 def test_quiet_when_not_a_terminal_or_under_pytest(monkeypatch):

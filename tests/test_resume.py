@@ -17,7 +17,7 @@ import pytest
 
 from camplug.audit.store import ResultStore
 
-N = 96
+N = 192
 BATCH = 8
 MODEL_SOURCE = textwrap.dedent("""
     import torch

@@ -35,7 +35,7 @@ def test_load_demo_model_is_gap_linear_in_eval_mode(split):
     ds = SyntheticLocalization(4, split, 96, seed=FRESH_SEED)
     x = to_tensors(ds)["images"]
     with torch.no_grad():
-        features = model.features(x)
+        features = model.features(model.input_norm(x))
         logits = model(x)
     assert features.shape == (4, zoo.DEMO_WIDTHS[-1], 12, 12)
     w, b = model.classifier.weight.double(), model.classifier.bias.double()
@@ -53,7 +53,7 @@ def test_shipped_model_accuracy_and_cam_pointing_on_fresh_data(split, bound):
     model = zoo.load_demo_model(split)
     data = to_tensors(SyntheticLocalization(200, split, 96, seed=FRESH_SEED))
     with torch.no_grad():
-        features = model.features(data["images"])
+        features = model.features(model.input_norm(data["images"]))
         logits = model(data["images"])
     accuracy = (logits.argmax(1) == data["labels"]).double().mean().item()
     assert accuracy >= bound, f"accuracy {accuracy:.3f} < {bound}"
@@ -90,7 +90,7 @@ def test_untrained_model_is_seeded_and_leaves_the_global_rng_alone():
     a, b, c = zoo.untrained_demo_model(3), zoo.untrained_demo_model(3), zoo.untrained_demo_model(4)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert not a.training
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.features[0].weight, c.features[0].weight)
     assert zoo.untrained_demo_model(0, num_classes=5).classifier.out_features == 5

@@ -58,6 +58,7 @@ class Progress:
         self._start = clock()
         self._start_count = done
         self._last_draw = -float("inf")
+        self._drawn: int | None = None  # the count shown by the last draw
         self._min_interval = min_interval
 
     @property
@@ -90,13 +91,21 @@ class Progress:
         if self.enabled and (now - self._last_draw >= self._min_interval
                              or self.count >= self.total):
             self._last_draw = now
-            self.stream.write("\r" + self.line())
-            self.stream.flush()
+            self._draw()
+
+    def _draw(self) -> None:
+        self._drawn = self.count
+        self.stream.write("\r" + self.line())
+        self.stream.flush()
 
     def close(self) -> None:
-        """End the bar's line (draws the final state)."""
-        if self.enabled:
-            self.stream.write("\r" + self.line() + "\n")
+        """Draw the final state if it is not shown yet, and end the line."""
+        if not self.enabled:
+            return
+        if self._drawn != self.count:
+            self._draw()
+        if self._drawn is not None:
+            self.stream.write("\n")
             self.stream.flush()
 
     def __enter__(self) -> Progress:

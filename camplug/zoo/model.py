@@ -17,7 +17,7 @@ __all__ = [
     "weights_path",
 ]
 
-DEMO_WIDTHS = (32, 64, 96, 128)
+DEMO_WIDTHS = (24, 48, 64, 96)
 _WEIGHT_FILES = {"easy": "demo_cnn.pt", "hard": "demo_cnn_hard.pt"}
 
 
@@ -30,11 +30,14 @@ def _conv_block(in_channels: int, out_channels: int, stride: int) -> list[nn.Mod
 
 
 class DemoCNN(nn.Module):
-    """Six 3x3 conv-BN-ReLU blocks (output stride 8, receptive field 43 px), then
-    ``AdaptiveAvgPool2d(1) -> Flatten -> Linear``.
+    """Per-image input standardization, six 3x3 conv-BN-ReLU blocks (output stride 8,
+    receptive field 43 px), then ``AdaptiveAvgPool2d(1) -> Flatten -> Linear``.
 
-    Input float32 [B, 3, H, W]; ``features(x)`` is [B, widths[-1], H/8, W/8] (the tensor that
-    feeds global pooling, 12 x 12 at 96 px); the output is logits [B, num_classes].
+    Input float32 [B, 3, H, W]. ``input_norm`` (``InstanceNorm2d``, no parameters) removes each
+    image's mean colour and contrast: without it the random background colours dominate the
+    features and training stalls at chance for hundreds of steps. ``features`` maps the
+    standardized image to [B, widths[-1], H/8, W/8] (the tensor that feeds global pooling,
+    12 x 12 at 96 px); the output is logits [B, num_classes].
     """
 
     def __init__(self, num_classes: int, widths: Sequence[int] = DEMO_WIDTHS):
@@ -44,6 +47,7 @@ class DemoCNN(nn.Module):
         if len(widths) != 4 or any(w < 1 for w in widths):
             raise ValueError(f"widths must be 4 positive channel counts, got {tuple(widths)}")
         w0, w1, w2, w3 = widths
+        self.input_norm = nn.InstanceNorm2d(3)
         self.features = nn.Sequential(
             *_conv_block(3, w0, 2),
             *_conv_block(w0, w0, 1),
@@ -57,7 +61,7 @@ class DemoCNN(nn.Module):
         self.classifier = nn.Linear(w3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        return self.classifier(self.flatten(self.pool(self.features(self.input_norm(x)))))
 
 
 def build_demo_model(num_classes: int, widths: Sequence[int] = DEMO_WIDTHS) -> DemoCNN:

@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--split", choices=SPLITS, default="easy")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--n-train", type=int, default=12000)
+    parser.add_argument("--n-train", type=int, default=10000)
     parser.add_argument("--n-val", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)
