@@ -38,7 +38,7 @@ from .heads import (
     to_feature_map,
 )
 from .kernels import cam
-from .recorder import func_name, tensors_in
+from .recorder import first_tensor, func_name, tensors_in
 from .targets import check_targets, resolve_targets
 
 SizeSpec = Any  # "input", "features", an int or a pair (H, W)
@@ -225,7 +225,7 @@ class CamCapture:
             self._pending = tensor.detach().clone()
 
     def _store_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._store(next(tensors_in((args, kwargs)), None))
+        self._store(first_tensor(args, kwargs))
 
     def _store_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._store(output)

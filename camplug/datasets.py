@@ -1,10 +1,12 @@
 """Seeded synthetic weakly-supervised localization data: one object per cluttered image.
 
 Every sample is a pure function of ``(seed, split, index)``: any subset renders bit-identically
-in any order and in any worker process. Three independent random streams feed a sample: the
-label, the background (base colour, shading, clutter, pixel noise) and the object's geometry
-and colours. The background stream never sees the label, so clutter carries no label
-information, and ``render(i, label=c)`` draws the very same image with another class.
+in any order and in any worker process. The label is ``index % num_classes`` (any prefix is
+class-balanced); two independent random streams seeded from ``(seed, split, index)`` draw the
+background (base colour, shading, clutter, pixel noise) and the object's pose and colours.
+Neither stream sees the label, so clutter carries no label information and
+``render(i, label=c)`` draws the very same image with another class. The scene is laid out
+in fractions of the image side, so another ``image_size`` renders the same scene rescaled.
 
 Geometry is in pixels with pixel ``(row, col)`` centred on integer coordinates. Objects are
 rasterized with 4x4 supersampling; the mask is ``coverage >= 0.5`` and the box (x0, y0, x1, y1,
@@ -42,7 +44,7 @@ MIN_IMAGE_SIZE = 32
 _OBJECT_SUPERSAMPLING = 4
 _CLUTTER_SUPERSAMPLING = 2
 _MIN_CONTRAST = 0.35  # Euclidean RGB distance of objects AND clutter from the background base
-_STREAM_LABEL, _STREAM_BACKGROUND, _STREAM_OBJECT = 0, 1, 2
+_STREAM_BACKGROUND, _STREAM_OBJECT = 1, 2  # stream ids in the seed; changing them changes data
 
 Painter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Maps unit-disc coordinates (u, v) to paint codes: 0 none, 1 colour A, 2 colour B."""
@@ -409,8 +411,12 @@ class SyntheticLocalization(Dataset):
         index = self._check_index(index)
         if label is None:
             label = index % self.num_classes
-        elif not 0 <= int(label) < self.num_classes:
-            raise ValueError(f"label must be in [0, {self.num_classes}), got {label!r}")
+        elif (
+            not isinstance(label, (int, np.integer))
+            or isinstance(label, bool)
+            or not 0 <= label < self.num_classes
+        ):
+            raise ValueError(f"label must be an int in [0, {self.num_classes}), got {label!r}")
         background, geometry = (self._stream(index, s) for s in (_STREAM_BACKGROUND,
                                                                   _STREAM_OBJECT))
         size = self.image_size
@@ -454,19 +460,24 @@ class SyntheticLocalization(Dataset):
 def to_tensors(
     ds: SyntheticLocalization, indices: Sequence[int] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Render samples into stacked tensors: images float32 [N, 3, S, S], labels int64 [N],
-    boxes float32 [N, 4], masks bool [N, S, S]."""
-    indices = range(len(ds)) if indices is None else indices
-    samples = [ds.render(i) for i in indices]
+    """Render samples into stacked tensors: images float32 [N, 3, S, S] (normalized), labels
+    int64 [N], boxes float32 [N, 4], masks bool [N, S, S]."""
+    indices = list(range(len(ds)) if indices is None else indices)
     size = ds.image_size
-    rgb = np.stack([s.rgb for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
+    rgb = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    masks = np.empty((len(indices), size, size), dtype=bool)
+    boxes = np.empty((len(indices), 4), dtype=np.float32)
+    labels = np.empty(len(indices), dtype=np.int64)
+    for row, index in enumerate(indices):
+        sample = ds.render(index)
+        rgb[row], masks[row], boxes[row], labels[row] = (
+            sample.rgb, sample.mask, sample.box, sample.label
+        )
     return {
         "images": normalize(rgb),
-        "labels": torch.tensor([s.label for s in samples], dtype=torch.int64),
-        "boxes": torch.tensor(np.array([s.box for s in samples], dtype=np.float32).reshape(-1, 4)),
-        "masks": torch.from_numpy(
-            np.stack([s.mask for s in samples]) if samples else np.zeros((0, size, size), bool)
-        ),
+        "labels": torch.from_numpy(labels),
+        "boxes": torch.from_numpy(boxes),
+        "masks": torch.from_numpy(masks),
     }
 
 

@@ -62,9 +62,11 @@ class LinearStep(HeadStep):
         return w @ self.weight.float(), b
 
     def select(self, targets, x, state, num_out):  # noqa: ANN001
-        w = self.weight.float()[targets]
-        b = self.bias.float()[targets] if self.bias is not None else w.new_zeros(targets.shape)
-        return w, b
+        rows = targets.reshape(-1)
+        w = self.weight.index_select(0, rows).float().reshape(*targets.shape, -1)
+        if self.bias is None:
+            return w, w.new_zeros(targets.shape)
+        return w, self.bias.index_select(0, rows).float().reshape(targets.shape)
 
 
 class ScaleShiftStep(HeadStep):

@@ -33,7 +33,7 @@ from .head_ops import (
     pre_pool_conv_step,
     refuse,
 )
-from .recorder import ForwardRecorder, ModuleCall, Op, Value, tensors_in
+from .recorder import ForwardRecorder, ModuleCall, Op, Value, first_tensor
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
 LayerSpec = str | nn.Module | None
@@ -245,7 +245,7 @@ def record_forward(
 
 
 def input_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
-    first = next((t for t in tensors_in((args, kwargs)) if t.dim() >= 3), None)
+    first = first_tensor(args, kwargs, min_dim=3)
     return (int(first.shape[-2]), int(first.shape[-1])) if first is not None else None
 
 

@@ -110,6 +110,20 @@ def tensors_in(tree: Any) -> Iterator[torch.Tensor]:
     return (leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
 
 
+def first_tensor(args: tuple, kwargs: dict, min_dim: int = 0) -> torch.Tensor | None:
+    """The first tensor with at least ``min_dim`` dims among a call's arguments (fast path for
+    plain tensor arguments, which forward hooks see on every call)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            if value.dim() >= min_dim:
+                return value
+        elif isinstance(value, (tuple, list, dict)):
+            nested = next((t for t in tensors_in(value) if t.dim() >= min_dim), None)
+            if nested is not None:
+                return nested
+    return None
+
+
 class ForwardRecorder(TorchFunctionMode):
     """Context manager recording every top-level torch call and module call of one forward.
 

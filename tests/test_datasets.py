@@ -291,5 +291,6 @@ def test_invalid_index_and_label():
         ds[-4]
     with pytest.raises(TypeError, match="index must be an int"):
         ds["0"]
-    with pytest.raises(ValueError, match="label must be in"):
-        ds.render(0, label=ds.num_classes)
+    for label in (ds.num_classes, -1, 1.5):
+        with pytest.raises(ValueError, match="label must be an int in"):
+            ds.render(0, label=label)

@@ -210,10 +210,10 @@ def test_train_mode_forward_is_unchanged_by_the_capture(name):
     assert_pristine(model)
 
 
-@pytest.mark.parametrize("name", ["resnet", "densenet"])
+@pytest.mark.parametrize("name", ["linear_chain", "mean_pool"])  # pre-hook and interceptor
 def test_memory_stays_flat_over_1000_forwards(name):
     model = build(CASES[name])
-    x = images(2, size=16)
+    x = images(2, size=8)
     with camplug.attach(model) as capture, torch.no_grad():
         model(x)
         first = weakref.ref(capture.features)

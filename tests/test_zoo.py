@@ -122,6 +122,19 @@ def test_train_script_runs_end_to_end_into_a_directory(tmp_path, capsys):
     assert model(x).shape == (2, 8)
 
 
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    def run(out, seed):
+        argv = ["--epochs", "1", "--n-train", "16", "--n-val", "8", "--image-size", "48",
+                "--batch-size", "8", "--threads", "1", "--seed", str(seed), "--out", str(out)]
+        train_module.main(argv)
+        return torch.load(out / "demo_cnn.pt", weights_only=True)["state_dict"]
+
+    first, again, other = run(tmp_path / "a", 2), run(tmp_path / "b", 2), run(tmp_path / "c", 3)
+    for name, value in first.items():
+        assert torch.equal(value, again[name]), name
+    assert not torch.equal(first["classifier.weight"], other["classifier.weight"])
+
+
 def test_train_script_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         train_module.parse_args(["--epochs", "0"])
