@@ -124,8 +124,12 @@ class HeadInfo:
 
 
 def select_output(output: Any, selector: OutputSelector) -> torch.Tensor:
-    """The logits in a model's output: the output itself, or ``selector`` applied to it."""
-    if selector is None:
+    """The logits in a model's output: the output itself, or ``selector`` applied to it.
+
+    An int or str selector is skipped when the output already is a tensor: models such as
+    Inception return a tuple in train mode but a tensor in eval mode (the probe's mode).
+    """
+    if selector is None or (isinstance(output, torch.Tensor) and not callable(selector)):
         if isinstance(output, torch.Tensor):
             return output
         kind = type(output).__name__

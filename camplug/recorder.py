@@ -86,7 +86,7 @@ class Op:
     @property
     def site(self) -> str:
         """The module the call ran in, for messages."""
-        return self.owner.label if self.owner else "the forward"
+        return self.owner.label if self.owner else "code outside the model (an output selector)"
 
     @property
     def where(self) -> str:

@@ -114,6 +114,19 @@ def test_output_selector(model_class, selector, resnet):
         assert torch.equal(capture.maps(topk=2), expected.maps)
 
 
+def test_index_selector_on_a_tensor_output_keeps_the_tensor(resnet):
+    """Inception-like models return a tuple in train mode but a tensor in eval mode."""
+    x = images(2)
+    with camplug.attach(resnet, output=0) as capture:
+        logits = resnet(x)
+        assert torch.equal(capture.logits, logits)
+    with camplug.attach(resnet, output=lambda out: out[:, :3]) as capture:  # callables apply
+        resnet(x)
+        with pytest.raises(camplug.UnsupportedHeadError,
+                           match=r"`__getitem__` in code outside the model.*reorders or selects"):
+            capture.maps()
+
+
 @pytest.mark.parametrize("model_class", [TupleOutputNet, DictOutputNet])
 def test_tuple_or_dict_output_without_selector_is_an_error(model_class):
     model = build(CASES["resnet"])

@@ -258,3 +258,5 @@ def test_attach_before_compile_works():
     assert_pristine(model)
     with torch.no_grad():
         assert torch.equal(compiled(x), expected.logits)
+        compiled(images(3, size=16))  # a closed capture sees no more forwards
+    assert capture.logits.shape[0] == 2
