@@ -36,6 +36,12 @@ def attach(
     output: selects the logits when ``model(x)`` returns a tuple/dict: an int index, a str key
     or a callable taking the output.
 
+    The head is discovered on the first forward, by a probe forward of its first sample (eval
+    mode, no gradients, every flag restored; the model's own hooks see that extra call). Works
+    under no_grad / inference_mode, autocast, channels_last, in train mode, and through
+    nn.DataParallel on one device. A model containing a ``torch.compile``d module is refused:
+    attach to the eager model, then compile it (the hooks are traced into the graph).
+
     >>> with camplug.attach(model) as capture:
     ...     logits = model(x)
     ...     maps = capture.maps()                 # [B, 1, H, W], predicted classes

@@ -45,7 +45,8 @@ SizeSpec = Any  # "input", "features", an int or a pair (H, W)
 
 
 class _Interceptor(TorchFunctionMode):
-    """Takes the first argument of the ``index``-th call of the torch function ``name``."""
+    """Takes the first tensor argument of the ``index``-th call of the torch function ``name``
+    (a window opened and closed by module hooks around the functional pooling)."""
 
     def __init__(self, name: str, index: int, store: Callable[[torch.Tensor], None]) -> None:
         super().__init__()
@@ -54,7 +55,7 @@ class _Interceptor(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if self.seen <= self.index and func_name(func) == self.name:
             if self.seen == self.index:
-                self.store(args[0])
+                self.store(first_tensor(args, kwargs or {}))
             self.seen += 1
         return func(*args, **(kwargs or {}))
 

@@ -89,8 +89,11 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
     parser.add_argument("--thresholds-step", type=float, default=0.01,
                         help="CAM threshold grid step for MaxBoxAcc and PxAP (default 0.01)")
     parser.add_argument("--min-mass-inside", type=_fraction, default=0.5,
-                        help="flag 'mass_outside': right class but less than this fraction of "
-                        "the CAM's mass inside the boxes (default 0.5)")
+                        help="flag 'mass_outside': right class, but the share of the CAM's mass "
+                        "inside the boxes is below this (default 0.5) and below --min-lift x "
+                        "the boxes' share of the image")
+    parser.add_argument("--min-lift", type=float, default=2.0,
+                        help="see --min-mass-inside (default 2: twice a uniform map's share)")
     parser.add_argument("--low-confidence", type=_fraction, default=0.5,
                         help="flag 'low_confidence': predicted-class probability below this "
                         "(default 0.5)")
@@ -182,7 +185,7 @@ def _run_audit(model, data, args: argparse.Namespace, model_name: str):
         device=args.device, layer=getattr(args, "layer", None),
         output=getattr(args, "output", None),
         thresholds=default_thresholds(args.thresholds_step).tolist(),
-        flags=FlagThresholds(args.min_mass_inside, args.low_confidence),
+        flags=FlagThresholds(args.min_mass_inside, args.min_lift, args.low_confidence),
         faithfulness=args.faithfulness, faithfulness_steps=args.faithfulness_steps,
         report=not args.no_report, gallery_size=args.gallery_size, model_name=model_name,
         fresh=args.fresh, progress=False if args.no_progress else None,

@@ -53,6 +53,33 @@ def probing() -> bool:
 
 
 @dataclass(frozen=True)
+class ReplayOp:
+    """A recorded shape-only op to apply again to a new tensor (``None`` in ``args`` marks
+    where that tensor goes; constants are kept as they were)."""
+
+    name: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @staticmethod
+    def of(op: Op) -> ReplayOp:
+        def keep(leaf: Any) -> Any:
+            if isinstance(leaf, Value):
+                return None if leaf.tainted else leaf.tensor
+            return leaf
+
+        return ReplayOp(op.name, op.func, tuple(keep(a) for a in op.args),
+                        {k: keep(v) for k, v in op.kwargs.items()})
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.name in DROPOUTS:
+            return tensor
+        args = (tensor, *self.args[1:])  # the features are the first argument (checked)
+        return self.func(*args, **self.kwargs)
+
+
+@dataclass(frozen=True)
 class CapturePoint:
     """Where the features are taken during a forward.
 
@@ -71,7 +98,7 @@ class CapturePoint:
     op_index: int = 0
     anchor: str | None = None
     anchor_call: int = 0
-    path: tuple[Op, ...] = ()
+    path: tuple[ReplayOp, ...] = ()
 
     def describe(self) -> str:
         target = f"`{self.module}`" if self.module else "the model"
@@ -112,8 +139,10 @@ class HeadInfo:
         """A few lines stating what was found (layer names, shapes, folded operations)."""
         k, h, w = self.feature_shape
         tokens = f" ({self.layout} tokens on a {h}x{w} grid)" if self.token_grid else ""
+        size = self.probe_input_size
+        at = f" for a {size[0]}x{size[1]} input" if size else ""
         lines = [
-            f"features  : {self.feature_source} -> [B, {k}, {h}, {w}]{tokens}, "
+            f"features  : {self.feature_source} -> [B, {k}, {h}, {w}]{tokens}{at}, "
             f"{str(self.feature_dtype).replace('torch.', '')}",
             f"pooling   : {self.pooling}",
             f"classifier: {self.classifier} ({self.num_classes} classes)",
@@ -367,7 +396,7 @@ def _capture_point(
 ) -> CapturePoint:
     if layer_call is not None:
         return CapturePoint("module_output", layer_call.name, layer_call.done_index,
-                            path=tuple(path))
+                            path=tuple(ReplayOp.of(op) for op in path))
     owner = consumer.owner
     assert owner is not None  # every op runs inside the root module's call
     if owner.name and owner.input_value is value:
@@ -508,7 +537,7 @@ def to_feature_map(info: HeadInfo, captured: torch.Tensor,
                    input_size: tuple[int, int] | None) -> torch.Tensor:
     """The captured tensor as a feature map [B, K, h, w] (a view when possible)."""
     for op in info.capture.path:
-        captured = _replay(op, captured)
+        captured = op(captured)
     if info.layout == "nchw":
         return captured
     if info.layout == "nhwc":
@@ -518,21 +547,6 @@ def to_feature_map(info: HeadInfo, captured: torch.Tensor,
     if info.layout == "nlc":
         return captured.unflatten(1, (grid_h, grid_w)).permute(0, 3, 1, 2)
     return captured.unflatten(2, (grid_h, grid_w))
-
-
-def _replay(op: Op, tensor: torch.Tensor) -> torch.Tensor:
-    """Apply a recorded shape-only op (dropout skipped) to a new tensor."""
-    if op.name in DROPOUTS:
-        return tensor
-
-    def swap(leaf: Any) -> Any:
-        if isinstance(leaf, Value):
-            return tensor if leaf.tainted else leaf.tensor
-        return leaf
-
-    args = tuple(swap(a) for a in op.args)
-    kwargs = {k: swap(v) for k, v in op.kwargs.items()}
-    return op.func(*args, **kwargs)
 
 
 def pooled_vector(features: torch.Tensor) -> torch.Tensor:

@@ -153,10 +153,10 @@ class ForwardRecorder(TorchFunctionMode):
                 self._handles.append(
                     module.register_forward_hook(self._exit_module, always_call=True)
                 )
+            return super().__enter__()
         except BaseException:
             self._remove_hooks()
             raise
-        return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         try:

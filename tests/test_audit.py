@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 import camplug
 from camplug import metrics
-from camplug.audit import FlagThresholds, audit
+from camplug.audit import FlagThresholds, audit, load_summary
 from camplug.audit.store import ResultStore
 from camplug.datasets import SyntheticLocalization
 
@@ -90,6 +90,13 @@ def test_one_row_per_sample_with_the_datasets_ids(small_run):
     assert run.config["thresholds"] == GRID and run.n_samples == 10
 
 
+def test_a_stored_run_summarizes_the_same_without_the_model(small_run):
+    _, _, summary, _ = small_run
+    again = load_summary(summary.db_path)
+    assert again.run_id == summary.run_id
+    assert again.table() == summary.table()
+
+
 def test_rows_match_an_independent_computation(small_run):
     model, ds, summary, rows = small_run
     data = stacked(ds, range(10))
@@ -161,7 +168,8 @@ def test_flags_follow_their_documented_rules(small_run):
             expected.add("wrong_class")
         if row.score < rules.low_confidence:
             expected.add("low_confidence")
-        if row.prediction == row.label and row.metrics["energy_inside"] < rules.min_mass_inside:
+        inside, area = row.metrics["energy_inside"], row.metrics["box_area_fraction"]
+        if row.prediction == row.label and inside < 0.5 and inside < 2.0 * area:
             expected.add("mass_outside")
         assert set(row.flags) == expected
     assert summary.flag_counts == {
@@ -173,7 +181,7 @@ def test_flag_thresholds_are_configurable(tmp_path):
     model = TinyNet()
     ds = SyntheticLocalization(n=6, image_size=32, seed=1)
     strict = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
-                   flags=FlagThresholds(min_mass_inside=1.0, low_confidence=1.0))
+                   flags=FlagThresholds(min_mass_inside=1.0, min_lift=1e9, low_confidence=1.0))
     lax = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
                 flags=FlagThresholds(min_mass_inside=0.0, low_confidence=0.0))
     assert strict.run_id != lax.run_id  # flag rules are part of the run's identity
@@ -185,6 +193,8 @@ def test_flag_thresholds_are_configurable(tmp_path):
         assert la.flags == (["wrong_class"] if la.prediction != la.label else [])
     with pytest.raises(ValueError, match="min_mass_inside must be in"):
         FlagThresholds(min_mass_inside=1.5)
+    with pytest.raises(ValueError, match="min_lift must be >= 0"):
+        FlagThresholds(min_lift=-1.0)
 
 
 class Faulty(Dataset):

@@ -407,3 +407,19 @@ def test_fp64_model():
     assert capture.features.dtype == torch.float64
     assert_close(maps, raw_maps(a, weights, targets), torch.float32, "fp64 model maps")
     assert_close(maps.double().mean(dim=(2, 3)) + bias, logits, torch.float32, "fp64 identity")
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_triton_backend_matches_the_torch_backend(name):
+    """The fused kernel reads the captured features in place (token maps are strided views);
+    on CPU it runs under Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py)."""
+    pytest.importorskip("triton")
+    case = CASES[name]
+    model, x = build(case), images(2, case.size)
+    with camplug.attach(model, backend="torch") as reference_capture:
+        model(x)
+        expected = reference_capture.maps(topk=2, size=(20, 12))
+    with camplug.attach(model, backend="triton") as capture:
+        model(x)
+        maps = capture.maps(topk=2, size=(20, 12))
+    assert_close(maps, expected, torch.float32, f"{name} triton vs torch backend")

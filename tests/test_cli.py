@@ -142,6 +142,11 @@ def test_user_errors_are_reported_without_a_traceback(tmp_path, model_file, caps
     assert "expected a value in [0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["audit", "--data", "synthetic"])  # --out is required
+    capsys.readouterr()
+    assert main(["audit", "--model", f"{model_file}:make", "--data", "synthetic",
+                 "--num-images", "2", "--image-size", "32", "--out", str(tmp_path),
+                 "--min-lift", "-1"]) == 2
+    assert "min_lift must be >= 0, got -1.0" in capsys.readouterr().err
 
 
 def test_describe_prints_the_head(model_file, capsys):

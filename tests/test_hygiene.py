@@ -167,12 +167,14 @@ def test_repeated_attach_and_close():
     assert capture.maps().shape == (1, 1, 32, 32)  # results stay readable after close
 
 
-def test_nested_and_concurrent_captures():
-    model = build(CASES["resnet"])
+@pytest.mark.parametrize(("name", "layer"), [("resnet", "layer2"), ("densenet", None)])
+def test_nested_and_concurrent_captures(name, layer):
+    """DenseNet's captures each open their own torch-function interceptor: they nest."""
+    model = build(CASES[name])
     x, y = images(3, seed=2), images(2, seed=3)
     outer = camplug.attach(model)
     model(x)
-    with camplug.attach(model, "layer2") as inner:
+    with camplug.attach(model, layer) as inner:
         assert outer.logits.shape[0] == 3
         model(y)  # the inner capture's probe forward must not reach the outer one
         assert outer.logits.shape[0] == 2 and inner.logits.shape[0] == 2

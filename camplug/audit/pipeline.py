@@ -10,6 +10,7 @@ and rank 0 merges them (see ``distributed``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -78,8 +79,7 @@ def run_config(
         "output": _output_name(output),
         "thresholds": [float(t) for t in thresholds],
         "iou_thresholds": [float(d) for d in iou_thresholds],
-        "flags": {"min_mass_inside": flags.min_mass_inside,
-                  "low_confidence": flags.low_confidence},
+        "flags": dataclasses.asdict(flags),
         "faithfulness": faithfulness,
         "faithfulness_steps": faithfulness_steps if faithfulness else None,
     }

@@ -18,8 +18,8 @@ FLAG_RULES = {
     "wrong_class": "the predicted class is not the label",
     "low_confidence": "the predicted class's softmax probability is below {low_confidence}",
     "mass_outside": (
-        "right class, but less than {min_mass_inside} of the CAM's mass lies inside the "
-        "ground-truth boxes"
+        "right class, but the share of the CAM's mass inside the ground-truth boxes is below "
+        "{min_mass_inside} and below {min_lift} x the boxes' share of the image"
     ),
 }
 
@@ -28,13 +28,17 @@ FLAG_RULES = {
 class FlagThresholds:
     """When a sample is flagged as suspicious (see ``FLAG_RULES``).
 
-    ``min_mass_inside``: a correctly classified sample whose CAM puts less than this fraction of
-    its mass (energy-based pointing game) inside the ground-truth boxes is ``mass_outside``.
-    ``low_confidence``: a sample whose predicted-class softmax probability is below this is
-    ``low_confidence``. Every misclassified sample is ``wrong_class``.
+    ``mass_outside`` (right for the wrong reasons): the class is right, but the share of the
+    CAM's mass inside the ground-truth boxes (the energy-based pointing game) is below both
+    ``min_mass_inside`` (the mass lies mostly outside the object) and ``min_lift`` times the
+    boxes' area share (a uniform map scores exactly that share). The second condition keeps the
+    flag meaningful for small objects, where even a well-placed low-resolution CAM keeps most of
+    its mass outside the box. ``low_confidence``: the predicted-class softmax probability is
+    below ``low_confidence``. Every misclassified sample is ``wrong_class``.
     """
 
     min_mass_inside: float = 0.5
+    min_lift: float = 2.0
     low_confidence: float = 0.5
 
     def __post_init__(self) -> None:
@@ -42,21 +46,27 @@ class FlagThresholds:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not self.min_lift >= 0.0:
+            raise ValueError(f"min_lift must be >= 0, got {self.min_lift}")
 
     def rules(self) -> dict[str, str]:
         """Each flag's rule in words, with this instance's thresholds."""
         return {name: rule.format(**self.__dict__) for name, rule in FLAG_RULES.items()}
 
+    def mass_threshold(self, box_area_fraction: float) -> float:
+        """The share of CAM mass inside the boxes below which ``mass_outside`` applies."""
+        return min(self.min_mass_inside, self.min_lift * box_area_fraction)
+
 
 def flags_for(prediction: int, label: int, score: float, mass_inside: float,
-              thresholds: FlagThresholds) -> list[str]:
+              box_area_fraction: float, thresholds: FlagThresholds) -> list[str]:
     """The flags of one sample (a subset of ``FLAG_RULES``, in that order)."""
     flags = []
     if prediction != label:
         flags.append("wrong_class")
     if score < thresholds.low_confidence:
         flags.append("low_confidence")
-    if prediction == label and mass_inside < thresholds.min_mass_inside:
+    if prediction == label and mass_inside < thresholds.mass_threshold(box_area_fraction):
         flags.append("mass_outside")
     return flags
 
