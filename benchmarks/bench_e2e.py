@@ -14,7 +14,9 @@ CUDA: fp16 weights and inputs, channels_last, batches 1, 32, 256 at 224 px (targ
 <= 10% at batch 8); ``--batches 1 8 32 256`` for the large ones (minutes per batch on a few cores).
 
 As a script: ``python benchmarks/bench_e2e.py [--device cpu] [--batches 1 8] [--rounds N]
-[--quick]`` prints a table and writes JSON (device name, date) under benchmarks/results/.
+[--threads T] [--quick]`` prints a table and writes JSON (device name, date) under
+benchmarks/results/. On a CPU shared with other jobs, ``--threads 1`` gives stable figures (with
+several threads, OpenMP barriers waiting on a descheduled thread swamp the comparison).
 Under pytest-benchmark: ``pytest benchmarks/bench_e2e.py --benchmark-only`` (batches 1 and 8
 on CPU, or also 32 with CAMPLUG_BENCH_LARGE=1; 1, 32 and 256 on CUDA).
 """
@@ -202,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "timing": "median and best (min) wall clock of interleaved rounds"
         + (", CUDA synchronized" if cuda else " on CPU")
         + "; overhead_percent from medians, overhead_percent_best from minimums, "
-        "overhead_percent_cpu_time from median process CPU time (insensitive to other "
-        "processes' load on a shared CPU)",
+        "overhead_percent_cpu_time from median process CPU time (with one thread, little "
+        "affected by other processes' load)",
         "command": "python benchmarks/bench_e2e.py " + " ".join(argv or sys.argv[1:]),
         "results": rows,
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 import torch
@@ -361,8 +361,6 @@ class CamCapture:
 def _no_autocast(device: torch.device) -> Any:
     """A context with autocast off on ``device`` (the fold and the kernel run in fp32)."""
     stack = ExitStack()
-    try:
+    with suppress(RuntimeError):  # a device type without autocast support: nothing to turn off
         stack.enter_context(torch.autocast(device.type, enabled=False))
-    except RuntimeError:  # a device type without autocast support
-        pass
     return stack
