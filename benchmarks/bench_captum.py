@@ -1,24 +1,26 @@
 """CAM against Captum's LayerGradCam: throughput on the ResNet-50-shaped benchmark model.
 
 Every method makes the layer-resolution maps (S/32 x S/32) of the top-C classes of each image
-(C = 1 and 5 by default) on the same batch:
+(C = 1 and 5 by default, the classes known beforehand) on the same batch; a separate scenario,
+"predicted class", explains each image's predicted class without knowing it (target=None, the
+common workflow): LayerGradCam refuses target=None, so it first needs a forward for the argmax,
+then its own forward and backward; the CAM methods do one forward.
 
 - Captum's LayerGradCam on ``layer4``: a forward that records autograd, then a backward from
   the logits to ``layer4`` only;
-- ``camplug.ClassActivationMap``: a forward without autograd, plus a probe forward of one image
-  that discovers the head;
-- ``camplug.explain``: the plugin attached for one call (so it probes too);
-- the plugin attached once (``camplug.attach`` kept open on a copy of the model): no probe
-  after the first forward;
+- ``camplug.ClassActivationMap``: a forward without autograd (attached for that call; the head
+  found by the first call's probe forward is cached for the unchanged model);
+- ``camplug.explain``: the plugin attached for one call (same cache);
+- the plugin attached once (``camplug.attach`` kept open on a copy of the model);
 - a plain ``model(x)`` under no_grad: the floor every method pays.
 
 Captum's API takes one class per image and call, so LayerGradCam and ClassActivationMap make C
 calls where the plugin makes the C maps from one forward.
 
 As a script: ``python benchmarks/bench_captum.py [--quick] [--device cpu] [--batch B]
-[--size S] [--classes 1 5] [--threads T]`` prints a table and writes JSON (device name, date)
-under benchmarks/results/. Default configuration: batch 64 at 224 px on CUDA, batch 8 at
-128 px on CPU. Under pytest-benchmark: ``pytest benchmarks --benchmark-only``.
+[--size S] [--classes 1 5] [--no-predicted] [--threads T]`` prints a table and writes JSON
+(device name, date) under benchmarks/results/. Default configuration: batch 64 at 224 px on
+CUDA, batch 8 at 128 px on CPU. Under pytest-benchmark: ``pytest benchmarks --benchmark-only``.
 """
 
 from __future__ import annotations
@@ -50,11 +52,14 @@ METHODS = ("forward only", "LayerGradCam", "ClassActivationMap", "camplug.explai
 
 
 def build_methods(
-    model: ResNet50Like, x: torch.Tensor, targets: torch.Tensor
+    model: ResNet50Like, x: torch.Tensor, targets: torch.Tensor | None
 ) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
-    """The timed callables for the classes ``targets`` [B, C], and a function closing the
-    attached capture. Captum's API takes one class per image and call, so LayerGradCam and
-    ClassActivationMap make C calls; the plugin makes the C maps from one forward."""
+    """The timed callables for the classes ``targets`` [B, C] (None: each image's predicted
+    class, unknown beforehand), and a function closing the attached capture. Captum's API takes
+    one class per image and call, so LayerGradCam and ClassActivationMap make C calls; the
+    plugin makes the C maps from one forward."""
+    if targets is None:
+        return _predicted_class_methods(model, x)
     grad_cam = LayerGradCam(model, model.layer4)
     cam = ClassActivationMap(model)
     # The attached plugin gets its own copy of the model, so that its hooks never run (and never
@@ -78,6 +83,42 @@ def build_methods(
         "ClassActivationMap": lambda: [cam.attribute(x, target=c) for c in columns],
         "camplug.explain": lambda: camplug.explain(
             model, x, targets, size="features", normalize=False
+        ).maps,
+        "plugin (attached)": attached,
+    }
+    return methods, capture.close
+
+
+def _predicted_class_methods(
+    model: ResNet50Like, x: torch.Tensor
+) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
+    """The callables for each image's predicted class (each returns maps [B, 1, h, w], or a
+    list of one): LayerGradCam needs the argmax from a forward first (it refuses target=None)."""
+    grad_cam = LayerGradCam(model, model.layer4)
+    cam = ClassActivationMap(model)
+    twin = copy.deepcopy(model)
+    capture = camplug.attach(twin)
+
+    def forward_only() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def grad_cam_predicted() -> list[torch.Tensor]:
+        with torch.no_grad():
+            predicted = model(x).argmax(1)
+        return [grad_cam.attribute(x, target=predicted)]
+
+    def attached() -> torch.Tensor:
+        with torch.no_grad():
+            twin(x)
+        return capture.maps(size="features", normalize=False)
+
+    methods = {
+        "forward only": forward_only,
+        "LayerGradCam": grad_cam_predicted,
+        "ClassActivationMap": lambda: [cam.attribute(x)],
+        "camplug.explain": lambda: camplug.explain(
+            model, x, size="features", normalize=False
         ).maps,
         "plugin (attached)": attached,
     }
@@ -120,23 +161,27 @@ def device_name(device: torch.device) -> str:
 
 
 def run(
-    device: torch.device, batch: int, size: int, classes: int, warmup: int, reps: int
+    device: torch.device, batch: int, size: int, classes: int | None, warmup: int, reps: int
 ) -> dict:
-    """Time every method for the top-``classes`` classes of each image; JSON-ready results
-    with speedups over LayerGradCam."""
+    """Time every method for the top-``classes`` classes of each image, known beforehand
+    (None: the predicted class, found by each method); JSON-ready results with speedups over
+    LayerGradCam."""
     model = resnet50_like().to(device)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        targets = model(x).topk(classes, dim=1).indices
+    targets = None
+    if classes is not None:
+        with torch.no_grad():
+            targets = model(x).topk(classes, dim=1).indices
     methods, close = build_methods(model, x, targets)
     try:
         grad_cam_maps = torch.cat([m.detach() for m in methods["LayerGradCam"]()], 1)
         cam_maps = torch.cat(methods["ClassActivationMap"](), 1)
         hw = cam_maps.shape[-2] * cam_maps.shape[-1]
         plugin_maps = methods["plugin (attached)"]() / hw
-        max_diff = max((cam_maps - grad_cam_maps).abs().max().item(),
-                       (plugin_maps - grad_cam_maps).abs().max().item())
-        print(f"{classes} class(es) per image: timing {len(methods)} methods x {reps} rounds",
+        explain_maps = methods["camplug.explain"]() / hw
+        max_diff = max((maps - grad_cam_maps).abs().max().item()
+                       for maps in (cam_maps, plugin_maps, explain_maps))
+        print(f"{scenario_name(classes)}: timing {len(methods)} methods x {reps} rounds",
               file=sys.stderr, flush=True)
         medians = interleaved_medians(methods, device, warmup, reps)
     finally:
@@ -147,8 +192,16 @@ def run(
     base = results["LayerGradCam"]["median_ms"]
     for entry in results.values():
         entry["speedup_vs_LayerGradCam"] = round(base / entry["median_ms"], 3)
-    return {"classes_per_image": classes, "results": results,
+    return {"scenario": scenario_name(classes), "classes_per_image": classes or 1,
+            "targets": "known beforehand" if classes else "predicted (target=None)",
+            "results": results,
             "max_abs_diff_vs_LayerGradCam": max_diff, "map_shape": list(cam_maps.shape)}
+
+
+def scenario_name(classes: int | None) -> str:
+    if classes is None:
+        return "predicted class (target=None: LayerGradCam needs a forward for the argmax)"
+    return f"known target, {classes} class(es) per image"
 
 
 def format_table(results: dict) -> str:
@@ -166,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="default 224 (CUDA) / 128 (CPU)")
     parser.add_argument("--classes", type=int, nargs="+", default=[1, 5],
                         help="classes per image, one scenario each (default: 1 5)")
+    parser.add_argument("--no-predicted", dest="predicted", action="store_false",
+                        help="skip the predicted-class (target=None) scenario")
     parser.add_argument("--quick", action="store_true", help="batch 2 at 64 px, 3 rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
@@ -178,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or (64 if args.quick else 224 if cuda else 128)
     warmup, reps = (1, 3) if args.quick else (3, 10) if cuda else (1, 5)
     now = datetime.datetime.now(datetime.timezone.utc)
-    scenarios = [run(device, batch, size, classes, warmup, reps) for classes in args.classes]
+    cases: list[int | None] = [*args.classes, *([None] if args.predicted else [])]
+    scenarios = [run(device, batch, size, classes, warmup, reps) for classes in cases]
     report = {
         "benchmark": "CAM vs Captum LayerGradCam, ResNet-50-shaped model (benchmarks/models.py), "
-        "fp32, layer-resolution maps of the top-C classes of each image",
+        "fp32, layer-resolution maps of the top-C classes of each image (known beforehand), "
+        "and of each image's predicted class (target=None)",
         "device": device_name(device),
         "device_type": device.type,
         "date": now.isoformat(timespec="seconds"),
@@ -203,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {report['device']}  batch {batch}  {size}x{size}  "
           f"threads {report['cpu_threads']}  torch {torch.__version__}")
     for scenario in scenarios:
-        print(f"\n{scenario['classes_per_image']} class(es) per image "
+        print(f"\n{scenario['scenario']} "
               f"(max |diff| vs LayerGradCam {scenario['max_abs_diff_vs_LayerGradCam']:.3g})")
         print(format_table(scenario["results"]))
     print(f"written: {out}")

@@ -37,7 +37,10 @@ def attach(
     or a callable taking the output.
 
     The head is discovered on the first forward, by a probe forward of its first sample (eval
-    mode, no gradients, every flag restored; the model's own hooks see that extra call). Works
+    mode, no gradients, every flag restored; the model's own hooks see that extra call). The
+    head found is cached for the model: a later attach to the same, unchanged model (same
+    submodules, parameters, attributes and hooks) with the same layer, output and input
+    shape skips the probe (see ``camplug.head_cache``). Works
     under no_grad / inference_mode, autocast, channels_last, in train mode, and through
     nn.DataParallel on one device. A model containing a ``torch.compile``d module is refused:
     attach to the eager model, then compile it (the hooks are traced into the graph).

@@ -2,10 +2,12 @@
 
 On the model's first forward under the capture, a probe forward on the first sample (eval
 mode, no gradients, flags restored; every capture ignores it) discovers the head with
-:func:`camplug.heads.find_head`; then only the hooks needed to take the tensor that feeds the
-global pooling are registered. Each forward replaces the previous one's tensors, so memory stays
-flat. Problems found during a forward (unsupported head, output without selector, ...) are kept
-and raised by the accessors, so ``model(x)`` itself always behaves as without the capture.
+:func:`camplug.heads.find_head`, unless an earlier capture found it for the same, unchanged
+model and call signature (:mod:`camplug.head_cache`); then only the hooks needed to take the
+tensor that feeds the global pooling are registered. Each forward replaces the previous one's
+tensors, so memory stays flat. Problems found during a forward (unsupported head, output
+without selector, ...) are kept and raised by the accessors, so ``model(x)`` itself always
+behaves as without the capture.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import UnsupportedHeadError
 from .fold import fold_head
+from .head_cache import HEAD_CACHE
 from .heads import (
     CapturePoint,
     HeadInfo,
@@ -68,6 +71,13 @@ def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     tensor = found[0]
     swap = lambda v: v[:1] if v is tensor else v  # noqa: E731
     return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}
+
+
+def _single_sample(args: tuple, kwargs: dict) -> bool:
+    """Whether the first probe takes one sample of the only input tensor (batch size not part
+    of the head's cache key)."""
+    found = list(tensors_in((args, kwargs)))
+    return len(found) == 1 and found[0].dim() > 0 and found[0].shape[0] >= 1
 
 
 class CamCapture:
@@ -168,10 +178,20 @@ class CamCapture:
             self._open_window(point)  # the pooling runs in the model's own forward
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
-        """Probe on the first sample; if that fails for another reason than the head itself
-        (a model that needs the whole batch), probe on the whole batch."""
-        attempts = [a for a in (_first_sample(args, kwargs), (args, kwargs)) if a is not None]
-        for probe_args, probe_kwargs in attempts:
+        """The head cached for this unchanged model and call signature (see
+        ``camplug.head_cache``), else a probe on the first sample; if that fails for another
+        reason than the head itself (a model that needs the whole batch), on the whole batch.
+        Only a head found by the first attempt is cached."""
+        first = _first_sample(args, kwargs)
+        key = HEAD_CACHE.key(self.model, args, kwargs, layer=self._layer, output=self.output,
+                             single_sample=_single_sample(args, kwargs))
+        cached = HEAD_CACHE.get(self.model, key) if key is not None else None
+        if cached is not None:
+            self._head = cached
+            self._install(cached.capture)
+            return
+        attempts = [a for a in (first, (args, kwargs)) if a is not None]
+        for attempt, (probe_args, probe_kwargs) in enumerate(attempts):
             try:
                 head = find_head(self.model, probe_args, layer=self._layer, output=self.output,
                                  example_kwargs=probe_kwargs)
@@ -184,6 +204,8 @@ class CamCapture:
             self._head_error = None
             self._head = head
             self._install(head.capture)
+            if attempt == 0 and key is not None:
+                HEAD_CACHE.put(self.model, key, head)
             return
 
     def _install(self, point: CapturePoint) -> None:
