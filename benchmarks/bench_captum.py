@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -41,12 +40,12 @@ from captum.attr import LayerGradCam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark_io import device_name, write_report  # noqa: E402
 from models import ResNet50Like, resnet50_like  # noqa: E402
 
 import camplug  # noqa: E402
 from camplug.captum_attr import ClassActivationMap  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METHODS = ("forward only", "LayerGradCam", "ClassActivationMap", "camplug.explain",
            "plugin (attached)")
 
@@ -146,18 +145,6 @@ def interleaved_medians(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {model}"
 
 
 def run(
@@ -253,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         + (", CUDA synchronized" if cuda else " on CPU"),
         "scenarios": scenarios,
     }
-    slug = "".join(c if c.isalnum() else "-" for c in report["device"].lower()).strip("-")
-    out = args.out or RESULTS_DIR / f"captum_{slug}_{now:%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, "captum", now, args.out)
     print(f"device: {report['device']}  batch {batch}  {size}x{size}  "
           f"threads {report['cpu_threads']}  torch {torch.__version__}")
     for scenario in scenarios:

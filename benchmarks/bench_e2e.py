@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -39,11 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark_io import device_name, write_report  # noqa: E402
 from models import ResNet50Like, resnet50_like  # noqa: E402
 
 import camplug  # noqa: E402
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def prepare(device: torch.device, batch: int, size: int, dtype: torch.dtype,
@@ -95,18 +93,6 @@ def interleaved_times(
     return wall, cpu
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {name}"
 
 
 def run_batch(device: torch.device, batch: int, size: int, dtype: torch.dtype,
@@ -209,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_e2e.py " + " ".join(argv or sys.argv[1:]),
         "results": rows,
     }
-    slug = "".join(c if c.isalnum() else "-" for c in report["device"].lower()).strip("-")
-    out = args.out or RESULTS_DIR / f"e2e_{slug}_{now:%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, "e2e", now, args.out)
     print(f"device: {report['device']}  {report['dtype']}  channels_last={channels_last}  "
           f"{size}x{size}  threads {report['cpu_threads']}  torch {torch.__version__}")
     print(format_table(rows))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -25,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from benchmark_io import device_name, write_report
 from camplug.kernels import cam
 from camplug.kernels.reference import cam_reference
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METHODS = ("eager", "compile", "triton", "copy")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.uint8: "uint8"}
 
@@ -183,18 +182,6 @@ def run_case(case: Case, device: torch.device, *, quick: bool, compile_: bool) -
     return row
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {model}"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -256,10 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         else "median wall clock on CPU; NOT GPU numbers",
         "rows": rows,
     }
-    slug = "".join(c if c.isalnum() else "-" for c in report["device"].lower()).strip("-")
-    out = args.out or RESULTS_DIR / f"kernel_{slug}_{now:%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, "kernel", now, args.out)
     print(f"device: {report['device']}  torch {torch.__version__}  triton {triton_version}")
     print(format_table(rows))
     print(f"written: {out}")
