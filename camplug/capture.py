@@ -169,7 +169,9 @@ class CamCapture:
         self._forward_error = None
         self._input_size = input_size_of(args, kwargs)
         self._calls.clear()
-        if self._head is None and self._head_error is None:
+        if self._head is None and not isinstance(self._head_error, ValueError):
+            # A head error (ValueError) is final; any other failure (e.g. a forward on a bad
+            # input) is retried on the next forward.
             self._discover(args, kwargs)
         point = self._head.capture if self._head is not None else None
         if point is not None and point.kind == "function" and not point.module and (

@@ -65,7 +65,8 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
         "image folder (default: the folder's annotations.csv, annotations.json or boxes.csv)")
     parser.add_argument("--image-size", type=int,
                         help="resize images to this square size (synthetic default 96, folders "
-                        "224; 0 keeps a folder's image sizes)")
+                        "224, or the demo model's 96 with --model demo; 0 keeps a folder's "
+                        "image sizes)")
     parser.add_argument("--mean", type=_floats,
                         help="normalization mean, e.g. 0.485,0.456,0.406 (folders; default "
                         "ImageNet's, or the demo model's with --model demo)")
@@ -74,7 +75,7 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
                         help="file with one class name per line, for name labels (folders)")
     # not "--n": torchrun would take it for an abbreviation of its own options
     parser.add_argument("--num-images", type=_positive, default=DEMO_SIZE,
-                        help=f"synthetic: number of images (default {DEMO_SIZE})")
+                        help="synthetic: number of images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED,
                         help=f"synthetic: seed (default {DEMO_SEED}, unseen by the demo model)")
 
@@ -143,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(compare)
     _add_data_options(compare, "synthetic")
     compare.set_defaults(num_images=16)
-    compare.add_argument("--methods", help="comma-separated method names (default: all)")
+    compare.add_argument("--methods", help="comma-separated method names, e.g. Saliency or "
+                         "smoothgrad:Saliency; CAM always comes first (default: LayerGradCam, "
+                         "GuidedGradCam, Saliency, IntegratedGradients, InputXGradient, "
+                         "smoothgrad:Saliency)")
     compare.add_argument("--device")
 
     describe = commands.add_parser("describe", help="show the head camplug finds in a model")
@@ -157,20 +161,25 @@ def _load_model(args: argparse.Namespace):
     return load_model(args.model, args.checkpoint)
 
 
-def _dataset(args: argparse.Namespace):
-    from camplug.audit.sources import IMAGENET_MEAN, IMAGENET_STD, open_dataset
+def _dataset(args: argparse.Namespace, model):
+    """The dataset of ``args``; with the demo model, folders default to its normalization and
+    training image size."""
+    from camplug.audit.sources import DEMO_MODEL_SPECS, IMAGENET_MEAN, IMAGENET_STD, open_dataset
 
-    mean, std = args.mean, args.std
-    if args.model.startswith("demo") and mean is None and std is None:
+    mean, std, image_size = args.mean, args.std, args.image_size
+    if args.model in DEMO_MODEL_SPECS:
         from camplug.datasets import MEAN, STD
 
-        mean, std = MEAN, STD
+        if mean is None and std is None:
+            mean, std = MEAN, STD
+        if image_size is None:
+            image_size = getattr(model, "image_size", None)
     class_names = None
     if args.class_names is not None:
         lines = args.class_names.read_text().splitlines()
         class_names = [line.strip() for line in lines if line.strip()]
     return open_dataset(
-        args.data, annotations=args.annotations, image_size=args.image_size,
+        args.data, annotations=args.annotations, image_size=image_size,
         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD, class_names=class_names,
         n=args.num_images, seed=args.seed,
     )
@@ -228,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     model = _load_model(args)
-    data = _dataset(args)
+    data = _dataset(args, model)
     summary = _run_audit(model, data, args, model_name=args.model)
     _print_summary(summary, main=_is_main_rank())
     return 0
@@ -240,7 +249,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from camplug.compare import compare
 
     model = _load_model(args)
-    data = _dataset(args)
+    data = _dataset(args, model)
     n = min(args.num_images, len(data))
     items = [data[i] for i in range(n)]
     images = torch.stack([item["image"] for item in items])

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .errors import UnsupportedHeadError
+from .errors import GRAD_CAM_HINT, UnsupportedHeadError
 from .fold import HeadStep, LinearStep
 from .head_ops import (
     DROPOUTS,
@@ -321,7 +321,8 @@ def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
         if op is None:
             raise UnsupportedHeadError(
                 "no global average pooling found: walking back from the logits through affine "
-                "operations reached the model input"
+                "operations reached the model input (expected AdaptiveAvgPool2d(1), a covering "
+                f"AvgPool2d or a mean over all positions). {GRAD_CAM_HINT}"
             )
         tainted = op.tainted_inputs
         if len(tainted) != 1:
@@ -332,9 +333,7 @@ def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
         if is_global_max_pool(op, x):
             raise UnsupportedHeadError(
                 f"no exact CAM for this model: the classifier is fed by global max pooling "
-                f"({op.where}); a max is not a weighted sum over positions. "
-                "Grad-CAM needs no particular head: captum.attr.LayerGradCam(model, "
-                "<last conv block>).attribute(x, target=c)"
+                f"({op.where}); a max is not a weighted sum over positions. {GRAD_CAM_HINT}"
             )
         step = affine_step(op, x, value)
         if step is not None:
@@ -453,7 +452,7 @@ def _grid_from_recording(recorder: ForwardRecorder, pool: Op, tokens: int,
     raise UnsupportedHeadError(
         f"the global pooling averages {tokens} tokens that camplug cannot arrange on a spatial "
         "grid (no patch embedding with that many positions was found; are class or register "
-        "tokens averaged too?). A spatial CAM needs the patch tokens only"
+        f"tokens averaged too?). A spatial CAM needs the patch tokens only. {GRAD_CAM_HINT}"
     )
 
 
@@ -491,7 +490,11 @@ def analyze(
     classifier = weighted[-1].description if weighted else "none (pooled channels = logits)"
     k_in = feature_shape[0]
     if not all_steps and k_in != logits.shape[1]:
-        raise UnsupportedHeadError("the pooled features do not match the logits")
+        raise UnsupportedHeadError(
+            f"the pooled features have {k_in} channels but the logits {logits.shape[1]} classes "
+            "and no classifier was found between them; expected a Linear (or 1x1 conv) "
+            f"classifier after the global average pooling. {GRAD_CAM_HINT}"
+        )
     feature_call = _outermost_output(captured)
     return HeadInfo(
         feature_source=_describe_source(captured) if not path else (

@@ -231,6 +231,19 @@ def test_size_options():
         assert capture.maps(out_dtype=torch.uint8).dtype == torch.uint8
 
 
+def test_a_failed_first_forward_does_not_stick():
+    model = build(next(c for c in SUPPORTED if c.name == "resnet"))
+    with camplug.attach(model) as capture:
+        with pytest.raises(RuntimeError, match="channels"):
+            model(torch.randn(2, 5, 32, 32))  # wrong channel count: the probe fails too
+        with pytest.raises(RuntimeError, match="channels"):
+            capture.maps()
+        x = images(2)
+        logits = model(x)
+        assert torch.equal(capture.logits, logits)
+        assert capture.maps().shape == (2, 1, 32, 32)
+
+
 def test_only_the_last_forward_is_kept():
     case = CASES["resnet"]
     model = build(case)

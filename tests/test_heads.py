@@ -112,8 +112,7 @@ def test_models_without_exact_cam_are_refused_naming_the_blocker(name, blocker):
         find_head(build(case), images(1, case.size))
     assert blocker in str(error.value)
     assert isinstance(error.value, ValueError)
-    if name != "vit_all_tokens":
-        assert "LayerGradCam" in str(error.value)
+    assert "LayerGradCam" in str(error.value)
 
 
 class _Head(nn.Module):
@@ -166,6 +165,13 @@ def test_output_not_depending_on_the_input_is_refused():
 
     with pytest.raises(UnsupportedHeadError, match="does not depend on the model input"):
         find_head(Constant(), torch.randn(1, 3, 8, 8))
+
+
+def test_no_global_pooling_is_explained():
+    no_pool = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    with pytest.raises(UnsupportedHeadError, match="no global average pooling found") as error:
+        find_head(no_pool, torch.randn(1, 3, 4, 4))
+    assert "LayerGradCam" in str(error.value)
 
 
 def test_avg_pool2d_covering_the_map_and_mean_over_nhwc():

@@ -44,6 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CSV_COLUMNS = ("filename", "label", "x0", "y0", "x1", "y1")
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+DEMO_MODEL_SPECS = ("demo", "demo:easy", "demo:hard")
 
 
 class SpecError(ValueError):
@@ -54,7 +55,7 @@ class SpecError(ValueError):
 def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
     """The model named by ``spec`` (see module docstring), with ``checkpoint`` loaded, in eval
     mode on the CPU."""
-    if spec in ("demo", "demo:easy", "demo:hard"):
+    if spec in DEMO_MODEL_SPECS:
         from camplug import zoo
 
         model = zoo.load_demo_model(spec.partition(":")[2] or "easy")

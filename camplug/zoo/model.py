@@ -97,7 +97,8 @@ def load_demo_model(
 
     Checkpoints are read with ``torch.load(weights_only=True)``; they hold ``state_dict``,
     ``num_classes``, ``widths``, ``class_names``, ``image_size`` and ``split``, as written by
-    ``python -m camplug.zoo.train``. The class names end up in ``model.class_names``.
+    ``python -m camplug.zoo.train``. The class names end up in ``model.class_names``, the
+    training images' side in ``model.image_size``.
     """
     path = weights_path(split) if weights is None else Path(weights)
     if not path.is_file():
@@ -109,4 +110,5 @@ def load_demo_model(
     model = build_demo_model(int(checkpoint["num_classes"]), tuple(checkpoint["widths"]))
     model.load_state_dict(checkpoint["state_dict"])
     model.class_names = list(checkpoint["class_names"])
+    model.image_size = int(checkpoint["image_size"])
     return model.eval()
