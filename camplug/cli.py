@@ -35,6 +35,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """A torch device string this machine has (checked here, not deep inside the run)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device; expected e.g. cpu, cuda or cuda:1"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                "use cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: only {count} CUDA GPU(s) visible, cuda:0 to cuda:{count - 1}"
+            )
+    return text
+
+
 def _output(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
@@ -86,7 +110,8 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
                         + (f" (default {out})" if out else ""))
     parser.add_argument("--batch-size", type=_positive, default=64)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--device", type=_device,
+                        help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
     parser.add_argument("--thresholds-step", type=float, default=0.01,
                         help="CAM threshold grid step for MaxBoxAcc and PxAP (default 0.01)")
     parser.add_argument("--min-mass-inside", type=_fraction, default=0.5,
@@ -148,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "smoothgrad:Saliency; CAM always comes first (default: LayerGradCam, "
                          "GuidedGradCam, Saliency, IntegratedGradients, InputXGradient, "
                          "smoothgrad:Saliency)")
-    compare.add_argument("--device")
+    compare.add_argument("--device", type=_device,
+                         help="e.g. cpu, cuda, cuda:1 (default: where the model is, the CPU "
+                         "for the demo model)")
 
     describe = commands.add_parser("describe", help="show the head camplug finds in a model")
     _add_model_options(describe)

@@ -177,3 +177,47 @@ def test_demo_prints_the_metrics_and_the_report(tmp_path, capsys):
     run, rows = only_run(out / "audit.sqlite")
     assert run.model == "demo (easy)" and len(rows) == 16
     assert run.config["dataset"].startswith("SyntheticLocalization(n=16, split='easy'")
+
+
+def test_demo_model_on_an_exported_folder_defaults_to_its_own_size_and_normalization(tmp_path):
+    """A folder exported from the benchmark, audited with --model demo and no loading options,
+    must be seen exactly as the built-in dataset (the demo model's 96 px and mean/std)."""
+    ds = SyntheticLocalization(n=4, seed=5)
+    folder = tmp_path / "images"
+    export_image_folder(ds, folder)
+    common = ["--model", "demo", "--no-report", "--no-progress", *FAST]
+    assert main(["audit", "--data", str(folder), "--out", str(tmp_path / "f"), *common]) == 0
+    assert main(["audit", "--data", "synthetic", "--num-images", "4", "--seed", "5",
+                 "--out", str(tmp_path / "s"), *common]) == 0
+    _, from_folder = only_run(tmp_path / "f" / "audit.sqlite")
+    _, built_in = only_run(tmp_path / "s" / "audit.sqlite")
+    for a, b in zip(from_folder, built_in, strict=True):
+        assert (a.label, a.prediction) == (b.label, b.prediction)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        np.testing.assert_array_equal(a.box_ious, b.box_ious)
+
+
+def test_compare_help_names_the_default_methods(capsys):
+    from camplug.compare import DEFAULT_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "(default 16)" in printed
+    for method in DEFAULT_METHODS[1:]:
+        assert method in printed, method
+
+
+@pytest.mark.parametrize("command", ["compare", "audit"])
+def test_a_bad_or_missing_device_is_refused_before_anything_runs(command, tmp_path, capsys):
+    run = [command, "--data", "synthetic", *(["--out", str(tmp_path / "o")] * (command == "audit"))]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*run, "--device", "gpu0"])
+    assert exit_info.value.code == 2
+    assert "'gpu0' is not a torch device; expected e.g. cpu, cuda" in capsys.readouterr().err
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or cuda:0 without any
+    with pytest.raises(SystemExit):
+        main([*run, "--device", missing])
+    err = capsys.readouterr().err
+    assert ("sees no CUDA GPU" if torch.cuda.device_count() == 0 else "CUDA GPU(s) visible") in err
+    assert not (tmp_path / "o").exists()

@@ -82,6 +82,7 @@ def test_factory_spec_builds_the_model_in_eval_mode(model_module):
     ("tiny_models:not_a_model", "returned int, not an nn.Module"),
     ("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
     ("just_a_name", "neither 'demo'"),
+    ("demo:medium", "cannot import 'demo'.*use one of demo, demo:easy, demo:hard"),
 ])
 def test_bad_model_specs_say_what_is_wrong(model_module, spec, message):
     with pytest.raises(SpecError, match=message):

@@ -62,7 +62,14 @@ def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
     elif Path(spec).is_file():
         model = _load_torchscript(Path(spec))
     elif ":" in spec:
-        model = _call_factory(spec)
+        try:
+            model = _call_factory(spec)
+        except SpecError as error:
+            if spec.startswith("demo:"):  # most likely a mistyped demo split
+                raise SpecError(
+                    f"{error}; for the shipped model use one of {', '.join(DEMO_MODEL_SPECS)}"
+                ) from None
+            raise
     else:
         raise SpecError(
             f"model spec {spec!r} is neither 'demo', an existing TorchScript file, nor "
