@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +39,13 @@ from captum.attr import LayerGradCam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_io import device_name, write_report  # noqa: E402
+from benchmark_io import (  # noqa: E402
+    add_run_options,
+    device_name,
+    parse_run_options,
+    run_environment,
+    write_report,
+)
 from models import ResNet50Like, resnet50_like  # noqa: E402
 
 import camplug  # noqa: E402
@@ -208,13 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="classes per image, one scenario each (default: 1 5)")
     parser.add_argument("--no-predicted", dest="predicted", action="store_false",
                         help="skip the predicted-class (target=None) scenario")
-    parser.add_argument("--quick", action="store_true", help="batch 2 at 64 px, 3 rounds")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    add_run_options(parser)
+    args, device = parse_run_options(parser, argv)
     cuda = device.type == "cuda"
     batch = args.batch or (2 if args.quick else 64 if cuda else 8)
     size = args.size or (64 if args.quick else 224 if cuda else 128)
@@ -226,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "CAM vs Captum LayerGradCam, ResNet-50-shaped model (benchmarks/models.py), "
         "fp32, layer-resolution maps of the top-C classes of each image (known beforehand), "
         "and of each image's predicted class (target=None)",
-        "device": device_name(device),
-        "device_type": device.type,
-        "date": now.isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
+        **run_environment(device, now),
         "batch": batch,
         "image_size": size,
         "warmup": warmup,

@@ -27,7 +27,6 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_io import device_name, write_report  # noqa: E402
+from benchmark_io import (  # noqa: E402
+    add_run_options,
+    device_name,
+    parse_run_options,
+    run_environment,
+    write_report,
+)
 from models import ResNet50Like, resnet50_like  # noqa: E402
 
 import camplug  # noqa: E402
@@ -154,13 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="default 30 (CUDA) / 7 (CPU)")
     parser.add_argument("--fp32", action="store_true", help="CUDA: fp32 instead of fp16")
     parser.add_argument("--no-channels-last", action="store_true", help="CUDA: NCHW")
-    parser.add_argument("--quick", action="store_true", help="batch 2 at 64 px, 3 rounds")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    add_run_options(parser)
+    args, device = parse_run_options(parser, argv)
     cuda = device.type == "cuda"
     dtype = torch.float16 if cuda and not args.fp32 else torch.float32
     channels_last = cuda and not args.no_channels_last
@@ -176,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "forward vs forward + CAM through camplug.attach, ResNet-50-shaped model "
         "(benchmarks/models.py), maps of the predicted class at input size, fp32 maps",
-        "device": device_name(device),
-        "device_type": device.type,
-        "date": now.isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
+        **run_environment(device, now),
         "dtype": str(dtype).replace("torch.", ""),
         "channels_last": channels_last,
         "image_size": size,

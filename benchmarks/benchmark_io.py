@@ -1,7 +1,9 @@
-"""What every benchmark script shares: the device's name and where its JSON report goes."""
+"""What the benchmark scripts share: their common options, the machine they ran on, and where
+their JSON report goes."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
@@ -34,3 +36,34 @@ def write_report(report: dict, prefix: str, now: datetime.datetime, out: Path | 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The model benchmarks' --quick, --threads and --out options."""
+    parser.add_argument("--quick", action="store_true", help="batch 2 at 64 px, 3 rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+
+
+def parse_run_options(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, torch.device]:
+    """Parse ``argv`` (a parser with --device and ``add_run_options``), apply --threads, and
+    return the arguments and the device (--device, else cuda if present, else cpu)."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return args, device
+
+
+def run_environment(device: torch.device, now: datetime.datetime) -> dict:
+    """The report fields that say where and when a benchmark ran."""
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "date": now.isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+    }

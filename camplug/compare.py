@@ -5,487 +5,55 @@ targets, brings every map to the input resolution and reports, per method: wall 
 memory, Spearman rank correlation with CAM, IoU of the top-k% regions with CAM's, and the
 deletion / insertion AUC of ``camplug.metrics``. The model's mode, hooks and gradients are left
 as they were.
+
+The pieces live in their own modules: ``attribution_methods`` (which methods, how they are
+built), ``agreement`` (the statistics), ``profiling`` (time and memory) and
+``comparison_table`` (the result); their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import html
-import math
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import LayerSpec, OutputSelector, find_head, layer_name, select_output
+from .agreement import average_ranks, spearman, top_percent_iou, top_percent_mask
+from .attribution_methods import (
+    DEFAULT_METHODS,
+    LAYER_METHODS,
+    NT_TYPES,
+    MethodContext,
+    build_method,
+    canonical_method,
+    known_methods,
+    method_context,
+)
+from .comparison_table import ComparisonRow, ComparisonTable
+from .heads import LayerSpec, OutputSelector, select_output
+from .profiling import peak_memory_bytes, time_call
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "NT_TYPES",
+    "ChannelReduction",
+    "ComparisonRow",
+    "ComparisonTable",
+    "average_ranks",
+    "canonical_method",
+    "compare",
+    "known_methods",
+    "peak_memory_bytes",
+    "spearman",
+    "time_call",
+    "top_percent_iou",
+    "top_percent_mask",
+]
 
 ChannelReduction = Literal["sum", "abs"]
-Space = Literal["layer", "input"]  # layer maps [N, 1, h, w] or input maps [N, C, H, W]
-
-DEFAULT_METHODS: tuple[str, ...] = (
-    "CAM",
-    "LayerGradCam",
-    "GuidedGradCam",
-    "Saliency",
-    "IntegratedGradients",
-    "InputXGradient",
-    "smoothgrad:Saliency",
-)
-
-
-# --------------------------------------------------------------------------- agreement statistics
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..P of each row of ``values`` [N, P]; tied values share their mean rank. fp64."""
-    if values.dim() != 2:
-        raise ValueError(f"values must have shape [N, P], got {tuple(values.shape)}")
-    n, p = values.shape
-    sorted_values, order = values.sort(dim=1, stable=True)
-    starts_group = torch.ones_like(sorted_values, dtype=torch.bool)
-    starts_group[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
-    row_offset = torch.arange(n, device=values.device).unsqueeze(1) * p
-    group = (starts_group.long().cumsum(1) - 1 + row_offset).flatten()
-    position = torch.arange(p, dtype=torch.float64, device=values.device).repeat(n)
-    first = torch.full((n * p,), math.inf, dtype=torch.float64, device=values.device)
-    first = first.scatter_reduce(0, group, position, reduce="amin")
-    last = torch.full_like(first, -math.inf).scatter_reduce(0, group, position, reduce="amax")
-    sorted_ranks = ((first[group] + last[group]) / 2 + 1).view(n, p)
-    return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation of each sample's maps; a, b [N, ...] -> fp64 [N].
-
-    Ties get average ranks (as scipy.stats.spearmanr); a constant map gives NaN.
-    """
-    ra, rb = (average_ranks(m.flatten(1)) for m in _same_shape(a, b))
-    ra = ra - ra.mean(1, keepdim=True)
-    rb = rb - rb.mean(1, keepdim=True)
-    denominator = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
-    return (ra * rb).sum(1) / denominator.where(denominator > 0, torch.nan)
-
-
-def top_percent_mask(maps: torch.Tensor, percent: float) -> torch.Tensor:
-    """bool [N, ...]: the pixels of each map at or above its k-th largest value.
-
-    k = ceil(percent / 100 * pixels) (at least 1); pixels tied with the k-th value are kept, so a
-    constant map selects everything.
-    """
-    if not 0 < percent <= 100:
-        raise ValueError(f"percent must lie in (0, 100], got {percent}")
-    flat = maps.flatten(1)
-    k = max(1, math.ceil(percent / 100 * flat.shape[1]))
-    kth_largest = flat.topk(k, dim=1).values[:, -1:]
-    return (flat >= kth_largest).view(maps.shape)
-
-
-def top_percent_iou(a: torch.Tensor, b: torch.Tensor, percent: float) -> torch.Tensor:
-    """IoU of the top-``percent``% regions of each sample's two maps; [N, ...] -> fp64 [N]."""
-    a, b = _same_shape(a, b)
-    mask_a = top_percent_mask(a, percent).flatten(1)
-    mask_b = top_percent_mask(b, percent).flatten(1)
-    intersection = (mask_a & mask_b).sum(1).double()
-    return intersection / (mask_a | mask_b).sum(1).double()
-
-
-def _same_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if a.shape != b.shape or a.dim() < 2:
-        raise ValueError(
-            f"maps must have the same shape [N, ...], got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    return a, b
-
-
-# --------------------------------------------------------------------------------- measurement
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(
-    fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, repeats: int = 1
-) -> tuple[Any, float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; (last result, median s)."""
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    result = None
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        _synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return result, statistics.median(seconds)
-
-
-def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
-    """Peak bytes allocated by ``fn`` above what was allocated when it started.
-
-    CUDA: the caching allocator's peak statistic. CPU: the running total of the allocation and
-    free events recorded by ``torch.profiler`` (tracemalloc and ru_maxrss do not see tensor
-    memory, or cannot be reset). None when this torch build records no such events.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    if device.type != "cpu":
-        return None
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    results = getattr(prof.profiler, "kineto_results", None)
-    if results is None:
-        return None
-    events = [e for e in results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    running = peak = 0
-    for event in events:
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
-# ------------------------------------------------------------------------------------ the table
-@dataclass(frozen=True)
-class ComparisonRow:
-    """One method's results. Per-sample values are fp64 [N]; ``maps`` fp32 [N, H, W].
-
-    ``spearman`` and ``top_iou`` compare with CAM (1.0 for CAM itself unless its map is
-    constant); ``deletion_auc`` (lower is better) and ``insertion_auc`` (higher is better)
-    are None when faithfulness was not computed.
-    """
-
-    method: str
-    seconds: float
-    peak_memory_bytes: int | None
-    spearman: torch.Tensor
-    top_iou: torch.Tensor
-    deletion_auc: torch.Tensor | None
-    insertion_auc: torch.Tensor | None
-    maps: torch.Tensor = field(repr=False)
-
-    def summary(self) -> dict[str, float | str | None]:
-        """Means over the batch (NaN samples ignored), seconds and MiB."""
-        return {
-            "method": self.method,
-            "seconds": self.seconds,
-            "peak_memory_mib": None
-            if self.peak_memory_bytes is None
-            else self.peak_memory_bytes / 2**20,
-            "spearman": _nanmean(self.spearman),
-            "top_iou": _nanmean(self.top_iou),
-            "deletion_auc": None if self.deletion_auc is None else _nanmean(self.deletion_auc),
-            "insertion_auc": None if self.insertion_auc is None else _nanmean(self.insertion_auc),
-        }
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    finite = values[~values.isnan()]
-    return float("nan") if finite.numel() == 0 else float(finite.mean())
-
-
-@dataclass(frozen=True)
-class ComparisonTable:
-    """The rows of ``compare`` (CAM first) and the settings they were computed with."""
-
-    rows: list[ComparisonRow]
-    targets: torch.Tensor
-    resolution: tuple[int, int]
-    top_percent: float
-    device: str
-
-    def _header(self) -> list[str]:
-        k = f"{self.top_percent:g}"
-        return [
-            "method",
-            "time (ms)",
-            "peak mem (MiB)",
-            "Spearman vs CAM",
-            f"top-{k}% IoU vs CAM",
-            "deletion AUC (lower better)",
-            "insertion AUC (higher better)",
-        ]
-
-    def _cells(self) -> list[list[str]]:
-        cells = []
-        for row in self.rows:
-            s = row.summary()
-            cells.append(
-                [
-                    row.method,
-                    f"{1000 * row.seconds:.1f}",
-                    _fmt(s["peak_memory_mib"], ".1f"),
-                    _fmt(s["spearman"], ".3f"),
-                    _fmt(s["top_iou"], ".3f"),
-                    _fmt(s["deletion_auc"], ".3f"),
-                    _fmt(s["insertion_auc"], ".3f"),
-                ]
-            )
-        return cells
-
-    def _caption(self) -> str:
-        h, w = self.resolution
-        return (
-            f"{self.targets.shape[0]} images at {h}x{w} on {self.device}; "
-            "means over the batch; every map compared at the input resolution"
-        )
-
-    def to_markdown(self) -> str:
-        """A GitHub-flavoured Markdown table, preceded by a one-line caption."""
-        header = self._header()
-        lines = [
-            self._caption(),
-            "",
-            "| " + " | ".join(header) + " |",
-            "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
-        ]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in self._cells()]
-        return "\n".join(lines) + "\n"
-
-    def to_html(self) -> str:
-        """A self-contained ``<table>`` with a caption (text HTML-escaped)."""
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._header())
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-            for r in self._cells()
-        )
-        return (
-            f"<table><caption>{html.escape(self._caption())}</caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        )
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
-
-    def __str__(self) -> str:
-        return self.to_markdown()
-
-
-def _fmt(value: float | str | None, spec: str) -> str:
-    if not isinstance(value, float):
-        return "n/a"
-    return "nan" if math.isnan(value) else format(value, spec)
-
-
-# ----------------------------------------------------------------------------- method registry
-NT_TYPES: tuple[str, ...] = ("smoothgrad", "smoothgrad_sq", "vargrad")
-
-
-class _LogitsOnly(nn.Module):
-    """Wraps a model whose output is a tuple/dict so that calling it returns the logits."""
-
-    def __init__(self, model: nn.Module, output: OutputSelector) -> None:
-        super().__init__()
-        self.model = model
-        self.output = output
-
-    def forward(self, *args: Any) -> torch.Tensor:
-        return select_output(self.model(*args), self.output)
-
-
-@dataclass(frozen=True)
-class _Context:
-    """What every recipe may need. ``layer``/``layer_input``: the module (and whether its input
-    rather than its output) holding the tensor that feeds the pooling, for Captum's layer
-    methods; ``layer_problem`` says why there is none."""
-
-    model: nn.Module
-    logits_model: nn.Module
-    inputs: torch.Tensor
-    output: OutputSelector
-    cam_layer: nn.Module | None
-    layer: nn.Module | None
-    layer_input: bool
-    layer_problem: str | None
-
-
-@dataclass(frozen=True)
-class _Recipe:
-    """How to build and call one method. ``captum_class``: its name in ``captum.attr`` (None
-    for camplug's CAM); ``space``: "layer" maps [N, 1, h, w] or "input" maps [N, C, H, W]."""
-
-    captum_class: str | None
-    space: Space
-    build: Callable[[_Context, Any], Any]
-    kwargs: Callable[[_Context], dict[str, Any]]
-
-
-def _no_kwargs(ctx: _Context) -> dict[str, Any]:
-    return {}
-
-
-def _layer_kwargs(ctx: _Context) -> dict[str, Any]:
-    return {"attribute_to_layer_input": ctx.layer_input}
-
-
-def _occlusion_kwargs(ctx: _Context) -> dict[str, Any]:
-    channels, height, width = ctx.inputs.shape[1:]
-    side = max(1, min(height, width) // 8)
-    stride = max(1, side // 2)
-    return {
-        "sliding_window_shapes": (channels, side, side),
-        "strides": (channels, stride, stride),
-        "baselines": 0.0,
-    }
-
-
-def _layer_of(ctx: _Context, method: str) -> nn.Module:
-    if ctx.layer is None:
-        raise ValueError(
-            f"{method} needs the module whose output (or input) is the tensor feeding the global "
-            f"pooling, and there is none: {ctx.layer_problem}. Pass layer= to compare(), or "
-            f"leave {method} out of methods"
-        )
-    return ctx.layer
-
-
-def _build_cam(ctx: _Context, cls: Any) -> Any:
-    from .captum_attr import ClassActivationMap
-
-    return ClassActivationMap(ctx.model, ctx.cam_layer, output=ctx.output)
-
-
-_RECIPES: dict[str, _Recipe] = {
-    "CAM": _Recipe(None, "layer", _build_cam, _no_kwargs),
-    "LayerGradCam": _Recipe(
-        "LayerGradCam",
-        "layer",
-        lambda ctx, cls: cls(ctx.logits_model, _layer_of(ctx, "LayerGradCam")),
-        _layer_kwargs,
-    ),
-    "GuidedGradCam": _Recipe(
-        "GuidedGradCam",
-        "input",
-        lambda ctx, cls: cls(ctx.logits_model, _layer_of(ctx, "GuidedGradCam")),
-        _layer_kwargs,
-    ),
-    "Saliency": _Recipe("Saliency", "input", lambda ctx, cls: cls(ctx.logits_model), _no_kwargs),
-    "IntegratedGradients": _Recipe(
-        "IntegratedGradients",
-        "input",
-        lambda ctx, cls: cls(ctx.logits_model),
-        lambda ctx: {"n_steps": 32, "internal_batch_size": ctx.inputs.shape[0]},
-    ),
-    "InputXGradient": _Recipe(
-        "InputXGradient", "input", lambda ctx, cls: cls(ctx.logits_model), _no_kwargs
-    ),
-    "GuidedBackprop": _Recipe(
-        "GuidedBackprop", "input", lambda ctx, cls: cls(ctx.logits_model), _no_kwargs
-    ),
-    "Deconvolution": _Recipe(
-        "Deconvolution", "input", lambda ctx, cls: cls(ctx.logits_model), _no_kwargs
-    ),
-    "Occlusion": _Recipe(
-        "Occlusion", "input", lambda ctx, cls: cls(ctx.logits_model), _occlusion_kwargs
-    ),
-}
-
-
-def _installed(recipe: _Recipe) -> bool:
-    if recipe.captum_class is None:
-        return True
-    import captum.attr
-
-    return hasattr(captum.attr, recipe.captum_class)
-
-
-def known_methods() -> list[str]:
-    """Method names ``compare`` accepts with the installed captum (NoiseTunnel variants are
-    written ``"<nt_type>:<method>"``, nt_type one of ``NT_TYPES``, e.g. "smoothgrad:Saliency")."""
-    return [name for name, recipe in _RECIPES.items() if _installed(recipe)]
-
-
-def _unknown_method(name: str, why: str) -> ValueError:
-    return ValueError(
-        f"unknown method {name!r}: {why}. Known methods: {', '.join(known_methods())}; "
-        f"prefix one with {', '.join(repr(t + ':') for t in NT_TYPES)} for its NoiseTunnel "
-        "variant (e.g. 'smoothgrad:Saliency')"
-    )
-
-
-def canonical_method(name: str) -> str:
-    """``name`` spelled as in ``known_methods`` (case-insensitive), NoiseTunnel prefix kept.
-
-    Raises ValueError listing the known methods for a name the installed captum lacks.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"method names must be str, got {type(name).__name__}")
-    prefix, _, base = name.rpartition(":")
-    if prefix and prefix.lower() not in NT_TYPES:
-        raise _unknown_method(name, f"{prefix!r} is not a NoiseTunnel type")
-    by_lower = {known.lower(): known for known in _RECIPES}
-    canonical = by_lower.get(base.strip().lower())
-    if canonical is None:
-        import captum.attr
-
-        why = (
-            f"captum has {base}, but compare() has no recipe for it"
-            if hasattr(captum.attr, base)
-            else f"{base!r} is not a method compare() knows"
-        )
-        raise _unknown_method(name, why)
-    if not _installed(_RECIPES[canonical]):
-        import captum
-
-        raise _unknown_method(
-            name, f"the installed captum {captum.__version__} has no {canonical}"
-        )
-    return f"{prefix.lower()}:{canonical}" if prefix else canonical
-
-
-def _captum_layer(
-    model: nn.Module, inputs: torch.Tensor, layer: LayerSpec, output: OutputSelector
-) -> tuple[nn.Module | None, bool, str | None]:
-    """(module, use its input, why there is none) for Captum's layer methods."""
-    modules = dict(model.named_modules())
-    if layer is not None:
-        return modules[layer_name(model, layer)], False, None
-    info = find_head(model, inputs[:1], output=output)
-    if info.layout != "nchw":
-        return None, False, f"the features are {info.layout} tokens, not an [N, K, h, w] map"
-    if info.feature_module is not None:
-        return modules[info.feature_module], False, None
-    if info.capture.kind == "module_input":
-        return modules[info.capture.module], True, None
-    return None, False, f"the pooled tensor is {info.feature_source}, not a module's output"
-
-
-def _build_method(name: str, ctx: _Context) -> tuple[Any, dict[str, Any], Space]:
-    """(attribution object, default attribute kwargs, space) of a canonical method name."""
-    prefix, _, base = name.rpartition(":")
-    recipe = _RECIPES[base]
-    cls = None
-    if recipe.captum_class is not None:
-        import captum.attr
-
-        cls = getattr(captum.attr, recipe.captum_class)
-    method = recipe.build(ctx, cls)
-    kwargs = recipe.kwargs(ctx)
-    if prefix:
-        from captum.attr import NoiseTunnel
-
-        spread = float(ctx.inputs.max() - ctx.inputs.min())
-        method = NoiseTunnel(method)
-        kwargs = {**kwargs, "nt_type": prefix, "nt_samples": 8, "nt_samples_batch_size": 1,
-                  "stdevs": 0.15 * spread}
-    return method, kwargs, recipe.space
-
-
-# ------------------------------------------------------------------------------------ compare
-_LAYER_METHODS = frozenset({"LayerGradCam", "GuidedGradCam"})
-
 
 def compare(
     model: nn.Module,
@@ -537,13 +105,13 @@ def compare(
             stacklevel=2,
         )
     inputs = inputs.detach()
-    ctx = _context(model, inputs, layer, output, names)
-    if methods is None and ctx.layer is None and _LAYER_METHODS & set(names):
+    ctx = method_context(model, inputs, layer, output, names)
+    if methods is None and ctx.layer is None and LAYER_METHODS & set(names):
         warnings.warn(
             f"LayerGradCam and GuidedGradCam left out: {ctx.layer_problem} (pass layer=)",
             stacklevel=2,
         )
-        names = [n for n in names if n not in _LAYER_METHODS]
+        names = [n for n in names if n not in LAYER_METHODS]
     with torch.no_grad():
         targets = to_class_indices(target, select_output(model(inputs), output))
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
@@ -594,29 +162,6 @@ def _method_kwargs(
     return extra
 
 
-def _context(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    layer: LayerSpec,
-    output: OutputSelector,
-    names: list[str],
-) -> _Context:
-    needs_layer = any(n.rpartition(":")[2] in _LAYER_METHODS for n in names)
-    captum_layer, layer_input, problem = (
-        _captum_layer(model, inputs, layer, output) if needs_layer else (None, False, None)
-    )
-    return _Context(
-        model=model,
-        logits_model=model if output is None else _LogitsOnly(model, output),
-        inputs=inputs,
-        output=output,
-        cam_layer=None if layer is None else dict(model.named_modules())[layer_name(model, layer)],
-        layer=captum_layer,
-        layer_input=layer_input,
-        layer_problem=problem,
-    )
-
-
 def _check_compare_args(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -657,7 +202,7 @@ _CAPTUM_NOTICES = (
 
 def _run(
     name: str,
-    ctx: _Context,
+    ctx: MethodContext,
     targets: torch.Tensor,
     extra_kwargs: dict[str, Any],
     size: tuple[int, int],
@@ -667,7 +212,7 @@ def _run(
     measure_memory: bool,
 ) -> tuple[str, torch.Tensor, float, int | None]:
     """(name, maps fp32 [N, H, W], median seconds, peak bytes) of one method."""
-    method, kwargs, space = _build_method(name, ctx)
+    method, kwargs, space = build_method(name, ctx)
     kwargs = {**kwargs, **extra_kwargs, "target": targets}
 
     def call() -> Any:

@@ -19,6 +19,7 @@ from captum.metrics import infidelity, sensitivity_max
 from kernel_oracle import numpy_bilinear
 from models import SUPPORTED, ResNetLike, TupleOutputNet, build, conv_bn_relu, images
 from torch import nn
+from torch_threads import single_intra_op_thread
 
 from camplug.captum_attr import ClassActivationMap, to_input_shape, to_visualization
 
@@ -28,13 +29,8 @@ EXACT = {"atol": 1e-6, "rtol": 1e-6}  # fp32 against LayerGradCam (the issue's t
 CASES = {case.name: case for case in SUPPORTED}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny: one intra-op thread is faster and steadier on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(single_intra_op_thread)
+
 # Heads that are affine in the pooled vector for fixed parameters: there LayerGradCam's
 # gradient is the constant W_eff / (h*w) and equals CAM. (LayerNorm/RMSNorm heads normalize
 # by the sample's own statistics: CAM freezes them, the gradient does not.)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from models import DenseNetLike, ResNetLike, TupleOutputNet, ViTLike, images, randomize_norms
 from scipy import stats
+from torch_threads import single_intra_op_thread
 
 from camplug.compare import (
     DEFAULT_METHODS,
@@ -32,13 +33,7 @@ from camplug.compare import (
 FAST = {"warmup": 0, "faithfulness_steps": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny: one intra-op thread is faster and steadier on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(single_intra_op_thread)
 
 
 def tiny_resnet(seed: int = 0) -> ResNetLike:
