@@ -202,6 +202,19 @@ def _weighted_sum_kernel(
     tl.store(raw_base + raw_offs, acc, mask=c_mask[:, None] & s_mask[None, :])
 
 
+@triton.jit
+def _source_index(dst, scale, size_in):
+    """Bilinear neighbours along one axis as F.interpolate(align_corners=False) picks them:
+    src = scale * (dst + 0.5) - 0.5 clamped at 0; returns (i0, i1) in dst's integer dtype and
+    their fp32 weights (l0, l1)."""
+    src = scale * (dst.to(tl.float32) + 0.5) - 0.5
+    src = tl.where(src < 0.0, 0.0, src)
+    i0 = tl.minimum(src.to(dst.dtype), size_in - 1)
+    i1 = i0 + (i0 < size_in - 1).to(i0.dtype)
+    l1 = src - i0.to(tl.float32)
+    return i0, i1, 1.0 - l1, l1
+
+
 @triton.autotune(
     configs=_tuning_configs(warps=(2, 4, 8), stages=(1,)),
     key=["H_OUT", "W_OUT", "H_IN", "W_IN", "BLOCK_H", "BLOCK_W", "NORMALIZE", "RESAMPLE"],
@@ -251,19 +264,8 @@ def _normalize_upsample_kernel(
     if WIDE:  # offsets inside one map can pass 2**31
         offs_y = offs_y.to(tl.int64)
     if RESAMPLE:
-        # PyTorch's source index: src = scale * (dst + 0.5) - 0.5, clamped at 0.
-        sy = scale_h * (offs_y.to(tl.float32) + 0.5) - 0.5
-        sy = tl.where(sy < 0.0, 0.0, sy)
-        y0 = tl.minimum(sy.to(offs_y.dtype), H_IN - 1)
-        y1 = y0 + (y0 < H_IN - 1).to(y0.dtype)
-        ly1 = sy - y0.to(tl.float32)
-        ly0 = 1.0 - ly1
-        sx = scale_w * (offs_x.to(tl.float32) + 0.5) - 0.5
-        sx = tl.where(sx < 0.0, 0.0, sx)
-        x0 = tl.minimum(sx.to(tl.int32), W_IN - 1)
-        x1 = x0 + (x0 < W_IN - 1).to(tl.int32)
-        lx1 = sx - x0.to(tl.float32)
-        lx0 = 1.0 - lx1
+        y0, y1, ly0, ly1 = _source_index(offs_y, scale_h, H_IN)
+        x0, x1, lx0, lx1 = _source_index(offs_x, scale_w, W_IN)
 
         row0 = (y0 * W_IN)[:, None]
         row1 = (y1 * W_IN)[:, None]
