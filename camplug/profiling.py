@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -52,8 +55,14 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():
+        prof.start()
+    try:
         fn()
+    finally:
+        with _quiet_native_stderr():
+            prof.stop()
     results = getattr(prof.profiler, "kineto_results", None)
     if results is None:
         return None
@@ -64,3 +73,19 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
         running += event.nbytes()
         peak = max(peak, running)
     return peak
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block: the profiler's native code logs its
+    start and stop stages there, past Python's ``sys.stderr``. Only the profiler's start and
+    stop run inside, so nothing the measured call writes is hidden."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

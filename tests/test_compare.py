@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from html.parser import HTMLParser
 
@@ -126,6 +128,21 @@ def test_peak_memory_counts_the_largest_simultaneous_allocation():
     peak = peak_memory_bytes(allocate, torch.device("cpu"))
     assert peak is not None
     assert 12 * mib <= peak < 12 * mib + 64 * 1024
+
+
+def test_peak_memory_keeps_the_calls_stderr_and_drops_the_profilers_log(capfd):
+    def noisy() -> torch.Tensor:
+        print("message from the measured call", file=sys.stderr, flush=True)
+        os.write(2, b"native write from the measured call\n")
+        return torch.empty(1024)
+
+    assert peak_memory_bytes(noisy, torch.device("cpu")) is not None
+    err = capfd.readouterr().err
+    assert "message from the measured call" in err
+    assert "native write from the measured call" in err
+    assert "profiler_start" not in err and "profiler_stop" not in err
+    print("stderr still works afterwards", file=sys.stderr, flush=True)
+    assert "stderr still works afterwards" in capfd.readouterr().err
 
 
 def test_time_call_runs_warmup_and_repeats():
