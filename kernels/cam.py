@@ -47,7 +47,8 @@ def cam(
     size: output (H, W) (an int means square); None keeps (h, w).
     relu: clamp the weighted sum at 0 before normalizing (default off, as in the CAM paper).
     normalize: min-max normalize each low-resolution map to [0, 1] (eps = 1e-7).
-    out_dtype: None/float32, float16, bfloat16, or uint8 (round(255 * v), needs normalize).
+    out_dtype: None/float32, float16, bfloat16, or uint8 (round(255 * v), needs normalize;
+        a NaN value, from NaN or inf features, becomes 0).
     backend: "torch" (reference, any device), "triton" (fused kernel), "auto".
     Returns [B, C, H, W] in out_dtype.
     """

@@ -9,11 +9,12 @@ EPS = 1e-7
 
 
 def to_out_dtype(maps: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
-    """Cast fp32 maps to the output dtype; uint8 is round(255 * v), half rounded up."""
+    """Cast fp32 maps to the output dtype; uint8 is round(255 * v), half rounded up, NaN -> 0."""
     if out_dtype is None or out_dtype == torch.float32:
         return maps
     if out_dtype == torch.uint8:
-        return torch.floor(maps * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
+        scaled = torch.floor(maps.nan_to_num(nan=0.0) * 255.0 + 0.5)
+        return scaled.clamp_(0, 255).to(torch.uint8)
     return maps.to(out_dtype)
 
 

@@ -287,6 +287,7 @@ def _normalize_upsample_kernel(
             val = (val - lo) / span
 
     if OUT_UINT8:
+        val = tl.where(val != val, 0.0, val)  # a NaN map has no byte value: 0, as the reference
         val = tl.minimum(tl.maximum(tl.floor(val * 255.0 + 0.5), 0.0), 255.0)
     out_base = out_ptr + map_idx * H_OUT * W_OUT
     out_offs = (offs_y * W_OUT)[:, None] + offs_x[None, :]

@@ -133,6 +133,7 @@ def test_nan_isolation_for_uint8_output():
     features[2, 0, 0, 0] = float("nan")
     out = cam(features, weights, (6, 5), out_dtype=torch.uint8, backend="torch")
     assert torch.equal(out[:2], clean[:2])
+    assert torch.equal(out[2], torch.zeros_like(out[2])), "a NaN map is 0 in uint8"
 
 
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)

@@ -145,6 +145,7 @@ def test_nan_isolation_for_uint8_output():
     features[0, 0, 0, 0] = float("nan")
     out = cam(features, weights, (4, 4), out_dtype=torch.uint8, backend="triton")
     assert torch.equal(out[1:], clean[1:])
+    assert torch.equal(out[0], torch.zeros_like(out[0])), "a NaN map is 0 in uint8"
 
 
 def test_uint8_is_round_half_up_of_float_output():
