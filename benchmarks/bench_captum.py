@@ -15,7 +15,9 @@ then its own forward and backward; the CAM methods do one forward.
 - a plain ``model(x)`` under no_grad: the floor every method pays.
 
 Captum's API takes one class per image and call, so LayerGradCam and ClassActivationMap make C
-calls where the plugin makes the C maps from one forward.
+calls where the plugin makes the C maps from one forward. LayerGradCam's maps are detached as
+they come: each one otherwise holds its call's whole autograd graph (the saved activations of
+the forward, about 5 GB at batch 64 and 224 px), and keeping C of them runs out of memory.
 
 As a script: ``python benchmarks/bench_captum.py [--quick] [--device cpu] [--batch B]
 [--size S] [--classes 1 5] [--no-predicted] [--threads T]`` prints a table and writes JSON
@@ -83,7 +85,7 @@ def build_methods(
 
     methods = {
         "forward only": forward_only,
-        "LayerGradCam": lambda: [grad_cam.attribute(x, target=c) for c in columns],
+        "LayerGradCam": lambda: [grad_cam.attribute(x, target=c).detach() for c in columns],
         "ClassActivationMap": lambda: [cam.attribute(x, target=c) for c in columns],
         "camplug.explain": lambda: camplug.explain(
             model, x, targets, size="features", normalize=False
@@ -110,7 +112,7 @@ def _predicted_class_methods(
     def grad_cam_predicted() -> list[torch.Tensor]:
         with torch.no_grad():
             predicted = model(x).argmax(1)
-        return [grad_cam.attribute(x, target=predicted)]
+        return [grad_cam.attribute(x, target=predicted).detach()]
 
     def attached() -> torch.Tensor:
         with torch.no_grad():

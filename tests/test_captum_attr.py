@@ -299,6 +299,20 @@ def test_runs_under_inference_mode_where_layer_grad_cam_cannot():
     torch.testing.assert_close(got.clone(), expected, **EXACT)
 
 
+def test_attributions_hold_no_autograd_graph_under_grad_mode():
+    """LayerGradCam's maps keep their call's whole autograd graph (the forward's saved
+    activations) alive until detached; CAM's are plain tensors even with grad enabled."""
+    model, layer = model_and_layer("resnet")
+    x = images(2, 32, seed=9).requires_grad_()
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.enable_grad():
+        got = ClassActivationMap(model).attribute(x, target=1)
+        from_grad_cam = LayerGradCam(model, layer).attribute(x, target=1)
+    assert from_grad_cam.grad_fn is not None, "the contrast this test documents has changed"
+    assert got.grad_fn is None and not got.requires_grad
+    torch.testing.assert_close(got, from_grad_cam.detach(), **EXACT)
+
+
 @pytest.mark.parametrize(
     ("target", "error", "message"),
     [
