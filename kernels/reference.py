@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-7
+from .semantics import EPS
 
 
 def to_out_dtype(maps: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .reference import EPS
+from .semantics import EPS
 
 _EPS = tl.constexpr(EPS)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on")
