@@ -51,7 +51,7 @@ from benchmark_io import (  # noqa: E402
 from models import ResNet50Like, resnet50_like  # noqa: E402
 
 import camplug  # noqa: E402
-from camplug.captum_attr import ClassActivationMap  # noqa: E402
+from camplug.captum.attribution import ClassActivationMap  # noqa: E402
 
 METHODS = ("forward only", "LayerGradCam", "ClassActivationMap", "camplug.explain",
            "plugin (attached)")

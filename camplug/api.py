@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .capture import CamCapture, SizeSpec
-from .heads import HeadInfo, LayerSpec, OutputSelector, find_head
+from .discovery.heads import HeadInfo, LayerSpec, OutputSelector, find_head
 
 DECORATION_ATTRIBUTE = "cam"
 
@@ -40,7 +40,7 @@ def attach(
     mode, no gradients, every flag restored; the model's own hooks see that extra call). The
     head found is cached for the model: a later attach to the same, unchanged model (same
     submodules, parameters, attributes and hooks) with the same layer, output and input
-    shape skips the probe (see ``camplug.head_cache``). Works
+    shape skips the probe (see ``camplug.discovery.cache``). Works
     under no_grad / inference_mode, autocast, channels_last, in train mode, and through
     nn.DataParallel on one device. A model containing a ``torch.compile``d module is refused:
     attach to the eager model, then compile it (the hooks are traced into the graph).
@@ -124,8 +124,8 @@ def describe(
     file: TextIO | None = None,
     quiet: bool = False,
 ) -> HeadInfo:
-    """Find the head (see ``camplug.heads.find_head``), print what was found (feature layer,
-    shapes, pooling, folded operations, classifier) to ``file`` (default stdout) unless
+    """Find the head (see ``camplug.discovery.heads.find_head``), print what was found (feature
+    layer, shapes, pooling, folded operations, classifier) to ``file`` (default stdout) unless
     ``quiet``, and return the :class:`HeadInfo` (``info.describe()`` is the text)."""
     info = find_head(model, example_input, layer=layer, output=output)
     if not quiet:

@@ -1,13 +1,13 @@
 """CamCapture: hooks on an unmodified model that keep the last forward's features and logits.
 
-On the model's first forward under the capture, a probe forward on the first sample (eval
-mode, no gradients, flags restored; every capture ignores it) discovers the head with
-:func:`camplug.heads.find_head`, unless an earlier capture found it for the same, unchanged
-model and call signature (:mod:`camplug.head_cache`); then only the hooks needed to take the
-tensor that feeds the global pooling are registered. Each forward replaces the previous one's
-tensors, so memory stays flat. Problems found during a forward (unsupported head, output
-without selector, ...) are kept and raised by the accessors, so ``model(x)`` itself always
-behaves as without the capture.
+On the model's first forward under the capture, a probe forward on the first sample (eval mode, no
+gradients, flags restored; every capture ignores it) discovers the head with
+:func:`camplug.discovery.heads.find_head`, unless an earlier capture found it for the same,
+unchanged model and call signature (:mod:`camplug.discovery.cache`); then only the hooks needed to
+take the tensor that feeds the global pooling are registered. Each forward replaces the previous
+one's tensors, so memory stays flat. Problems found during a forward (unsupported head, output
+without selector, ...) are kept and raised by the accessors, so ``model(x)`` itself always behaves
+as without the capture.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from .errors import UnsupportedHeadError
-from .fold import fold_head
-from .head_cache import HEAD_CACHE
-from .heads import (
+from .discovery.cache import HEAD_CACHE
+from .discovery.fold import fold_head
+from .discovery.heads import (
     CapturePoint,
     HeadInfo,
     LayerSpec,
@@ -40,8 +39,9 @@ from .heads import (
     select_output,
     to_feature_map,
 )
+from .discovery.recorder import first_tensor, func_name, tensors_in
+from .errors import UnsupportedHeadError
 from .kernels import cam
-from .recorder import first_tensor, func_name, tensors_in
 from .targets import check_targets, resolve_targets
 
 SizeSpec = Any  # "input", "features", an int or a pair (H, W)
@@ -181,7 +181,7 @@ class CamCapture:
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
         """The head cached for this unchanged model and call signature (see
-        ``camplug.head_cache``), else a probe on the first sample; if that fails for another
+        ``camplug.discovery.cache``), else a probe on the first sample; if that fails for another
         reason than the head itself (a model that needs the whole batch), on the whole batch.
         Only a head found by the first attempt is cached."""
         first = _first_sample(args, kwargs)

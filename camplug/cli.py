@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace):
-    from camplug.audit.sources import load_model
+    from camplug.data.specs import load_model
 
     return load_model(args.model, args.checkpoint)
 
@@ -191,11 +191,12 @@ def _load_model(args: argparse.Namespace):
 def _dataset(args: argparse.Namespace, model):
     """The dataset of ``args``; with the demo model, folders default to its normalization and
     training image size."""
-    from camplug.audit.sources import DEMO_MODEL_SPECS, IMAGENET_MEAN, IMAGENET_STD, open_dataset
+    from camplug.data.folders import IMAGENET_MEAN, IMAGENET_STD, open_dataset
+    from camplug.data.specs import DEMO_MODEL_SPECS
 
     mean, std, image_size = args.mean, args.std, args.image_size
     if args.model in DEMO_MODEL_SPECS:
-        from camplug.datasets import MEAN, STD
+        from camplug.data.synthetic import MEAN, STD
 
         if mean is None and std is None:
             mean, std = MEAN, STD
@@ -213,10 +214,10 @@ def _dataset(args: argparse.Namespace, model):
 
 
 def _run_audit(model, data, args: argparse.Namespace, model_name: str):
-    from camplug.audit import FlagThresholds, audit
+    from camplug.audit import FlagThresholds, run_audit
     from camplug.metrics import default_thresholds
 
-    return audit(
+    return run_audit(
         model, data, out_dir=args.out, batch_size=args.batch_size, num_workers=args.workers,
         device=args.device, layer=getattr(args, "layer", None),
         output=getattr(args, "output", None),
@@ -246,7 +247,7 @@ def _is_main_rank() -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from camplug import zoo
-    from camplug.datasets import SyntheticLocalization
+    from camplug.data.synthetic import SyntheticLocalization
 
     model = zoo.load_demo_model(args.split)
     data = SyntheticLocalization(n=args.num_images, split=args.split, image_size=args.image_size,
@@ -273,7 +274,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
-    from camplug.compare import compare
+    from camplug.comparison.harness import compare
 
     model = _load_model(args)
     data = _dataset(args, model)
@@ -308,7 +309,7 @@ COMMANDS = {"demo": cmd_demo, "audit": cmd_audit, "compare": cmd_compare,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from camplug.audit.sources import SpecError
+    from camplug.data.specs import SpecError
 
     args = build_parser().parse_args(argv)
     try:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from camplug.audit.sources import load_model, model_fingerprint
 from camplug.audit.store import ResultStore
 from camplug.cli import main
-from camplug.datasets import MEAN, STD, SyntheticLocalization, export_image_folder
+from camplug.data.specs import load_model, model_fingerprint
+from camplug.data.synthetic import MEAN, STD, SyntheticLocalization, export_image_folder
 
 MODEL_SOURCE = textwrap.dedent("""
     import torch
@@ -198,7 +198,7 @@ def test_demo_model_on_an_exported_folder_defaults_to_its_own_size_and_normaliza
 
 
 def test_compare_help_names_the_default_methods(capsys):
-    from camplug.compare import DEFAULT_METHODS
+    from camplug.comparison.harness import DEFAULT_METHODS
 
     with pytest.raises(SystemExit):
         main(["compare", "--help"])

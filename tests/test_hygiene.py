@@ -15,7 +15,7 @@ from torch.nn.modules import module as module_globals
 from torch.overrides import _get_current_function_mode_stack
 
 import camplug
-from camplug.heads import find_head
+from camplug.discovery.heads import find_head
 
 CASES = {case.name: case for case in SUPPORTED}
 HOOK_DICTS = (

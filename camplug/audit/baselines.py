@@ -130,7 +130,7 @@ class LocalizationTable:
 
 
 def _cam_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    from camplug import attach
+    from ..api import attach
 
     def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with attach(model) as capture, torch.no_grad():
@@ -144,7 +144,7 @@ def _cam_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torc
 def _grad_cam_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     from captum.attr import LayerGradCam
 
-    from camplug.heads import find_head
+    from camplug.discovery.heads import find_head
 
     name = find_head(model).feature_module
     if name is None:

@@ -1,4 +1,4 @@
-"""``camplug.audit(model, data, out_dir=...)``: audit a classifier's CAMs on a localization set.
+"""``camplug.run_audit(model, data, out_dir=...)``: audit a classifier's CAMs on a localization set.
 
 A run is identified by its configuration (model fingerprint, dataset, thresholds, flag rules,
 options that change results); its rows go to ``<out_dir>/audit.sqlite``. Calling ``audit``
@@ -24,14 +24,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import camplug
-
+from ..data.specs import model_fingerprint
+from ..version import __version__
 from . import distributed
 from .batches import GuardedDataset, collate
-from .gallery import build_report
 from .progress import Progress
+from .report.gallery import build_report
 from .scoring import ScoringSettings, score_batch
-from .sources import model_fingerprint
 from .store import ResultStore, RunRecord, utc_now
 from .summary import AuditSummary, FlagThresholds, summarize
 
@@ -161,7 +160,7 @@ def _check_model(model: nn.Module) -> None:
         )
 
 
-def audit(
+def run_audit(
     model: nn.Module,
     data: Dataset,
     *,
@@ -251,7 +250,7 @@ def _open_run(db_path: Path, run_id: str, config: dict[str, Any], n: int, fresh:
             shard.unlink()
         store.start_run(RunRecord(
             run_id=run_id, model=config["model"], dataset=config["dataset"], config=config,
-            n_samples=n, camplug_version=camplug.__version__, torch_version=torch.__version__,
+            n_samples=n, camplug_version=__version__, torch_version=torch.__version__,
             python_version=platform.python_version(), started_at=utc_now(), finished_at=None,
             status="running", attempts=1,
         ))
@@ -260,7 +259,7 @@ def _open_run(db_path: Path, run_id: str, config: dict[str, Any], n: int, fresh:
 def _run(model, data, *, ctx, run_id, config, n, done, pending, db_path, shard_path,
          batch_size, num_workers, device, layer, output, settings, iou_thresholds, report,
          gallery_size, progress) -> AuditSummary:
-    from camplug import attach
+    from ..api import attach
 
     state = ModelState(model)
     status = "failed"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import MEAN, SPLITS, STD, SyntheticLocalization
+from ..data.synthetic import MEAN, SPLITS, STD, SyntheticLocalization
 from .model import DEMO_WIDTHS, DemoCNN, build_demo_model, weights_path
 
 VAL_SEED_OFFSET = 1  # the validation set uses seed + 1: no sample is shared with training
@@ -171,7 +171,7 @@ def _write_outputs(
         "val_seed": args.seed + VAL_SEED_OFFSET,
         "epochs": args.epochs,
         "data": {
-            "generator": "camplug.datasets.SyntheticLocalization",
+            "generator": "camplug.data.synthetic.SyntheticLocalization",
             "n_train": args.n_train,
             "n_val": args.n_val,
             "image_size": args.image_size,

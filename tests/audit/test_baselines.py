@@ -16,7 +16,7 @@ from camplug.audit.baselines import (
     minmax,
     smoothed_random,
 )
-from camplug.datasets import SyntheticLocalization
+from camplug.data.synthetic import SyntheticLocalization
 
 GRID = [round(0.05 * i, 2) for i in range(20)]
 

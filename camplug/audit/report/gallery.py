@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 
 from camplug import metrics
 
-from .batches import Sample, canonical_sample
-from .report import GalleryItem, Plot, ReportContent, histogram_plot, threshold_curve_plot
-from .report import write_report as write_html
-from .store import SampleRow
-from .summary import AuditSummary
+from ..batches import Sample, canonical_sample
+from ..store import SampleRow
+from ..summary import AuditSummary
+from .html import GalleryItem, Plot, ReportContent, histogram_plot, threshold_curve_plot
+from .html import write_report as write_html
 
 FLAG_SEVERITY = {"wrong_class": 0, "mass_outside": 1, "low_confidence": 2}
 MAX_ERRORS_SHOWN = 200
@@ -143,7 +143,7 @@ def build_report(
     seconds: float,
 ) -> Path:
     """Write the HTML report of a finished run and return its path."""
-    import camplug
+    from ...version import __version__
 
     ok = [r for r in rows if r.error is None]
     class_names = getattr(data, "class_names", None) or getattr(model, "class_names", None)
@@ -151,7 +151,7 @@ def build_report(
         ("model", summary.model), ("dataset", summary.dataset), ("run id", summary.run_id),
         ("results", summary.db_path.name), ("device", str(device)),
         ("audit time (this session)", f"{seconds:.1f} s"),
-        ("versions", f"camplug {camplug.__version__}, torch {torch.__version__}"),
+        ("versions", f"camplug {__version__}, torch {torch.__version__}"),
     ]
     plots: list[Plot] = []
     gallery: dict[str, list[GalleryItem]] = {}

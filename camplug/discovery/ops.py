@@ -1,7 +1,7 @@
 """Classify recorded operations for head discovery: global pooling, affine steps, shape-only.
 
-Every function takes a recorded :class:`~camplug.recorder.Op` and the Value of its one input
-that depends on the model input, and answers in terms of per-sample feature vectors.
+Every function takes a recorded :class:`~camplug.discovery.recorder.Op` and the Value of its one
+input that depends on the model input, and answers in terms of per-sample feature vectors.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import GRAD_CAM_HINT, UnsupportedHeadError
+from ..errors import GRAD_CAM_HINT, UnsupportedHeadError
 from .fold import (
     BatchNormStep,
     HeadStep,

@@ -21,7 +21,7 @@ from models import SUPPORTED, ResNetLike, TupleOutputNet, build, conv_bn_relu, i
 from torch import nn
 from torch_threads import single_intra_op_thread
 
-from camplug.captum_attr import ClassActivationMap, to_input_shape, to_visualization
+from camplug.captum.attribution import ClassActivationMap, to_input_shape, to_visualization
 
 matplotlib.use("Agg")
 

@@ -1,13 +1,13 @@
 """A per-model cache of discovered heads, so that repeated attaches skip the probe forward.
 
-:class:`HeadCache` maps a live model to the :class:`~camplug.heads.HeadInfo` found for it, one
-per call signature (layer, output selector, the input's non-batch shapes and dtypes, autocast
-and inference modes). An entry is reused only while a fingerprint of everything discovery can
-depend on is unchanged: each submodule's identity and type (and its class's ``forward``), every
-parameter and buffer (identity, version counter, shape, dtype, device), the plain attributes of
-every module (values, or identity for other objects), and the user's forward hooks. Any change
-(a replaced submodule, an in-place update of a weight, a new hook, ``model.to(...)``) misses and
-the head is discovered again. The train/eval flags are left out: the probe always runs in eval.
+:class:`HeadCache` maps a live model to the :class:`~camplug.discovery.heads.HeadInfo` found for it,
+one per call signature (layer, output selector, the input's non-batch shapes and dtypes, autocast
+and inference modes). An entry is reused only while a fingerprint of everything discovery can depend
+on is unchanged: each submodule's identity and type (and its class's ``forward``), every parameter
+and buffer (identity, version counter, shape, dtype, device), the plain attributes of every module
+(values, or identity for other objects), and the user's forward hooks. Any change (a replaced
+submodule, an in-place update of a weight, a new hook, ``model.to(...)``) misses and the head is
+discovered again. The train/eval flags are left out: the probe always runs in eval.
 
 The cache never keeps a model alive: entries are keyed by ``id`` with a weak reference that
 drops the entry when the model is collected, and fingerprints hold ids, values and weak

@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 
 import camplug
 from camplug import metrics
-from camplug.audit import FlagThresholds, audit, load_summary
+from camplug.audit import FlagThresholds, load_summary, run_audit
 from camplug.audit.store import ResultStore
-from camplug.datasets import SyntheticLocalization
+from camplug.data.synthetic import SyntheticLocalization
 
 GRID = [round(0.05 * i, 2) for i in range(20)]  # a coarser CAM threshold grid keeps tests fast
 PIXEL_GRID = GRID + [1.0]
@@ -71,7 +71,7 @@ def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
     model = TinyNet()
     ds = SyntheticLocalization(n=10, image_size=32, seed=5)
-    summary = audit(model, ds, out_dir=out, batch_size=4, thresholds=GRID, report=False)
+    summary = run_audit(model, ds, out_dir=out, batch_size=4, thresholds=GRID, report=False)
     with ResultStore(out / "audit.sqlite") as store:
         rows = store.rows(summary.run_id)
     return model, ds, summary, rows
@@ -180,9 +180,9 @@ def test_flags_follow_their_documented_rules(small_run):
 def test_flag_thresholds_are_configurable(tmp_path):
     model = TinyNet()
     ds = SyntheticLocalization(n=6, image_size=32, seed=1)
-    strict = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
+    strict = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
                    flags=FlagThresholds(min_mass_inside=1.0, min_lift=1e9, low_confidence=1.0))
-    lax = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
+    lax = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
                 flags=FlagThresholds(min_mass_inside=0.0, low_confidence=0.0))
     assert strict.run_id != lax.run_id  # flag rules are part of the run's identity
     with ResultStore(tmp_path / "audit.sqlite") as store:
@@ -218,7 +218,7 @@ class Faulty(Dataset):
 
 
 def test_bad_samples_become_error_rows_and_the_run_goes_on(tmp_path):
-    summary = audit(TinyNet(), Faulty(), out_dir=tmp_path, batch_size=8, thresholds=GRID,
+    summary = run_audit(TinyNet(), Faulty(), out_dir=tmp_path, batch_size=8, thresholds=GRID,
                     report=False)
     with ResultStore(tmp_path / "audit.sqlite") as store:
         rows = {r.sample_index: r for r in store.rows(summary.run_id)}
@@ -237,7 +237,7 @@ def test_the_users_model_is_left_as_it_was(tmp_path):
     model.body[0].eval()  # a mixed state must come back exactly
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modes = {name: m.training for name, m in model.named_modules()}
-    audit(model, SyntheticLocalization(n=4, image_size=32), out_dir=tmp_path, thresholds=GRID,
+    run_audit(model, SyntheticLocalization(n=4, image_size=32), out_dir=tmp_path, thresholds=GRID,
           report=False)
     assert {name: m.training for name, m in model.named_modules()} == modes
     for name, module in model.named_modules():
@@ -250,17 +250,17 @@ def test_the_users_model_is_left_as_it_was(tmp_path):
 def test_same_configuration_resumes_and_fresh_restarts(tmp_path):
     model = TinyNet()
     ds = SyntheticLocalization(n=5, image_size=32, seed=3)
-    first = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False)
-    again = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False)
+    first = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False)
+    again = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False)
     assert again.run_id == first.run_id and again.n_stored == 5
     with ResultStore(tmp_path / "audit.sqlite") as store:
         assert store.get_run(first.run_id).attempts == 2
         assert store.count(first.run_id) == 5
-    fresh = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False, fresh=True)
+    fresh = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False, fresh=True)
     with ResultStore(tmp_path / "audit.sqlite") as store:
         assert store.get_run(fresh.run_id).attempts == 1 and store.count(fresh.run_id) == 5
     # another model (other weights) is another run in the same file
-    other = audit(TinyNet(seed=1), ds, out_dir=tmp_path, thresholds=GRID, report=False)
+    other = run_audit(TinyNet(seed=1), ds, out_dir=tmp_path, thresholds=GRID, report=False)
     assert other.run_id != first.run_id
     with ResultStore(tmp_path / "audit.sqlite") as store:
         assert len(store.runs()) == 2
@@ -269,7 +269,7 @@ def test_same_configuration_resumes_and_fresh_restarts(tmp_path):
 def test_faithfulness_metrics_on_request(tmp_path):
     model = TinyNet()
     ds = SyntheticLocalization(n=3, image_size=32, seed=4)
-    summary = audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
+    summary = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
                     faithfulness=True, faithfulness_steps=4)
     with ResultStore(tmp_path / "audit.sqlite") as store:
         rows = store.rows(summary.run_id)
@@ -288,7 +288,7 @@ def test_faithfulness_metrics_on_request(tmp_path):
 def test_torchscript_models_get_a_clear_error(tmp_path):
     scripted = torch.jit.script(TinyNet().eval())
     with pytest.raises(TypeError, match="TorchScript.*forward hooks.*Workaround"):
-        audit(scripted, SyntheticLocalization(n=2, image_size=32), out_dir=tmp_path)
+        run_audit(scripted, SyntheticLocalization(n=2, image_size=32), out_dir=tmp_path)
     assert not (tmp_path / "audit.sqlite").exists()
 
 
@@ -300,4 +300,4 @@ def test_torchscript_models_get_a_clear_error(tmp_path):
 ])
 def test_bad_arguments_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        audit(TinyNet(), SyntheticLocalization(n=2, image_size=32), out_dir=tmp_path, **kwargs)
+        run_audit(TinyNet(), SyntheticLocalization(n=2, image_size=32), out_dir=tmp_path, **kwargs)

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage, stats
 from torch.utils.data import DataLoader
 
-from camplug.datasets import (
+from camplug.data.synthetic import (
     MEAN,
     SPLITS,
     STD,

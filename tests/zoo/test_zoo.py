@@ -10,7 +10,7 @@ from tolerances import assert_close
 from torch import nn
 
 from camplug import zoo
-from camplug.datasets import SyntheticLocalization, to_tensors
+from camplug.data.synthetic import SyntheticLocalization, to_tensors
 from camplug.zoo import train as train_module
 
 FRESH_SEED = 12345  # the shipped models were trained on seed 0 and validated on seed 1

@@ -17,7 +17,7 @@ from models import DenseNetLike, ResNetLike, TupleOutputNet, ViTLike, images, ra
 from scipy import stats
 from torch_threads import single_intra_op_thread
 
-from camplug.compare import (
+from camplug.comparison.harness import (
     DEFAULT_METHODS,
     ComparisonRow,
     ComparisonTable,

@@ -9,9 +9,9 @@ from models import SUPPORTED, UNSUPPORTED, build, images
 from tolerances import assert_close
 from torch import nn
 
+from camplug.discovery.fold import fold_head
+from camplug.discovery.heads import find_head
 from camplug.errors import UnsupportedHeadError
-from camplug.fold import fold_head
-from camplug.heads import find_head
 
 CASES = {case.name: case for case in SUPPORTED}
 

@@ -1,11 +1,11 @@
 """Head discovery: find the tensor that feeds global average pooling and fold the head.
 
-:func:`find_head` runs one probe forward (eval mode, no gradients, modes restored, no hook
-left) under a :class:`~camplug.recorder.ForwardRecorder` and walks the recorded data flow back
+:func:`find_head` runs one probe forward (eval mode, no gradients, modes restored, no hook left)
+under a :class:`~camplug.discovery.recorder.ForwardRecorder` and walks the recorded data flow back
 from the logits: through affine operations (Linear, BatchNorm, LayerNorm, Dropout, reshapes,
-constant scaling) to a global average pooling, whose input is the feature map. A 1x1
-convolution feeding the pooling directly is folded too (it commutes with averaging). Anything
-else between pooling and logits raises :class:`UnsupportedHeadError`.
+constant scaling) to a global average pooling, whose input is the feature map. A 1x1 convolution
+feeding the pooling directly is folded too (it commutes with averaging). Anything else between
+pooling and logits raises :class:`UnsupportedHeadError`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .errors import GRAD_CAM_HINT, UnsupportedHeadError
+from ..errors import GRAD_CAM_HINT, UnsupportedHeadError
 from .fold import HeadStep, LinearStep
-from .head_ops import (
+from .ops import (
     DROPOUTS,
     PERMUTES,
     Layout,

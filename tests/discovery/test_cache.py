@@ -12,9 +12,9 @@ from models import SUPPORTED, build, images
 from torch import nn
 
 import camplug
-from camplug.captum_attr import ClassActivationMap
-from camplug.head_cache import HEAD_CACHE
-from camplug.heads import probing
+from camplug.captum.attribution import ClassActivationMap
+from camplug.discovery.cache import HEAD_CACHE
+from camplug.discovery.heads import probing
 
 CASES = {case.name: case for case in SUPPORTED}
 

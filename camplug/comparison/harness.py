@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..discovery.heads import LayerSpec, OutputSelector, select_output
 from .agreement import average_ranks, spearman, top_percent_iou, top_percent_mask
-from .attribution_methods import (
+from .profiling import peak_memory_bytes, time_call
+from .registry import (
     DEFAULT_METHODS,
     LAYER_METHODS,
     NT_TYPES,
@@ -32,9 +34,7 @@ from .attribution_methods import (
     known_methods,
     method_context,
 )
-from .comparison_table import ComparisonRow, ComparisonTable
-from .heads import LayerSpec, OutputSelector, select_output
-from .profiling import peak_memory_bytes, time_call
+from .table import ComparisonRow, ComparisonTable
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -93,7 +93,7 @@ def compare(
 
     The model's train/eval flags, hooks and parameter gradients are left unchanged.
     """
-    from .captum_attr import to_class_indices
+    from ..captum.attribution import to_class_indices
 
     _check_compare_args(model, inputs, top_percent, channel_reduction, faithfulness_steps)
     names = _method_names(DEFAULT_METHODS if methods is None else methods)
@@ -258,7 +258,7 @@ def _faithfulness(
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deletion and insertion AUC fp64 [N]; NaN for samples whose map is not finite."""
-    from .metrics import deletion_auc, insertion_auc
+    from ..metrics import deletion_auc, insertion_auc
 
     finite = torch.isfinite(maps.flatten(1)).all(1)
     unit = _unit_range(maps.nan_to_num(0.0, 0.0, 0.0))

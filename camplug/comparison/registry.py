@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .heads import LayerSpec, OutputSelector, find_head, layer_name, select_output
+from ..discovery.heads import LayerSpec, OutputSelector, find_head, layer_name, select_output
 
 Space = Literal["layer", "input"]  # layer maps [N, 1, h, w] or input maps [N, C, H, W]
 
@@ -100,7 +100,7 @@ def _layer_of(ctx: MethodContext, method: str) -> nn.Module:
 
 
 def _build_cam(ctx: MethodContext, cls: Any) -> Any:
-    from .captum_attr import ClassActivationMap
+    from ..captum.attribution import ClassActivationMap
 
     return ClassActivationMap(ctx.model, ctx.cam_layer, output=ctx.output)
 

@@ -25,9 +25,9 @@ from captum.attr import LayerAttribution
 from captum.log import log_usage
 from torch import nn
 
-from .api import attach
-from .heads import layer_name
-from .kernels import Backend, cam
+from ..api import attach
+from ..discovery.heads import layer_name
+from ..kernels import Backend, cam
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camplug.audit.report import (
+from camplug.audit.report.html import (
     GalleryItem,
     Plot,
     ReportContent,
@@ -152,8 +152,8 @@ def audited(tmp_path_factory):
     import torch
     from torch import nn
 
-    from camplug.audit import audit
-    from camplug.datasets import SyntheticLocalization
+    from camplug.audit import run_audit
+    from camplug.data.synthetic import SyntheticLocalization
 
     generator = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
@@ -163,7 +163,7 @@ def audited(tmp_path_factory):
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
     out = tmp_path_factory.mktemp("report")
-    summary = audit(model, SyntheticLocalization(n=10, image_size=32, seed=4), out_dir=out,
+    summary = run_audit(model, SyntheticLocalization(n=10, image_size=32, seed=4), out_dir=out,
                     batch_size=5, thresholds=[round(0.05 * i, 2) for i in range(20)],
                     gallery_size=3)
     return out, summary

@@ -1,0 +1,1 @@
+"""Captum adapter: ``ClassActivationMap``, a ``captum.attr.LayerAttribution`` (needs captum)."""

@@ -1,0 +1,2 @@
+"""Data and model sources: the synthetic localization set (``synthetic``), annotated image
+folders (``folders``) and model specs (``specs``)."""

@@ -1,0 +1,175 @@
+"""Model specs: where the audit's model comes from.
+
+Model specs (``load_model``):
+  - ``demo`` (or ``demo:hard``): the shipped demo model (``camplug.zoo.load_demo_model``);
+  - ``package.module:factory`` or ``path/to/file.py:factory``: a callable returning an
+    ``nn.Module`` (called with no arguments);
+  - a TorchScript file (``torch.jit.save`` / ``torch.jit.trace`` output), loaded with
+    ``torch.jit.load``.
+  ``checkpoint``: a state dict file (or a dict holding one under ``state_dict``, ``model`` or
+  ``model_state_dict``) loaded with ``torch.load(weights_only=True)`` into the model, strictly.
+
+Datasets: see ``camplug.data.folders``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+DEMO_MODEL_SPECS = ("demo", "demo:easy", "demo:hard")
+
+
+class SpecError(ValueError):
+    """A model or dataset spec that cannot be used (the message says why and what works)."""
+
+
+# models -----------------------------------------------------------------------------------
+def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
+    """The model named by ``spec`` (see module docstring), with ``checkpoint`` loaded, in eval
+    mode on the CPU."""
+    if spec in DEMO_MODEL_SPECS:
+        from camplug import zoo
+
+        model = zoo.load_demo_model(spec.partition(":")[2] or "easy")
+    elif Path(spec).is_file():
+        model = _load_torchscript(Path(spec))
+    elif ":" in spec:
+        try:
+            model = _call_factory(spec)
+        except SpecError as error:
+            if spec.startswith("demo:"):  # most likely a mistyped demo split
+                raise SpecError(
+                    f"{error}; for the shipped model use one of {', '.join(DEMO_MODEL_SPECS)}"
+                ) from None
+            raise
+    else:
+        raise SpecError(
+            f"model spec {spec!r} is neither 'demo', an existing TorchScript file, nor "
+            "'package.module:factory'"
+        )
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as error:
+        raise SpecError(
+            f"{path} is not a TorchScript archive ({str(error).splitlines()[0]}). To audit a "
+            "state dict, name the model class: --model package.module:factory --checkpoint "
+            f"{path}"
+        ) from None
+
+
+def _call_factory(spec: str) -> nn.Module:
+    module_name, _, attribute = spec.rpartition(":")
+    if not module_name or not attribute:
+        raise SpecError(f"model spec {spec!r}: expected 'package.module:factory'")
+    if module_name.endswith(".py"):
+        module = _import_file(Path(module_name))
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise SpecError(
+                f"model spec {spec!r}: cannot import {module_name!r}: {error}"
+            ) from None
+    factory = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise SpecError(f"model spec {spec!r}: {module_name!r} has no attribute {attribute!r}")
+        factory = getattr(factory, part)
+    if isinstance(factory, nn.Module):
+        return factory
+    if not callable(factory):
+        raise SpecError(f"model spec {spec!r}: {attribute!r} is not callable")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise SpecError(
+            f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise SpecError(f"model spec: no such file {path}")
+    name = f"camplug_user_model_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict file into ``model`` (strict), with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"checkpoint {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler raises many types; all mean "cannot load"
+        raise SpecError(
+            f"checkpoint {path} cannot be loaded with torch.load(weights_only=True): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    state = _find_state_dict(loaded)
+    if state is None:
+        keys = list(loaded)[:8] if isinstance(loaded, dict) else type(loaded).__name__
+        raise SpecError(
+            f"checkpoint {path} holds no state dict (a dict of tensors, or one under "
+            f"{', '.join(STATE_DICT_KEYS)}); found {keys}"
+        )
+    missing, unexpected = _state_dict_mismatch(model, state)
+    if missing or unexpected:
+        raise SpecError(
+            f"checkpoint {path} does not fit the model: missing keys {missing[:8]}, "
+            f"unexpected keys {unexpected[:8]}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise SpecError(f"checkpoint {path} does not fit the model: {error}") from None
+
+
+def _find_state_dict(loaded: Any) -> dict[str, torch.Tensor] | None:
+    if not isinstance(loaded, dict):
+        return None
+    if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return loaded
+    for key in STATE_DICT_KEYS:
+        inner = loaded.get(key)
+        if isinstance(inner, dict) and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    return None
+
+
+def _state_dict_mismatch(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    return sorted(expected - set(state)), sorted(set(state) - expected)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hex digest of the model's class name and state (parameter and buffer values), used to
+    refuse resuming a run with a different model."""
+    import hashlib
+
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        data = tensor.detach().cpu().contiguous()
+        digest.update(str(data.dtype).encode() + str(tuple(data.shape)).encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
