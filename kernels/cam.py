@@ -1,16 +1,19 @@
-"""Public entry point: validate, pick a backend, run."""
+"""Public entry point: validate, pick a backend, run, report NaN maps of a uint8 output."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Literal
 
 import torch
 
-from .checks import check_cam_inputs, normalize_size
+from .checks import check_cam_inputs, check_output_fits, normalize_size, num_classes
+from .cpu_cam import cam_cpu
 from .reference import cam_reference
 
 Backend = Literal["auto", "torch", "triton"]
+_NAN_PAIRS_SHOWN = 10  # (sample, class) pairs a NaN-map warning lists
 
 
 def _triton_unavailable_reason(device: torch.device) -> str | None:
@@ -30,6 +33,22 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
     )
 
 
+def _warn_nan_maps(nan_maps: torch.Tensor) -> None:
+    """RuntimeWarning naming the (sample, class) pairs of ``nan_maps`` [B, C] that are True."""
+    pairs = nan_maps.nonzero().tolist()  # host sync: only for uint8 output
+    if not pairs:
+        return
+    shown = ", ".join(f"({b}, {c})" for b, c in pairs[:_NAN_PAIRS_SHOWN])
+    more = f" and {len(pairs) - _NAN_PAIRS_SHOWN} more" if len(pairs) > _NAN_PAIRS_SHOWN else ""
+    warnings.warn(
+        f"cam: {len(pairs)} of {nan_maps.numel()} maps hold NaN or inf (from NaN or inf "
+        f"features or weights) and are 0 in the uint8 output, like a constant map; "
+        f"(sample, class): {shown}{more}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def cam(
     features: torch.Tensor,
     weights: torch.Tensor,
@@ -42,35 +61,54 @@ def cam(
 ) -> torch.Tensor:
     """Class activation maps: ``cam[b, c] = upsample(norm(relu(sum_k W[b, c, k] * A[b, k])))``.
 
-    features: [B, K, h, w], fp32/fp16/bf16, contiguous or channels_last.
-    weights: [C, K] (shared by the batch) or [B, C, K], floating point.
+    features: [B, K, h, w] (K >= 1), fp32/fp16/bf16/fp64, contiguous or channels_last.
+    weights: [C, K] (shared by the batch), [B, C, K], or per-position [B, C, K, h, w]
+        (LayerCAM, HiResCAM: ``cam[b, c, i, j] = sum_k W[b, c, k, i, j] * A[b, k, i, j]``);
+        floating point. The weighted sum accumulates in fp32.
     size: output (H, W) (an int means square); None keeps (h, w).
     relu: clamp the weighted sum at 0 before normalizing (default off, as in the CAM paper).
-    normalize: min-max normalize each low-resolution map to [0, 1] (eps = 1e-7).
-    out_dtype: None/float32, float16, bfloat16, or uint8 (round(255 * v), needs normalize;
-        a NaN value, from NaN or inf features, becomes 0).
-    backend: "torch" (reference, any device), "triton" (fused kernel), "auto".
-    Returns [B, C, H, W] in out_dtype.
+    normalize: min-max normalize each low-resolution map: ``(x - lo) / (hi - lo + 1e-7)``.
+        A constant or near-constant map, range ``hi - lo <= 1e-5 * max(|lo|, |hi|)``
+        (``semantics.CONSTANT_RTOL``; fp32 summation noise stays far below), is 0 everywhere,
+        as is a map holding an infinity (infinite range); a map holding a NaN is NaN.
+    out_dtype: None/float32, float16, bfloat16, or uint8 (round(255 * v), needs normalize).
+        In uint8 a NaN or inf map is 0 like a constant map, so ``cam`` then issues a
+        RuntimeWarning naming those (sample, class) pairs (not while torch.compile traces).
+    backend: "torch" (eager PyTorch on any device; on CPU a matmul fast path), "triton"
+        (fused kernel), "auto" (Triton on CUDA when installed, else torch).
+    Resizing is bilinear, ``F.interpolate(mode="bilinear", align_corners=False)``.
+    Returns [B, C, H, W] in out_dtype. Raises OutputTooLargeError (a ValueError and a
+    MemoryError) before allocating an output that the device's free memory cannot hold.
     """
     check_cam_inputs(features, weights, normalize=normalize, out_dtype=out_dtype)
     out_size = normalize_size(size, *features.shape[-2:])
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "auto":
-        use_triton = features.device.type == "cuda" and _triton_unavailable_reason(
-            features.device
-        ) is None
+        use_triton = (
+            features.device.type == "cuda" and _triton_unavailable_reason(features.device) is None
+        )
     else:
         use_triton = backend == "triton"
     if use_triton:
         reason = _triton_unavailable_reason(features.device)
         if reason is not None:
             raise RuntimeError(f"backend='triton' cannot run: {reason}")
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        out_shape = (features.shape[0], num_classes(weights), *out_size)
+        check_output_fits(features.device, out_shape, out_dtype)
+    kw = {"relu": relu, "normalize": normalize, "out_dtype": out_dtype}
+    if use_triton:
         from .triton_cam import cam_triton
 
-        return cam_triton(
-            features, weights, out_size, relu=relu, normalize=normalize, out_dtype=out_dtype
-        )
-    return cam_reference(
-        features, weights, out_size, relu=relu, normalize=normalize, out_dtype=out_dtype
-    )
+        result = cam_triton(features, weights, out_size, **kw)
+        # Until cam_triton returns (maps, nan_maps) everywhere, accept a bare tensor.
+        maps, nan_maps = result if isinstance(result, tuple) else (result, None)
+    elif features.device.type == "cpu":
+        maps, nan_maps = cam_cpu(features, weights, out_size, **kw)
+    else:
+        maps, nan_maps = cam_reference(features, weights, out_size, **kw)
+    if nan_maps is not None and not compiling:
+        _warn_nan_maps(nan_maps)
+    return maps

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 EPS = 1e-7
+CONSTANT_RTOL = 1e-5  # a range <= CONSTANT_RTOL * max(|lo|, |hi|) is a constant map
 FLOAT_OUT_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
 OUT_DTYPES = (*FLOAT_OUT_DTYPES, torch.uint8)
 IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -33,18 +34,25 @@ def oracle_cam(
     relu: bool,
     normalize: bool,
 ) -> torch.Tensor:
-    """fp64 CAM on CPU: einsum, ReLU, per-map min-max on the low-res map, bilinear resize."""
+    """fp64 CAM on CPU: weighted sum, ReLU, per-map min-max on the low-res map (constant and
+    near-constant maps, range <= CONSTANT_RTOL * max(|lo|, |hi|), give 0), bilinear resize.
+
+    weights [C, K], [B, C, K] or per-position [B, C, K, h, w].
+    """
     f = features.detach().cpu().double()
     w = weights.detach().cpu().double()
     if w.dim() == 2:
         w = w.expand(f.shape[0], -1, -1)
-    maps = torch.einsum("bck,bkhw->bchw", w, f)
+    if w.dim() == 3:
+        w = w[..., None, None]
+    maps = (w * f[:, None]).sum(dim=2)
     if relu:
         maps = torch.where(maps < 0, torch.zeros_like(maps), maps)
     if normalize:
         lo = maps.amin(dim=(2, 3), keepdim=True)
         hi = maps.amax(dim=(2, 3), keepdim=True)
-        maps = (maps - lo) / (hi - lo + EPS)
+        constant = hi - lo <= CONSTANT_RTOL * torch.maximum(lo.abs(), hi.abs())
+        maps = torch.where(constant, 0.0, (maps - lo) / (hi - lo + EPS))
     if maps.numel() == 0:
         return maps.new_zeros((*maps.shape[:2], *out_size))
     if tuple(maps.shape[-2:]) != tuple(out_size):
@@ -53,9 +61,10 @@ def oracle_cam(
 
 
 def expected_output(oracle: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
-    """The oracle as the output dtype would express it (uint8: round half up of 255 * v)."""
+    """The oracle as the output dtype would express it (uint8: round half up of 255 * v,
+    NaN as 0)."""
     if out_dtype == torch.uint8:
-        return torch.floor(oracle * 255.0 + 0.5).clamp(0, 255)
+        return torch.floor(oracle.nan_to_num(nan=0.0) * 255.0 + 0.5).clamp(0, 255)
     return oracle
 
 
@@ -74,15 +83,22 @@ def make_inputs(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     per_sample_weights: bool = False,
+    per_position_weights: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random features [B, K, h, w] in ``dtype`` and fp32 weights [C, K] or [B, C, K]."""
+    """Random features [B, K, h, w] in ``dtype`` and fp32 weights [C, K], [B, C, K]
+    (``per_sample_weights``) or [B, C, K, h, w] (``per_position_weights``)."""
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(batch, channels, h, w, generator=gen).to(dtype)
     if channels_last:
         features = features.to(memory_format=torch.channels_last)
-    shape = (batch, classes, channels) if per_sample_weights else (classes, channels)
+    if per_position_weights:
+        shape = (batch, classes, channels, h, w)
+    elif per_sample_weights:
+        shape = (batch, classes, channels)
+    else:
+        shape = (classes, channels)
     weights = torch.randn(shape, generator=gen)
     return features.to(device), weights.to(device)
 
@@ -127,15 +143,35 @@ def assert_matches_oracle(
 ) -> torch.Tensor:
     """Run ``cam`` with ``backend`` and compare with the oracle at the output's tolerance."""
     from camplug.kernels import cam
-    from tolerances import assert_close
 
     out = cam(
         features, weights, size, relu=relu, normalize=normalize, out_dtype=out_dtype,
         backend=backend,
     )  # fmt: skip
+    check_against_oracle(
+        out, features, weights, size, relu=relu, normalize=normalize, out_dtype=out_dtype,
+        label=f"backend={backend}",
+    )  # fmt: skip
+    return out
+
+
+def check_against_oracle(
+    out: torch.Tensor,
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    size: int | tuple[int, int] | None,
+    *,
+    relu: bool,
+    normalize: bool,
+    out_dtype: torch.dtype | None,
+    label: str,
+) -> None:
+    """Check a CAM output's shape, dtype, device, layout and values against the oracle."""
+    from tolerances import assert_close
+
     h, w = features.shape[-2:]
     out_size = (h, w) if size is None else (size, size) if isinstance(size, int) else size
-    classes = weights.shape[-2]
+    classes = weights.shape[1] if weights.dim() == 5 else weights.shape[-2]
     assert out.shape == (features.shape[0], classes, *out_size)
     assert out.dtype == (out_dtype or torch.float32)
     assert out.device == features.device
@@ -144,9 +180,8 @@ def assert_matches_oracle(
         oracle_cam(features, weights, out_size, relu=relu, normalize=normalize), out_dtype
     )
     what = (
-        f"backend={backend} features {features.dtype} {tuple(features.shape)} "
+        f"{label} features {features.dtype} {tuple(features.shape)} "
         f"stride {features.stride()} weights {tuple(weights.shape)} -> {out_size} "
         f"relu={relu} normalize={normalize} out_dtype={out_dtype}"
     )
     assert_close(out, want, tolerance_dtype(out_dtype), what)
-    return out

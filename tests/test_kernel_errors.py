@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from camplug.kernels import cam
+from camplug.kernels import OutputTooLargeError, cam, checks
 
 BACKENDS = ["torch", "triton", "auto"]
 
@@ -24,7 +24,8 @@ def good_inputs(batch=2, channels=8, h=4, w=5, classes=3):
         pytest.param(torch.randn(1, 2, 8, 4, 5), torch.randn(3, 8), r"4 dims",
                      id="features-5d"),
         pytest.param(torch.randn(2, 8, 4, 5), torch.randn(8), r"weights must have shape "
-                     r"\[C, K\] or \[B, C, K\], got \(8,\)", id="weights-1d"),
+                     r"\[C, K\], \[B, C, K\] or per-position \[B, C, K, h, w\], got \(8,\)",
+                     id="weights-1d"),
         pytest.param(torch.randn(2, 8, 4, 5), torch.randn(1, 2, 3, 8), r"weights must have shape",
                      id="weights-4d"),
         pytest.param(torch.randn(2, 8, 4, 5), torch.randn(3, 7), r"channel mismatch: features "
@@ -35,6 +36,21 @@ def good_inputs(batch=2, channels=8, h=4, w=5, classes=3):
                      r"have B=2 samples but weights have 3", id="B-mismatch"),
         pytest.param(torch.randn(2, 8, 0, 5), torch.randn(3, 8), r"spatial size h, w >= 1, "
                      r"got \(h, w\) = \(0, 5\)", id="empty-height"),
+        pytest.param(torch.randn(2, 8, 4, 5), torch.randn(2, 3, 8, 4, 6), r"position mismatch: "
+                     r"per-position weights must have shape \[B, C, K, h, w\] = \[2, C, 8, 4, 5\] "
+                     r"to match features of shape \(2, 8, 4, 5\); got \(2, 3, 8, 4, 6\)",
+                     id="per-position-hw-mismatch"),
+        pytest.param(torch.randn(2, 8, 4, 5), torch.randn(2, 3, 7, 4, 5), r"channel mismatch: "
+                     r"features have K=8 channels but weights have 7", id="per-position-K"),
+        pytest.param(torch.randn(2, 8, 4, 5), torch.randn(1, 3, 8, 4, 5), r"batch mismatch: "
+                     r"features have B=2 samples but weights have 1", id="per-position-B"),
+        pytest.param(torch.randn(2, 8, 4, 5), torch.randn(2, 8, 4, 5), r"weights must have shape",
+                     id="weights-4d-like-features"),
+        pytest.param(torch.randn(2, 0, 4, 5), torch.randn(3, 0), r"features have K=0 channels "
+                     r"\(shape \(2, 0, 4, 5\)\): a CAM is a weighted sum over channels and needs "
+                     r"K >= 1", id="no-channels"),
+        pytest.param(torch.randn(2, 0, 4, 5), torch.randn(2, 3, 0), r"K=0 channels",
+                     id="no-channels-BCK"),
     ],
 )  # fmt: skip
 def test_shape_errors(features, weights, message, backend):
@@ -147,3 +163,59 @@ def test_auto_uses_torch_for_cpu_tensors(monkeypatch):
     features, weights = good_inputs()
     out = cam(features, weights, (6, 6), backend="auto")
     assert out.shape == (2, 3, 6, 6)
+
+
+def _refuse_to_compute(*args, **kwargs):
+    raise AssertionError("the backend ran: the size check must refuse before allocating")
+
+
+@pytest.mark.parametrize("out_dtype", [None, torch.float16, torch.uint8], ids=str)
+def test_output_too_large_is_refused_before_allocating(monkeypatch, out_dtype):
+    """With 1 GiB available, a 20000 x 20000 output (400M elements) cannot fit."""
+    monkeypatch.setattr(checks, "available_bytes", lambda device: 2**30)
+    monkeypatch.setattr(sys.modules["camplug.kernels.cam"], "cam_cpu", _refuse_to_compute)
+    features, weights = good_inputs(batch=1, classes=1)
+    per_element = {None: 4, torch.float16: 2 + 4, torch.uint8: 1 + 4}[out_dtype]
+    needed = 20000 * 20000 * per_element
+    with pytest.raises(OutputTooLargeError, match=(
+        rf"cam output of shape \(1, 1, 20000, 20000\) in .* needs {needed:,} bytes "
+        rf"\({needed / 2**30:.1f} GiB, output and work buffer\) but only 1,073,741,824 bytes "
+        r"\(1.0 GiB\) are available on cpu; ask for a smaller size")):  # fmt: skip
+        cam(features, weights, (20000, 20000), out_dtype=out_dtype, backend="torch")
+
+
+def test_absurd_output_is_refused_on_any_machine():
+    """100000 x 100000 x 8 samples x 3 classes in fp32: 960 GB, a ValueError and MemoryError."""
+    features, weights = good_inputs(batch=8, classes=3)
+    with pytest.raises(ValueError, match=r"needs 960,000,000,000 bytes"):
+        cam(features, weights, 100000, backend="torch")
+    with pytest.raises(MemoryError):
+        cam(features, weights, 100000, backend="auto")
+
+
+def test_small_outputs_skip_the_memory_look_up(monkeypatch):
+    monkeypatch.setattr(checks, "available_bytes", _refuse_to_compute)
+    features, weights = good_inputs()
+    assert cam(features, weights, (64, 64), backend="torch").shape == (2, 3, 64, 64)
+
+
+def test_cpu_available_bytes_is_plausible():
+    available = checks.available_bytes(torch.device("cpu"))
+    assert available is not None and 2**20 < available < 2**50
+
+
+def test_cuda_available_bytes_counts_the_caching_allocator(monkeypatch):
+    """Free memory is the driver's free bytes plus what the allocator holds but does not use."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (5 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2**30)
+    assert checks.available_bytes(torch.device("cuda", 0)) == 7 * 2**30
+    assert checks.available_bytes(torch.device("meta")) is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_output_too_large_is_refused():
+    features, weights = good_inputs()
+    with pytest.raises(OutputTooLargeError, match=r"are available on cuda"):
+        cam(features.cuda(), weights.cuda(), 200000, backend="torch")

@@ -1,0 +1,114 @@
+"""CPU fast path of the torch backend: one bmm, two small matmuls, one cast.
+
+1. Low-res maps [B, C, h*w] = W [B, C, K] @ A [B, K, h*w] in fp32 (one bmm; per-position
+   weights use an einsum), then ReLU and min-max normalization on these small maps.
+2. Bilinear resize as two matrix products with interpolation matrices: ``rows = Mh @ map``
+   [B, C, H, w], then one GEMM ``[B*C*H, w] @ [w, W]`` writes the output once. The matrices are
+   F.interpolate(mode="linear", align_corners=False) applied to an identity, so they hold
+   PyTorch's own source indices and weights; they are built once per (in, out) size and cached.
+3. uint8: the 255 scale goes into the small ``rows`` and the +0.5 of round-half-up into an
+   extra column of ones, so the GEMM yields ``255 * v + 0.5`` and a cast (truncation) finishes
+   ``floor(255 * v + 0.5)`` with no further pass over the output.
+
+Finite maps match F.interpolate to fp32 rounding. A NaN or infinity in a raw map
+(``normalize=False``) makes the whole resized map NaN, where F.interpolate spreads it to the
+neighbouring pixels only (normalized maps are finite or NaN everywhere, so they agree).
+No Python branch depends on tensor values: the function traces under torch.compile and
+torch.export (the matrix cache is bypassed while tracing).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .semantics import min_max_normalize, non_finite_maps
+
+
+def _build_interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """fp32 [n_in, n_out]: column x holds the weights of the inputs for output x."""
+    eye = torch.eye(n_in, dtype=torch.float32).unsqueeze(0)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    return _build_interpolation_matrix(n_in, n_out)
+
+
+def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """fp32 CPU [n_in, n_out] bilinear (align_corners=False) weights along one axis: for a
+    row vector ``v`` of length n_in, ``v @ M`` is ``F.interpolate`` of v to n_out. Cached;
+    never modify the returned tensor."""
+    if torch.compiler.is_compiling():
+        return _build_interpolation_matrix(n_in, n_out)
+    return _cached_interpolation_matrix(n_in, n_out)
+
+
+def weighted_sum(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """fp32 low-res maps [B, C, h, w] from features [B, K, h, w] and weights [C, K],
+    [B, C, K] or [B, C, K, h, w]; one bmm for channel weights (no copy of fp32 NCHW or
+    channels_last features)."""
+    batch, channels, h, w = features.shape
+    f32 = features.float()
+    if weights.dim() == 5:
+        return torch.einsum("bckhw,bkhw->bchw", weights.float(), f32)
+    w32 = weights.float()
+    if w32.dim() == 2:
+        w32 = w32.expand(batch, -1, -1)
+    classes = w32.shape[1]
+    return torch.bmm(w32, f32.reshape(batch, channels, h * w)).reshape(batch, classes, h, w)
+
+
+def resize_and_cast(
+    maps: torch.Tensor, out_size: tuple[int, int], out_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """Bilinear resize of fp32 ``maps`` [B, C, h, w] to ``out_size`` and cast to ``out_dtype``.
+
+    uint8 expects normalized maps (in [0, 1] or NaN): a NaN map gives 0, others
+    ``floor(255 * v + 0.5)``. Returns a contiguous [B, C, H, W] tensor.
+    """
+    batch, classes, h, w = maps.shape
+    out_h, out_w = out_size
+    to_bytes = out_dtype == torch.uint8
+    if to_bytes:
+        maps = maps.nan_to_num(nan=0.0) * 255.0
+    if (h, w) == (out_h, out_w):
+        out = maps + 0.5 if to_bytes else maps
+    else:
+        rows = torch.matmul(interpolation_matrix(h, out_h).t(), maps)  # [B, C, H, w]
+        cols = interpolation_matrix(w, out_w)  # [w, W]
+        if to_bytes:  # an extra input column of 0.5 with weight 1: the GEMM adds the 0.5
+            rows = torch.cat([rows, rows.new_full((*rows.shape[:-1], 1), 0.5)], dim=-1)
+            cols = torch.cat([cols, cols.new_ones(1, out_w)])
+        out = torch.mm(rows.reshape(-1, rows.shape[-1]), cols)
+    out = out.reshape(batch, classes, out_h, out_w)
+    if out_dtype is None or out_dtype == torch.float32:
+        return out.contiguous()
+    return out.to(out_dtype).contiguous()  # uint8: truncation of 255 * v + 0.5 >= 0
+
+
+def cam_cpu(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    out_size: tuple[int, int],
+    *,
+    relu: bool,
+    normalize: bool,
+    out_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CAM on CPU tensors; same semantics and return value as ``reference.cam_reference``.
+
+    features [B, K, h, w] (fp32/fp16/bf16/fp64, any strides), weights [C, K], [B, C, K] or
+    [B, C, K, h, w]; inputs must be validated. Returns ``(maps, nan_maps)``: maps [B, C, H, W]
+    in ``out_dtype`` (fp32 when None); nan_maps bool [B, C] for uint8 output, else None.
+    """
+    maps = weighted_sum(features, weights)
+    if relu:
+        maps = maps.clamp_min(0)
+    nan_maps = non_finite_maps(maps) if out_dtype == torch.uint8 else None
+    if normalize:
+        maps = min_max_normalize(maps)
+    return resize_and_cast(maps, out_size, out_dtype), nan_maps
