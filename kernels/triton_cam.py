@@ -23,9 +23,10 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .semantics import EPS
+from .semantics import CONSTANT_RTOL, EPS, non_finite_maps
 
 _EPS = tl.constexpr(EPS)
+_CONSTANT_RTOL = tl.constexpr(CONSTANT_RTOL)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on")
 
 # Launch settings: every block size and warp count is chosen here.
@@ -202,6 +203,57 @@ def _weighted_sum_kernel(
     tl.store(raw_base + raw_offs, acc, mask=c_mask[:, None] & s_mask[None, :])
 
 
+@triton.autotune(
+    configs=_tuning_configs(warps=(4, 8), stages=(1, 2, 3)),
+    key=["C", "K", "HW", "BLOCK_K", "BLOCK_S"],
+    do_bench=_tuning_bench,
+    cache_results=True,
+)
+@triton.jit
+def _positional_sum_kernel(
+    f_ptr, w_ptr, raw_ptr,
+    C, K, HW, W_IN,
+    f_sb, f_sk, f_sh, f_sw,
+    w_sb, w_sc, w_sk, w_sh, w_sw,
+    POSITION_BLOCKS,
+    RELU: tl.constexpr,
+    WIDE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """raw[b, c, s] = relu?(sum_k w[b, c, k, s] * f[b, k, s]) in fp32 (per-position weights)."""
+    pid = tl.program_id(0)
+    s_block = pid % POSITION_BLOCKS
+    bc = (pid // POSITION_BLOCKS).to(tl.int64)
+    b = bc // C
+    c = bc % C
+    offs_s = s_block * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_k = tl.arange(0, BLOCK_K)
+    s_mask = offs_s < HW
+    if WIDE:
+        offs_s = offs_s.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+    f_base = f_ptr + b * f_sb
+    w_base = w_ptr + b * w_sb + c * w_sc
+    k_step = tl.full([], BLOCK_K, tl.int64) if WIDE else BLOCK_K
+    row = offs_s // W_IN
+    col = offs_s % W_IN
+    f_offs = offs_k[:, None] * f_sk + (row * f_sh + col * f_sw)[None, :]
+    w_offs = offs_k[:, None] * w_sk + (row * w_sh + col * w_sw)[None, :]
+    acc = tl.zeros([BLOCK_K, BLOCK_S], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        mask = (offs_k < K - k0)[:, None] & s_mask[None, :]
+        f = tl.load(f_base + f_offs, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_base + w_offs, mask=mask, other=0.0).to(tl.float32)
+        acc += w * f
+        f_base += k_step * f_sk
+        w_base += k_step * w_sk
+    out = tl.sum(acc, axis=0)
+    if RELU:
+        out = tl.where(out < 0.0, 0.0, out)
+    tl.store(raw_ptr + bc * HW + offs_s, out, mask=s_mask)
+
+
 @triton.jit
 def _source_index(dst, scale, size_in):
     """Bilinear neighbours along one axis as F.interpolate(align_corners=False) picks them:
@@ -256,7 +308,9 @@ def _normalize_upsample_kernel(
             nans += tl.sum((v != v).to(tl.int32), axis=0)
         # tl.min/tl.max may drop NaN; torch.amin/amax propagate it.
         lo = tl.where(nans > 0, float("nan"), lo)
-        span = hi - lo + _EPS
+        rng = hi - lo
+        flat = rng <= _CONSTANT_RTOL * tl.maximum(tl.abs(lo), tl.abs(hi))
+        span = rng + _EPS
 
     offs_y = row_tile * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_x = col_tile * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -274,17 +328,17 @@ def _normalize_upsample_kernel(
         v10 = tl.load(src + (row1 + x0[None, :]), mask=mask, other=0.0)
         v11 = tl.load(src + (row1 + x1[None, :]), mask=mask, other=0.0)
         if NORMALIZE:
-            v00 = (v00 - lo) / span
-            v01 = (v01 - lo) / span
-            v10 = (v10 - lo) / span
-            v11 = (v11 - lo) / span
+            v00 = tl.where(flat, 0.0, (v00 - lo) / span)
+            v01 = tl.where(flat, 0.0, (v01 - lo) / span)
+            v10 = tl.where(flat, 0.0, (v10 - lo) / span)
+            v11 = tl.where(flat, 0.0, (v11 - lo) / span)
         lx0 = lx0[None, :]
         lx1 = lx1[None, :]
         val = ly0[:, None] * (lx0 * v00 + lx1 * v01) + ly1[:, None] * (lx0 * v10 + lx1 * v11)
     else:
         val = tl.load(src + ((offs_y * W_IN)[:, None] + offs_x[None, :]), mask=mask, other=0.0)
         if NORMALIZE:
-            val = (val - lo) / span
+            val = tl.where(flat, 0.0, (val - lo) / span)
 
     if OUT_UINT8:
         val = tl.where(val != val, 0.0, val)  # a NaN map has no byte value: 0, as the reference
@@ -325,6 +379,30 @@ def _source_scale(in_size: int, out_size: int) -> float:
     return float(np.float32(in_size) / np.float32(out_size))
 
 
+def _positional_sums(
+    features: torch.Tensor, weights: torch.Tensor, raw: torch.Tensor, relu: bool
+) -> None:
+    """Launch 1 for per-position weights [B, C, K, h, w]: fills ``raw`` [B, C, h*w]."""
+    batch, channels, h, w = features.shape
+    classes = weights.shape[1]
+    block_s = min(_pow2(h * w), 128)
+    block_k = max(1, min(2048 // block_s, _pow2(channels)))
+    position_blocks = triton.cdiv(h * w, block_s)
+    wide = max(
+        _extent(features, 1) + block_k * features.stride(1),
+        _extent(weights, 2) + block_k * weights.stride(2),
+    ) >= _INT32_LIMIT
+    _positional_sum_kernel[(batch * classes * position_blocks,)](
+        features, weights, raw,
+        classes, channels, h * w, w,
+        *features.stride(),
+        *weights.stride(),
+        position_blocks,
+        RELU=relu, WIDE=wide, BLOCK_K=block_k, BLOCK_S=block_s,
+        enable_fp_fusion=True,
+    )  # fmt: skip
+
+
 def cam_triton(
     features: torch.Tensor,
     weights: torch.Tensor,
@@ -333,49 +411,59 @@ def cam_triton(
     relu: bool,
     normalize: bool,
     out_dtype: torch.dtype | None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CAM with the fused Triton kernels; same semantics as ``cam_reference``.
 
-    features [B, K, h, w] (fp32/fp16/bf16, any strides, read in place), weights [C, K] or
-    [B, C, K]; returns a contiguous [B, C, H, W] tensor in ``out_dtype`` (fp32 when None).
-    Inputs must already be validated (``checks.check_cam_inputs``).
+    features [B, K, h, w] (fp32/fp16/bf16, any strides, read in place); weights [C, K],
+    [B, C, K] or per-position [B, C, K, h, w]. Inputs must already be validated
+    (``checks.check_cam_inputs``). Returns ``(maps, nan_maps)``: maps a contiguous
+    [B, C, H, W] tensor in ``out_dtype`` (fp32 when None); nan_maps, for uint8 output only
+    (else None), a bool [B, C] tensor, True where the low-res map's range is not finite
+    (``semantics.non_finite_maps``: it holds a NaN or an inf; its bytes are 0).
     """
     batch, channels, h, w = features.shape
-    classes = weights.shape[-2]
+    classes = weights.shape[1] if weights.dim() == 5 else weights.shape[-2]
     out_h, out_w = out_size
     out = torch.empty(
         (batch, classes, out_h, out_w), dtype=out_dtype or torch.float32, device=features.device
     )
+    want_nan = out.dtype == torch.uint8
     if out.numel() == 0:
-        return out
+        nan_maps = torch.zeros((batch, classes), dtype=torch.bool, device=out.device)
+        return out, nan_maps if want_nan else None
     raw = torch.empty((batch, classes, h * w), dtype=torch.float32, device=features.device)
     s = launch_settings(batch, classes, channels, h * w, out_h, out_w, _sm_count(features.device))
-    w_sb = weights.stride(0) if weights.dim() == 3 else 0
-    wide_sum, wide_map = wide_offsets(features, weights, out_size, s)
     guard = (
         torch.cuda.device(features.device)
         if features.device.type == "cuda"
         else contextlib.nullcontext()
     )
     with guard:
-        _weighted_sum_kernel[(batch * s.sum_grid,)](
-            features, weights, raw,
-            classes, channels, h * w, w,
-            *features.stride(),
-            w_sb, weights.stride(-2), weights.stride(-1),
-            s.class_blocks, s.position_blocks,
-            RELU=relu, USE_DOT=s.use_dot, WIDE=wide_sum,
-            BLOCK_C=s.block_c, BLOCK_K=s.block_k, BLOCK_S=s.block_s,
-            enable_fp_fusion=True,
-        )  # fmt: skip
+        if weights.dim() == 5:
+            _positional_sums(features, weights, raw, relu)
+            wide_map = max(s.row_tiles * s.block_h * out_w, h * w) >= _INT32_LIMIT
+        else:
+            w_sb = weights.stride(0) if weights.dim() == 3 else 0
+            wide_sum, wide_map = wide_offsets(features, weights, out_size, s)
+            _weighted_sum_kernel[(batch * s.sum_grid,)](
+                features, weights, raw,
+                classes, channels, h * w, w,
+                *features.stride(),
+                w_sb, weights.stride(-2), weights.stride(-1),
+                s.class_blocks, s.position_blocks,
+                RELU=relu, USE_DOT=s.use_dot, WIDE=wide_sum,
+                BLOCK_C=s.block_c, BLOCK_K=s.block_k, BLOCK_S=s.block_s,
+                enable_fp_fusion=True,
+            )  # fmt: skip
+        nan_maps = non_finite_maps(raw[..., None]) if want_nan else None
         _normalize_upsample_kernel[(batch * classes * s.tiles_per_map,)](
             raw, out,
             h, w, h * w, out_h, out_w,
             _source_scale(h, out_h), _source_scale(w, out_w),
             s.col_tiles, s.tiles_per_map,
             NORMALIZE=normalize, RESAMPLE=(h, w) != (out_h, out_w),
-            OUT_UINT8=out.dtype == torch.uint8, WIDE=wide_map,
+            OUT_UINT8=want_nan, WIDE=wide_map,
             BLOCK_HW=s.block_hw, BLOCK_H=s.block_h, BLOCK_W=s.block_w,
             enable_fp_fusion=True,  # FMAs, as nvcc compiles PyTorch's upsampling
         )  # fmt: skip
-    return out
+    return out, nan_maps

@@ -14,12 +14,15 @@ pytest.importorskip("triton")
 
 from camplug.kernels import cam, triton_cam  # noqa: E402
 from kernel_oracle import (  # noqa: E402
+    FLOAT_OUT_DTYPES,
     IN_DTYPES,
     OUT_DTYPES,
     OUTPUT_CASES,
     assert_matches_oracle,
     make_inputs,
+    oracle_cam,
 )
+from tolerances import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -130,12 +133,14 @@ def test_nan_in_one_sample_stays_in_that_sample(out_dtype, classes, relu):
     assert torch.equal(out[0], clean[0]) and torch.equal(out[2], clean[2])
 
 
-def test_nan_without_normalization_matches_reference_pattern():
+def test_nan_without_normalization_matches_interpolate_pattern():
+    """A NaN reaches every output pixel whose four taps include it, as in F.interpolate."""
     features, weights = inputs(2, 5, 3, 3, 2, seed=9)
     features[0, 1, 1, 1] = float("nan")
     out = cam(features, weights, (5, 4), normalize=False, backend="triton")
-    ref = cam(features, weights, (5, 4), normalize=False, backend="torch")
-    assert torch.equal(out.isnan(), ref.isnan())
+    ref = oracle_cam(features, weights, (5, 4), relu=False, normalize=False)
+    assert torch.equal(out.isnan().cpu(), ref.isnan())
+    assert 0 < out[0].isnan().sum() < out[0].numel()
     assert not out[1].isnan().any()
 
 
@@ -256,3 +261,106 @@ class TestLaunchSettings:
         for classes in (1, 7, 64):
             s = triton_cam.launch_settings(4, classes, 2048, 49, 224, 224, num_sms=132)
             assert s.class_blocks == 1
+
+
+def run_triton(features, weights, size, *, relu=False, normalize=True, out_dtype=None):
+    """The backend entry itself: (maps, nan_maps)."""
+    return triton_cam.cam_triton(
+        features, weights, size, relu=relu, normalize=normalize, out_dtype=out_dtype
+    )
+
+
+class TestNearConstantMaps:
+    """Contract with kernels/semantics.py: hi - lo <= CONSTANT_RTOL * max(|lo|, |hi|) -> 0."""
+
+    def features(self, noise):
+        gen = torch.Generator().manual_seed(20)
+        level = torch.randn(2, 6, 1, 1, generator=gen) * 3 + 5
+        jitter = torch.randn(2, 6, 4, 3, generator=gen) * noise
+        return (level + level * jitter).to(DEVICE)
+
+    @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+    @pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+    @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+    def test_tiny_noise_normalizes_to_zero_as_on_torch(self, out_dtype, relu):
+        features = self.features(noise=1e-6)  # ~8 fp32 ulps: the maps are not exactly flat
+        weights = torch.rand(3, 6, device=DEVICE) + 0.5  # positive maps: relu keeps them
+        assert features.amax((2, 3)).ne(features.amin((2, 3))).all()
+        ours, _ = run_triton(features, weights, (5, 7), relu=relu, out_dtype=out_dtype)
+        assert (ours.float() == 0).all()
+        ref = cam(features, weights, (5, 7), relu=relu, out_dtype=out_dtype, backend="torch")
+        assert torch.equal(ours, ref)
+
+    def test_range_above_the_threshold_is_normalized(self):
+        from camplug.kernels.semantics import CONSTANT_RTOL
+
+        features = self.features(noise=1e-3)
+        weights = torch.rand(3, 6, device=DEVICE) + 0.5
+        raw = torch.einsum("ck,bkhw->bchw", weights.double(), features.double())
+        span = raw.amax((2, 3)) - raw.amin((2, 3))
+        assert (span > 10 * CONSTANT_RTOL * raw.abs().amax((2, 3))).all()
+        ours, _ = run_triton(features, weights, (5, 7))
+        assert torch.allclose(ours.amax((2, 3)), torch.ones(2, 3, device=DEVICE), atol=1e-3)
+
+
+class TestPerPositionWeights:
+    """Contract: weights [B, C, K, h, w] give cam[b, c, s] = sum_k W[b, c, k, s] A[b, k, s]."""
+
+    @pytest.mark.parametrize("in_dtype", IN_DTYPES, ids=str)
+    @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+    @pytest.mark.parametrize(("out_dtype", "relu", "normalize"), OUTPUT_CASES)
+    def test_matches_oracle(self, in_dtype, channels_last, out_dtype, relu, normalize):
+        features, weights = inputs(2, 12, 3, 5, 3, dtype=in_dtype, channels_last=channels_last,
+                                   per_position_weights=True, seed=21)  # fmt: skip
+        check(features, weights, (7, 4), relu=relu, normalize=normalize, out_dtype=out_dtype)
+
+    def test_strided_weights_and_long_channel_loop(self):
+        features, _ = inputs(1, 300, 4, 6, 1, dtype=torch.float16, seed=23)
+        gen = torch.Generator().manual_seed(24)
+        weights = torch.randn(1, 300, 2, 6, 4, generator=gen).permute(0, 2, 1, 4, 3).to(DEVICE)
+        assert not weights.is_contiguous()
+        check(features, weights, (9, 9))
+
+    def test_equals_per_channel_weights_broadcast_over_positions(self):
+        features, weights = inputs(2, 10, 3, 4, 2, per_sample_weights=True, seed=25)
+        spread = weights[..., None, None].expand(-1, -1, -1, 3, 4)
+        ours, _ = run_triton(features, spread, (5, 6))
+        per_channel, _ = run_triton(features, weights, (5, 6))
+        assert_close(ours, per_channel, torch.float32)
+
+
+class TestNanReport:
+    """Contract: cam_triton returns (maps, nan_maps); nan_maps only for uint8 output."""
+
+    @pytest.mark.parametrize("out_dtype", FLOAT_OUT_DTYPES, ids=str)
+    def test_float_outputs_report_nothing(self, out_dtype):
+        features, weights = inputs(2, 6, 3, 3, 2, seed=26)
+        features[0, 0, 0, 0] = float("nan")
+        maps, nan_maps = run_triton(features, weights, (4, 4), out_dtype=out_dtype)
+        assert nan_maps is None and maps[0].isnan().all()
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=str)
+    @pytest.mark.parametrize("positional", [False, True], ids=["BCK", "BCKhw"])
+    def test_uint8_flags_exactly_the_maps_with_nan_or_inf(self, bad, positional):
+        """A NaN map is NaN, an inf map counts as constant (inf <= CONSTANT_RTOL * inf) and is
+        0: both are flagged, as their bytes are 0."""
+        features, weights = inputs(3, 6, 3, 3, 2, per_sample_weights=True, seed=27)
+        if positional:
+            weights = weights[..., None, None].expand(-1, -1, -1, 3, 3)
+        features[2, 4, 1, 1] = bad
+        maps, nan_maps = run_triton(features, weights, (5, 5), out_dtype=torch.uint8)
+        want = torch.zeros(3, 2, dtype=torch.bool)
+        want[2] = True
+        assert nan_maps.dtype == torch.bool and nan_maps.device == maps.device
+        assert torch.equal(nan_maps.cpu(), want)
+        assert (maps[2] == 0).all() and maps[:2].any()
+        floats, _ = run_triton(features, weights, (5, 5))
+        if bad != bad:
+            assert floats[2].isnan().all() and not floats[:2].isnan().any()
+        else:
+            assert (floats[2] == 0).all()
+
+    def test_empty_batch_reports_an_empty_mask(self):
+        features, weights = inputs(0, 4, 3, 3, 2)
+        maps, nan_maps = run_triton(features, weights, (4, 4), out_dtype=torch.uint8)
+        assert maps.shape == (0, 2, 4, 4) and nan_maps.shape == (0, 2)
