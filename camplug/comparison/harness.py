@@ -14,7 +14,7 @@ built), ``agreement`` (the statistics), ``profiling`` (time and memory) and
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 ChannelReduction = Literal["sum", "abs"]
+# progress(index, total, name): called before method ``index`` (0-based) of ``total`` runs.
+MethodProgress = Callable[[int, int, str], None]
 
 def compare(
     model: nn.Module,
@@ -71,6 +73,7 @@ def compare(
     repeats: int = 1,
     measure_memory: bool = True,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: MethodProgress | None = None,
 ) -> ComparisonTable:
     """Run CAM and ``methods`` on one batch and tabulate cost, agreement and faithfulness.
 
@@ -87,15 +90,18 @@ def compare(
     become [N, H, W] ("sum", signed, or "abs"); layer maps are upsampled bilinearly.
     faithfulness: compute deletion / insertion AUC (``camplug.metrics``, maps min-max scaled
     to [0, 1], ``faithfulness_steps`` steps). warmup / repeats: untimed and timed calls per
-    method (time is the median). measure_memory: one more call records the peak memory
-    (``peak_memory_bytes``). method_kwargs: extra ``attribute`` arguments per method name,
-    e.g. {"IntegratedGradients": {"n_steps": 64}}.
+    method (the table shows their median and range). measure_memory: one more call records the
+    peak memory (``peak_memory_bytes``). method_kwargs: extra ``attribute`` arguments per method
+    name, e.g. {"IntegratedGradients": {"n_steps": 64}}. progress: called as
+    ``progress(index, total, name)`` before each method runs (all its calls, then its
+    faithfulness).
 
     The model's train/eval flags, hooks and parameter gradients are left unchanged.
     """
     from ..captum.attribution import to_class_indices
 
-    _check_compare_args(model, inputs, top_percent, channel_reduction, faithfulness_steps)
+    _check_compare_args(model, inputs, top_percent, channel_reduction, faithfulness_steps,
+                        warmup, repeats)
     names = _method_names(DEFAULT_METHODS if methods is None else methods)
     extra = _method_kwargs(method_kwargs, names)
     if model.training:
@@ -115,14 +121,13 @@ def compare(
     with torch.no_grad():
         targets = to_class_indices(target, select_output(model(inputs), output))
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
-    measured = [
-        _run(name, ctx, targets, extra.get(name, {}), size, channel_reduction, warmup, repeats,
-             measure_memory)
-        for name in names
-    ]
-    reference = measured[0][1]
-    rows = []
-    for name, maps, seconds, peak in measured:
+    rows: list[ComparisonRow] = []
+    for index, name in enumerate(names):
+        if progress is not None:
+            progress(index, len(names), name)
+        maps, times, peak = _run(name, ctx, targets, extra.get(name, {}), size,
+                                 channel_reduction, warmup, repeats, measure_memory)
+        reference = rows[0].maps if rows else maps
         deletion = insertion = None
         if faithfulness:
             deletion, insertion = _faithfulness(ctx.logits_model, inputs, maps, targets,
@@ -130,7 +135,7 @@ def compare(
         rows.append(
             ComparisonRow(
                 method=name,
-                seconds=seconds,
+                times=times,
                 peak_memory_bytes=peak,
                 spearman=spearman(maps, reference),
                 top_iou=top_percent_iou(maps, reference, top_percent),
@@ -139,7 +144,8 @@ def compare(
                 maps=maps,
             )
         )
-    return ComparisonTable(rows, targets, size, float(top_percent), _device_name(inputs.device))
+    return ComparisonTable(rows, targets, size, float(top_percent), _device_name(inputs.device),
+                           warmup)
 
 
 def _method_names(methods: Sequence[str]) -> list[str]:
@@ -168,6 +174,8 @@ def _check_compare_args(
     top_percent: float,
     channel_reduction: str,
     faithfulness_steps: int,
+    warmup: int,
+    repeats: int,
 ) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -190,6 +198,9 @@ def _check_compare_args(
         faithfulness_steps < 1
     ):
         raise ValueError(f"faithfulness_steps must be a positive int, got {faithfulness_steps!r}")
+    for name, value, least in (("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
 # Captum's notices about what it does on purpose here (inputs it sets requires_grad on, ReLU
@@ -210,8 +221,8 @@ def _run(
     warmup: int,
     repeats: int,
     measure_memory: bool,
-) -> tuple[str, torch.Tensor, float, int | None]:
-    """(name, maps fp32 [N, H, W], median seconds, peak bytes) of one method."""
+) -> tuple[torch.Tensor, tuple[float, ...], int | None]:
+    """(maps fp32 [N, H, W], seconds of each timed call, peak bytes) of one method."""
     method, kwargs, space = build_method(name, ctx)
     kwargs = {**kwargs, **extra_kwargs, "target": targets}
 
@@ -221,9 +232,9 @@ def _run(
                 warnings.filterwarnings("ignore", message=message, category=UserWarning)
             return method.attribute(ctx.inputs, **kwargs)
 
-    result, seconds = time_call(call, ctx.inputs.device, warmup=warmup, repeats=repeats)
+    result, times = time_call(call, ctx.inputs.device, warmup=warmup, repeats=repeats)
     peak = peak_memory_bytes(call, ctx.inputs.device) if measure_memory else None
-    return name, _to_common(result, space, size, channel_reduction), seconds, peak
+    return _to_common(result, space, size, channel_reduction), times, peak
 
 
 def _to_common(

@@ -1,10 +1,9 @@
-"""Cost of one call: median wall time and peak memory, on CPU or CUDA."""
+"""Cost of one call: wall time of repeated calls and peak memory, on CPU or CUDA."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +19,9 @@ def _synchronize(device: torch.device) -> None:
 
 def time_call(
     fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, repeats: int = 1
-) -> tuple[Any, float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; (last result, median s)."""
+) -> tuple[Any, tuple[float, ...]]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; (last result, the seconds of
+    each timed call)."""
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
     for _ in range(warmup):
@@ -34,7 +34,7 @@ def time_call(
         result = fn()
         _synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return result, statistics.median(seconds)
+    return result, tuple(seconds)
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:

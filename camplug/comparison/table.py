@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+# ``ComparisonTable.write``: the file format of each suffix (lower case).
+TABLE_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
 
 
 @dataclass(frozen=True)
 class ComparisonRow:
-    """One method's results. Per-sample values are fp64 [N]; ``maps`` fp32 [N, H, W].
+    """One method's results. Per-sample values are fp64 [N]; ``maps`` fp32 [N, H, W];
+    ``times``: the seconds of each timed call (``seconds`` is their median).
 
     ``spearman`` and ``top_iou`` compare with CAM (1.0 for CAM itself unless its map is
     constant); ``deletion_auc`` (lower is better) and ``insertion_auc`` (higher is better)
@@ -19,7 +25,7 @@ class ComparisonRow:
     """
 
     method: str
-    seconds: float
+    times: tuple[float, ...]
     peak_memory_bytes: int | None
     spearman: torch.Tensor
     top_iou: torch.Tensor
@@ -27,11 +33,18 @@ class ComparisonRow:
     insertion_auc: torch.Tensor | None
     maps: torch.Tensor = field(repr=False)
 
+    @property
+    def seconds(self) -> float:
+        """The median of ``times``."""
+        return statistics.median(self.times)
+
     def summary(self) -> dict[str, float | str | None]:
-        """Means over the batch (NaN samples ignored), seconds and MiB."""
+        """Means over the batch (NaN samples ignored), seconds (median, min, max) and MiB."""
         return {
             "method": self.method,
             "seconds": self.seconds,
+            "seconds_min": min(self.times),
+            "seconds_max": max(self.times),
             "peak_memory_mib": None
             if self.peak_memory_bytes is None
             else self.peak_memory_bytes / 2**20,
@@ -56,12 +69,14 @@ class ComparisonTable:
     resolution: tuple[int, int]
     top_percent: float
     device: str
+    warmup: int = 0
 
     def _header(self) -> list[str]:
         k = f"{self.top_percent:g}"
         return [
             "method",
             "time (ms)",
+            "time range (ms)",
             "peak mem (MiB)",
             "Spearman vs CAM",
             f"top-{k}% IoU vs CAM",
@@ -77,6 +92,7 @@ class ComparisonTable:
                 [
                     row.method,
                     f"{1000 * row.seconds:.1f}",
+                    f"{1000 * min(row.times):.1f}-{1000 * max(row.times):.1f}",
                     _fmt(s["peak_memory_mib"], ".1f"),
                     _fmt(s["spearman"], ".3f"),
                     _fmt(s["top_iou"], ".3f"),
@@ -88,9 +104,12 @@ class ComparisonTable:
 
     def _caption(self) -> str:
         h, w = self.resolution
+        repeats = {len(row.times) for row in self.rows}
+        calls = "/".join(str(r) for r in sorted(repeats))
         return (
-            f"{self.targets.shape[0]} images at {h}x{w} on {self.device}; "
-            "means over the batch; every map compared at the input resolution"
+            f"{self.targets.shape[0]} images at {h}x{w} on {self.device}; time: median and "
+            f"range of {calls} timed call(s) after {self.warmup} warm-up call(s); means over "
+            "the batch; every map compared at the input resolution"
         )
 
     def to_markdown(self) -> str:
@@ -116,6 +135,31 @@ class ComparisonTable:
             f"<table><caption>{html.escape(self._caption())}</caption>"
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         )
+
+    def to_html_document(self) -> str:
+        """A complete HTML page holding ``to_html()``, openable without a server."""
+        return (
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>camplug compare</title><style>"
+            "table{border-collapse:collapse;font-family:sans-serif}"
+            "th,td{border:1px solid #bbb;padding:4px 8px}td{text-align:right}"
+            "td:first-child{text-align:left}caption{padding:6px;text-align:left}"
+            f"</style></head><body>{self.to_html()}</body></html>\n"
+        )
+
+    def write(self, path: str | Path) -> Path:
+        """Write the table to ``path``: Markdown or an HTML page by its suffix
+        (``TABLE_SUFFIXES``); parent folders are created. Returns the path."""
+        path = Path(path)
+        kind = TABLE_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(
+                f"{path}: the format follows the suffix, one of {', '.join(TABLE_SUFFIXES)}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_markdown() if kind == "markdown" else self.to_html_document(),
+                        encoding="utf-8")
+        return path
 
     def _repr_html_(self) -> str:
         return self.to_html()

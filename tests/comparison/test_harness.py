@@ -149,7 +149,8 @@ def test_time_call_runs_warmup_and_repeats():
     calls = []
     result, seconds = time_call(lambda: calls.append(1) or len(calls), torch.device("cpu"),
                                 warmup=2, repeats=3)
-    assert len(calls) == 5 and result == 5 and seconds >= 0
+    assert len(calls) == 5 and result == 5
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
     with pytest.raises(ValueError, match="repeats >= 1"):
         time_call(lambda: None, torch.device("cpu"), repeats=0)
 
@@ -188,10 +189,20 @@ def test_compare_tabulates_every_method_in_valid_ranges():
 
 def test_compare_with_an_explicit_target_and_no_faithfulness():
     model = tiny_resnet()
-    table = compare(model, images(3, 16), target=4, methods=["Saliency"], faithfulness=False,
-                    measure_memory=False, warmup=0)
+    calls = []
+    table = compare(model, images(3, 16), target=4, methods=["Saliency", "InputXGradient"],
+                    faithfulness=False, measure_memory=False, warmup=0, repeats=3,
+                    progress=lambda *call: calls.append(call))
     assert table.targets.tolist() == [4, 4, 4]
-    assert [row.method for row in table.rows] == ["CAM", "Saliency"]
+    assert [row.method for row in table.rows] == ["CAM", "Saliency", "InputXGradient"]
+    assert calls == [(0, 3, "CAM"), (1, 3, "Saliency"), (2, 3, "InputXGradient")]
+    for row in table.rows:  # each method timed 3 times; the table shows the median and range
+        assert len(row.times) == 3 and row.seconds == sorted(row.times)[1]
+        cells = next(line for line in table.to_markdown().splitlines()
+                     if line.startswith(f"| {row.method} |")).split(" | ")
+        assert cells[1] == f"{1000 * row.seconds:.1f}"
+        assert cells[2] == f"{1000 * min(row.times):.1f}-{1000 * max(row.times):.1f}"
+    assert "median and range of 3 timed call(s) after 0 warm-up call(s)" in table.to_markdown()
     assert all(r.deletion_auc is None and r.peak_memory_bytes is None for r in table.rows)
     assert "n/a" in table.to_markdown()
 
@@ -208,20 +219,25 @@ def test_compare_extra_methods_and_tuple_outputs():
     assert all(torch.isfinite(r.maps).all() for r in table.rows)
 
 
-def test_rendering_markdown_and_html():
+def one_row_table() -> ComparisonTable:
     row = ComparisonRow(
-        method="a<b|c", seconds=0.0123, peak_memory_bytes=3 * 2**20,
+        method="a<b|c", times=(0.0131, 0.0123, 0.0119), peak_memory_bytes=3 * 2**20,
         spearman=torch.tensor([0.5, float("nan")], dtype=torch.float64),
         top_iou=torch.tensor([0.25, 0.75], dtype=torch.float64),
         deletion_auc=torch.tensor([0.1, 0.3], dtype=torch.float64),
         insertion_auc=None, maps=torch.zeros(2, 4, 4),
     )
-    table = ComparisonTable([row], torch.tensor([1, 2]), (4, 4), 10.0, "cpu")
+    return ComparisonTable([row], torch.tensor([1, 2]), (4, 4), 10.0, "cpu", warmup=1)
+
+
+def test_rendering_markdown_and_html():
+    table = one_row_table()
     markdown = table.to_markdown().splitlines()
     assert markdown[0].startswith("2 images at 4x4 on cpu")
-    assert markdown[2].startswith("| method | time (ms) | peak mem (MiB) | Spearman vs CAM")
+    assert markdown[2].startswith(
+        "| method | time (ms) | time range (ms) | peak mem (MiB) | Spearman vs CAM")
     assert "top-10% IoU vs CAM" in markdown[2]
-    assert markdown[4] == "| a<b\\|c | 12.3 | 3.0 | 0.500 | 0.500 | 0.200 | n/a |"
+    assert markdown[4] == "| a<b\\|c | 12.3 | 11.9-13.1 | 3.0 | 0.500 | 0.500 | 0.200 | n/a |"
 
     class Cells(HTMLParser):
         def __init__(self) -> None:
@@ -241,6 +257,19 @@ def test_rendering_markdown_and_html():
     assert "a<b|c" in parser.cells and "12.3" in parser.cells
     assert "&lt;" in table.to_html()
     assert str(table) == table.to_markdown()
+
+
+def test_write_picks_the_format_from_the_suffix(tmp_path):
+    table = one_row_table()
+    assert table.write(tmp_path / "t.md").read_text() == table.to_markdown()
+    nested = tmp_path / "new" / "folder" / "T.HTML"
+    assert table.write(nested) == nested
+    page = nested.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert table.to_html() in page and '<meta charset="utf-8">' in page
+    with pytest.raises(ValueError, match="t.txt: the format follows the suffix, one of .md"):
+        table.write(tmp_path / "t.txt")
+    assert not (tmp_path / "t.txt").exists()
 
 
 # ------------------------------------------------------------------ names and errors
@@ -272,6 +301,10 @@ def test_bad_arguments_are_refused_before_running_anything():
         compare(model, x, target=99, methods=["Saliency"], **FAST)
     with pytest.raises(ValueError, match="top_percent"):
         compare(model, x, top_percent=0)
+    with pytest.raises(ValueError, match="repeats must be an int >= 1, got 0"):
+        compare(model, x, methods=["Saliency"], repeats=0)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0, got -1"):
+        compare(model, x, methods=["Saliency"], warmup=-1)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="need autograd"):
         compare(model, x)
     assert same_state(before, model_state(model))
