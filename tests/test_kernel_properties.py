@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from camplug.kernels import cam
+from camplug.kernels.reference import cam_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_oracle import IN_DTYPES, expected_output, oracle_cam, tolerance_dtype
@@ -29,9 +30,10 @@ def cam_cases(draw, *, max_batch, max_channels, max_side, max_classes, max_out):
     )
     if draw(st.booleans()):
         features = features.to(memory_format=torch.channels_last)
-    per_sample = draw(st.booleans())
-    weights = torch.randn((batch, classes, channels) if per_sample else (classes, channels),
-                          generator=gen)  # fmt: skip
+    weight_shape = draw(st.sampled_from([
+        (classes, channels), (batch, classes, channels), (batch, classes, channels, h, w)
+    ]))  # fmt: skip
+    weights = torch.randn(weight_shape, generator=gen)
     return {
         "features": features.to(DEVICE),
         "weights": weights.to(DEVICE),
@@ -60,11 +62,16 @@ def condition_factor(features, weights, *, relu, normalize):
 
 
 def check_case(backend, case):
+    """``backend``: a ``cam`` backend, or "eager" for the eager reference called directly."""
     features, weights, size = case["features"], case["weights"], case["size"]
     flags = {k: case[k] for k in ("relu", "normalize", "out_dtype")}
-    out = cam(features, weights, size, backend=backend, **flags)
     out_size = size or tuple(features.shape[-2:])
-    assert out.shape == (features.shape[0], weights.shape[-2], *out_size)
+    if backend == "eager":
+        out, _ = cam_reference(features, weights, out_size, **flags)
+    else:
+        out = cam(features, weights, size, backend=backend, **flags)
+    classes = weights.shape[1] if weights.dim() == 5 else weights.shape[-2]
+    assert out.shape == (features.shape[0], classes, *out_size)
     assert out.dtype == (case["out_dtype"] or torch.float32)
     oracle = oracle_cam(features, weights, out_size, relu=case["relu"],
                         normalize=case["normalize"])  # fmt: skip
@@ -81,6 +88,12 @@ def check_case(backend, case):
 @given(cam_cases(max_batch=3, max_channels=48, max_side=9, max_classes=5, max_out=24))
 def test_torch_backend_matches_oracle(case):
     check_case("torch", case)
+
+
+@settings(deadline=None, max_examples=30)
+@given(cam_cases(max_batch=3, max_channels=48, max_side=9, max_classes=5, max_out=24))
+def test_eager_reference_matches_oracle(case):
+    check_case("eager", case)
 
 
 @settings(deadline=None, max_examples=12)

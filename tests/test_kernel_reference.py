@@ -384,3 +384,47 @@ def test_interpolation_matrix_follows_the_index_formula(n_in, n_out):
     assert_close(matrix, torch.from_numpy(want), torch.float32, f"{n_in} -> {n_out}")
     assert ((matrix != 0).sum(dim=0) <= 2).all()
     assert interpolation_matrix(n_in, n_out) is matrix, "built once per (in, out) and cached"
+
+
+def _three_outputs(features, channel_weights, position_weights):
+    """cam on fixed shapes: fp32 with ReLU, uint8 (NaN report path), per-position fp16."""
+    return (
+        cam(features, channel_weights, (24, 20), relu=True),
+        cam(features, channel_weights, (24, 20), out_dtype=torch.uint8),
+        cam(features, position_weights, (3, 4), out_dtype=torch.float16, backend="torch"),
+    )
+
+
+def _traceable_inputs():
+    features, channel_weights = make_inputs(2, 16, 5, 6, 3, channels_last=True, seed=19)
+    _, position_weights = make_inputs(2, 16, 5, 6, 2, per_position_weights=True, seed=20)
+    return features, channel_weights, position_weights
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """The CPU path compiles as one graph (no data-dependent branch, no NaN-report host sync,
+    no cache look-up while tracing) and matches eager; a NaN map warns nothing while traced."""
+    torch.compiler.reset()
+    compiled = torch.compile(_three_outputs, fullgraph=True)
+    inputs = _traceable_inputs()
+    for got, want in zip(compiled(*inputs), _three_outputs(*inputs), strict=True):
+        assert got.dtype == want.dtype
+        assert_close(got, want, torch.uint8 if got.dtype == torch.uint8 else torch.float32)
+    clean = compiled(*inputs)[1]
+    inputs[0][1, 3, 2, 2] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps = compiled(*inputs)[1]
+    assert (maps[1] == 0).all() and torch.equal(maps[0], clean[0]) and clean[1].max() > 0
+
+
+def test_torch_export_matches_eager():
+    class ThreeOutputs(torch.nn.Module):
+        def forward(self, features, channel_weights, position_weights):
+            return _three_outputs(features, channel_weights, position_weights)
+
+    inputs = _traceable_inputs()
+    exported = torch.export.export(ThreeOutputs(), inputs)
+    for got, want in zip(exported.module()(*inputs), _three_outputs(*inputs), strict=True):
+        assert got.dtype == want.dtype
+        assert_close(got, want, torch.uint8 if got.dtype == torch.uint8 else torch.float32)
