@@ -1,28 +1,35 @@
 """Connected components (8- or 4-connected) of binary masks, vectorized in torch (CPU or CUDA).
 
 The core works on superlevel sets: for integer maps ``levels`` [N, H, W] and integer cuts
-[N, T] it finds the components of every mask ``levels[n] > cuts[n, t]`` at once, without
-materializing the N*T masks. A plain bool mask is the case levels = mask, cut = 0.
+[N, T] it finds the components of every mask ``levels[n] > cuts[n, t]`` at once, in one pass
+over the pixels, without materializing the N*T masks. A plain bool mask is the case
+levels = mask, cut = 0.
 
-Method:
-1. Runs. A run is a maximal horizontal stretch of foreground in one row of one mask. Pixel
-   (y, x) starts a run at cut c exactly when ``left <= c < level`` (left = the level of
-   (y, x - 1), or -inf at x = 0), so each pixel starts runs for a contiguous range of the
-   sorted cuts, found by binary search; runs end symmetrically with the right neighbour.
-   Runs are keyed by ((n * T + t) * H + y) * W + x of their first (or last) pixel; the i-th
-   start and the i-th end in key order belong to the same run.
-2. Edges. With 8-connectivity two runs in adjacent rows touch exactly when the lower run's
-   first pixel has foreground of the upper run above it or above-left, or the upper run's
-   first pixel has foreground of the lower run below-left; with 4-connectivity, directly above
-   or directly below. These look-ups per run give every edge; the run holding a looked-up
-   pixel is found by binary search over run starts.
-3. Union-find over the run graph: every root is hooked to the smallest root it touches, then
-   pointers jump until each run points at its root; repeated until no edge joins two roots
-   (a convergence check, not a fixed count). A component's root is its first run in raster
-   order, so components come out numbered like ``scipy.ndimage.label`` numbers them.
+Method (a component tree built from ascent basins):
+1. Ranks. A pixel's rank r is the number of cuts below its level: it is foreground at cut
+   index t exactly when t < r. Pixels of rank 0 are never foreground and take no part.
+2. Basins. Every pixel points at the neighbour (or itself) with the largest key
+   r * H * W + raster index; keys grow strictly along these pointers, so following them ends
+   at a pixel that points at itself, the basin's root, and pointer jumping finds every
+   pixel's root in O(log length) rounds. Ranks never decrease along a chain and consecutive
+   pixels touch, so at every cut where a pixel is foreground its whole chain is foreground
+   and connected to the root: the foreground part of a basin is always connected.
+3. Per basin and rank: pixel count, first and last raster index, leftmost and rightmost
+   column; reverse cumulative reductions over the ranks give each basin's foreground box and
+   area at every cut index.
+4. Merges. Two basins touch at cut index t when some pair of neighbouring pixels, one in
+   each, are both foreground, i.e. min(r_p, r_q) > t; the largest such min per pair of
+   basins is their saddle. One union-find over the nodes (basin, t), with one edge per
+   touching pair and cut index below the saddle, gives every cut's components at once: every
+   root is hooked to the smallest root it touches, then pointers jump until each node points
+   at its root; repeated until no edge joins two roots (a convergence check, not a fixed
+   count).
 
-Work is O(N*H*W*log T) for step 1 plus O(R log R) for R runs, and batches are split so that no
-chunk holds more than ``_MAX_RUNS_PER_CHUNK`` runs.
+Work is O(N*H*W * log chain length) for the pixel passes, run over chunks of about
+``_PIXELS_PER_CHUNK`` pixels so that they stay in cache, plus O(B*T) over the B basins and T
+cuts and O(K log K) to sort the K components found. Output components come out sorted by
+mask, then by the raster position of their first pixel (the order of
+``scipy.ndimage.label``).
 """
 
 from __future__ import annotations
@@ -30,10 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-_MAX_RUNS_PER_CHUNK = 1 << 22
+_PIXELS_PER_CHUNK = 1 << 18
 _MAX_LOOKUP_TABLE = 1 << 16
 _BELOW_EVERY_LEVEL = torch.iinfo(torch.int64).min
+# Offsets (dy, dx) to the neighbours after a pixel in raster order; each touching pair of
+# pixels is one of these.
+_FORWARD_NEIGHBOURS = {8: ((0, 1), (1, -1), (1, 0), (1, 1)), 4: ((0, 1), (1, 0))}
 
 
 @dataclass(frozen=True)
@@ -52,86 +63,157 @@ class Components:
 
 
 @dataclass(frozen=True)
-class _Runs:
-    start: torch.Tensor  # int64 [R] key of each run's first pixel, ascending
-    end: torch.Tensor  # int64 [R] key of each run's last pixel
-    root: torch.Tensor  # int64 [R] index of the first run of the run's component
+class _Tree:
+    """Components of one chunk of n maps at T cut indices.
+
+    ``basin``: int64 [n*H*W], each pixel's basin (-1 for rank 0). ``group``: int64 [B*T], the
+    root node (basin * T + t) of each node's component. ``present``: bool [B, T], whether the
+    basin has foreground at cut index t. ``stats``: int64 [5, B, T], the basin's foreground
+    at t: pixel count, first and last raster index, first and last column.
+    ``basin_image``: int64 [B], the map of each basin.
+    """
+
+    basin: torch.Tensor
+    group: torch.Tensor
+    present: torch.Tensor
+    stats: torch.Tensor
+    basin_image: torch.Tensor
 
 
-def _shifted(levels: torch.Tensor, step: int) -> torch.Tensor:
-    """Level of the left (step=-1) or right (step=+1) neighbour, -inf beyond the border."""
-    edge = torch.full_like(levels[..., :1], _BELOW_EVERY_LEVEL)
-    if step < 0:
-        return torch.cat([edge, levels[..., :-1]], dim=-1)
-    return torch.cat([levels[..., 1:], edge], dim=-1)
+def _ranks(levels: torch.Tensor, cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, the number of cuts of its map below its level, and an order of the pixels
+    consistent with it -> (rank, order), int64 [n, H, W] each.
 
-
-def _count_cuts_below(cuts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Per row n, how many of ``cuts[n]`` (sorted) are < each of ``values[n]`` -> int64."""
+    ``order`` is the level clamped to the cuts' range (clamping keeps every rank), or the
+    rank itself when that range is too wide for a lookup table.
+    """
+    n = levels.shape[0]
     low, high = int(cuts.min()), int(cuts.max())
     if high - low + 2 > _MAX_LOOKUP_TABLE:
-        return torch.searchsorted(cuts, values, side="left")
+        rank = torch.searchsorted(cuts, levels.reshape(n, -1), side="left")
+        return rank.view(levels.shape), rank.view(levels.shape)
     # A table over every value that matters (low .. high + 1) replaces one binary search per
     # pixel by a gather: below low no cut is smaller, above high every cut is.
-    grid = torch.arange(low, high + 2, device=cuts.device).expand(cuts.shape[0], -1)
+    order = levels.clamp(low, high + 1) - low
+    grid = torch.arange(low, high + 2, device=cuts.device).expand(n, -1)
     table = torch.searchsorted(cuts, grid.contiguous(), side="left")
-    return table.gather(1, values.clamp(low, high + 1) - low)
+    return table.gather(1, order.reshape(n, -1)).view(levels.shape), order
 
 
-def _crossing_counts(levels: torch.Tensor, neighbour: torch.Tensor, cuts: torch.Tensor):
-    """Per pixel, the first index and the number of cuts c with neighbour <= c < level."""
-    n = levels.shape[0]
-    first = _count_cuts_below(cuts, neighbour.reshape(n, -1))
-    stop = _count_cuts_below(cuts, levels.reshape(n, -1))
-    return first, (stop - first).clamp_min(0)
+def _neighbourhood_max(key: torch.Tensor, connectivity: int) -> torch.Tensor:
+    """Max of ``key`` [n, H, W] over each pixel and its 8 (or 4) neighbours."""
+    pad = F.pad(key, (1, 1, 1, 1), value=-1)
+    if connectivity == 8:  # separable: max over three columns, then over three rows
+        rows = torch.maximum(torch.maximum(pad[..., :-2], pad[..., 1:-1]), pad[..., 2:])
+        return torch.maximum(torch.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+    best = torch.maximum(key, pad[:, :-2, 1:-1])
+    best = torch.maximum(best, pad[:, 2:, 1:-1])
+    best = torch.maximum(best, pad[:, 1:-1, :-2])
+    return torch.maximum(best, pad[:, 1:-1, 2:])
 
 
-def _crossing_keys(first: torch.Tensor, count: torch.Tensor, num_cuts: int) -> torch.Tensor:
-    """Sorted keys (n * T + t) * H * W + pixel of every (pixel, cut) crossing."""
-    n, hw = first.shape
-    count = count.reshape(-1)
-    total = int(count.sum())
-    device = first.device
+def _basin_roots(rank: torch.Tensor, order: torch.Tensor, connectivity: int) -> torch.Tensor:
+    """Flat index of each pixel's basin root -> int [n*H*W]; rank-0 pixels point at themselves.
 
-    def per_crossing(values: torch.Tensor) -> torch.Tensor:
-        return values.repeat_interleave(count, output_size=total)
+    Pointers follow the key (order, raster index): ordering by level rather than rank breaks
+    ties inside plateaus of equal rank along the slope of the levels, so that chains run
+    uphill and few basins form. int32 when the keys fit, else int64.
+    """
+    n, h, w = rank.shape
+    hw = h * w
+    fits = (int(order.max()) + 1) * hw < 1 << 31 and n * hw < 1 << 31
+    dtype = torch.int32 if fits else torch.int64
+    local = torch.arange(hw, device=rank.device, dtype=dtype).view(1, h, w)
+    outside = rank == 0
+    key = (order.to(dtype) * hw + local).masked_fill_(outside, -1)
+    target = (_neighbourhood_max(key, connectivity) % hw).masked_fill_(outside, 0)
+    target += torch.where(outside, local, 0)  # rank 0: the pixel itself
+    target += torch.arange(n, device=rank.device, dtype=dtype).view(n, 1, 1) * hw
+    pointer = target.reshape(-1)
+    while True:  # pointer jumping, two jumps per convergence check
+        pointer = pointer.index_select(0, pointer)
+        jumped = pointer.index_select(0, pointer)
+        if torch.equal(jumped, pointer):
+            return pointer
+        pointer = jumped
 
-    pixel = per_crossing(torch.arange(n * hw, device=device))
-    offset_in_pixel = torch.arange(total, device=device) - per_crossing(count.cumsum(0) - count)
-    cut = per_crossing(first.reshape(-1)) + offset_in_pixel
-    image = pixel // hw
-    keys = (image * num_cuts + cut) * hw + (pixel - image * hw)
-    return torch.sort(keys).values
+
+def _reverse_cumulative(table: torch.Tensor, how: str) -> torch.Tensor:
+    """[..., B, R] -> [..., B, R - 1]: column t reduces columns t + 1 .. R - 1 (ranks > t)."""
+    flipped = table.flip(-1)
+    if how == "sum":
+        done = flipped.cumsum(-1)
+    elif how == "min":
+        done = flipped.cummin(-1).values
+    else:
+        done = flipped.cummax(-1).values
+    return done.flip(-1)[..., 1:]
 
 
-# Look-ups (row offset, column offset) from each run's first pixel that find every pair of
-# touching runs in adjacent rows (see the module docstring).
-_LOOKUPS = {8: ((-1, -1), (-1, 0), (1, -1)), 4: ((-1, 0), (1, 0))}
+def _basin_stats(rank: torch.Tensor, basin: torch.Tensor, num_basins: int, num_cuts: int):
+    """Per basin and cut index: count, first/last raster index, first/last column over the
+    basin's pixels of rank > t -> int64 [5, B, T]."""
+    _, h, w = rank.shape
+    hw = h * w
+    ranks = num_cuts + 1
+    # Rank-0 pixels go to one extra bucket past the end, dropped below.
+    bucket = (basin.to(torch.int64) * ranks + rank.reshape(-1)).masked_fill_(
+        basin < 0, num_basins * ranks
+    )
+    size = num_basins * ranks + 1
+    dtype = basin.dtype
+    position = torch.arange(hw, device=basin.device, dtype=dtype).repeat(rank.shape[0])
+    column = position % w
+
+    def reduce(values: torch.Tensor, how: str, start: int) -> torch.Tensor:
+        out = torch.full((size,), start, dtype=dtype, device=basin.device)
+        return out.scatter_reduce_(0, bucket, values, reduce=how, include_self=True)
+
+    tables = torch.stack([
+        torch.bincount(bucket, minlength=size).to(dtype),
+        reduce(position, "amin", hw),
+        reduce(position, "amax", -1),
+        reduce(column, "amin", hw),
+        reduce(column, "amax", -1),
+    ])[:, :-1].reshape(5, num_basins, ranks).to(torch.int64)
+    return torch.stack([
+        _reverse_cumulative(tables[0], "sum"),
+        _reverse_cumulative(tables[1], "min"),
+        _reverse_cumulative(tables[2], "max"),
+        _reverse_cumulative(tables[3], "min"),
+        _reverse_cumulative(tables[4], "max"),
+    ])
 
 
-def _indices(mask: torch.Tensor) -> torch.Tensor:
-    return mask.nonzero().squeeze(1)
-
-
-def _run_edges(levels: torch.Tensor, cuts: torch.Tensor, start: torch.Tensor, connectivity: int):
-    """Index pairs of touching runs, from look-ups around each run's first pixel."""
-    _, h, w = levels.shape
-    slot = start // (h * w)
-    pixel = start - slot * (h * w)
-    row = pixel // w
-    col = pixel - row * w
-    cut = cuts.reshape(-1).index_select(0, slot)
-    flat_levels = levels.reshape(-1)
-    image_start = (slot // cuts.shape[1]) * (h * w)
-    own, other = [], []
-    for dy, dx in _LOOKUPS[connectivity]:
-        inside = (row + dy >= 0) & (row + dy < h) & (col + dx >= 0)
-        target = (image_start + pixel + (dy * w + dx)).clamp(0, flat_levels.numel() - 1)
-        hit = _indices(inside & (flat_levels.index_select(0, target) > cut))
-        neighbour_key = start.index_select(0, hit) + (dy * w + dx)
-        own.append(hit)
-        other.append(torch.searchsorted(start, neighbour_key, right=True) - 1)
-    return torch.cat(own), torch.cat(other)
+def _saddles(rank: torch.Tensor, basin: torch.Tensor, num_basins: int, connectivity: int):
+    """Touching pairs of basins and their saddle rank -> (a, b, saddle), int64 [E] each."""
+    _, h, w = rank.shape
+    flat_rank = rank.reshape(-1)
+    none = torch.zeros(0, dtype=torch.int64, device=basin.device)
+    here, there = [none], [none]
+    for dy, dx in _FORWARD_NEIGHBOURS[connectivity]:
+        if (dx and w == 1) or (dy and h == 1):
+            continue
+        step = dy * w + dx  # > 0: the neighbour comes later in raster order
+        pixel = (basin[:-step] != basin[step:]).nonzero().squeeze(1)  # basin borders only
+        local = pixel % (h * w)
+        column = local % w
+        valid = (local < h * w - w) if dy else torch.ones_like(pixel, dtype=torch.bool)
+        if dx:
+            valid &= (column < w - 1) if dx > 0 else (column > 0)
+        pixel = pixel[valid]
+        here.append(pixel)
+        there.append(pixel + step)
+    here, there = torch.cat(here), torch.cat(there)
+    a, b = basin.index_select(0, here).long(), basin.index_select(0, there).long()
+    keep = ((a >= 0) & (b >= 0)).nonzero().squeeze(1)
+    a, b = a.index_select(0, keep), b.index_select(0, keep)
+    level = torch.minimum(flat_rank.index_select(0, here.index_select(0, keep)),
+                          flat_rank.index_select(0, there.index_select(0, keep)))
+    pair = torch.minimum(a, b) * num_basins + torch.maximum(a, b)
+    pairs, inverse = torch.unique(pair, return_inverse=True)
+    saddle = torch.zeros_like(pairs).scatter_reduce_(0, inverse, level, reduce="amax")
+    return pairs // num_basins, pairs % num_basins, saddle
 
 
 def _union_find(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -139,7 +221,7 @@ def _union_find(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     parent = torch.arange(num_nodes, device=a.device)
     while a.numel():
         root_a, root_b = parent.index_select(0, a), parent.index_select(0, b)
-        apart = _indices(root_a != root_b)
+        apart = (root_a != root_b).nonzero().squeeze(1)
         if apart.numel() == 0:
             break
         a, b, root_a, root_b = (x.index_select(0, apart) for x in (a, b, root_a, root_b))
@@ -154,39 +236,61 @@ def _union_find(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return parent
 
 
-def _label_runs(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> _Runs:
+def _component_tree(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> _Tree:
+    """The components of one chunk's masks ``levels[n] > cuts[n, t]`` (see module doc)."""
+    n, h, w = levels.shape
     num_cuts = cuts.shape[1]
-    start = _crossing_keys(*_crossing_counts(levels, _shifted(levels, -1), cuts), num_cuts)
-    end = _crossing_keys(*_crossing_counts(levels, _shifted(levels, +1), cuts), num_cuts)
-    a, b = _run_edges(levels, cuts, start, connectivity)
-    return _Runs(start=start, end=end, root=_union_find(start.numel(), a, b))
+    rank, order = _ranks(levels, cuts)
+    roots = _basin_roots(rank, order, connectivity)
+    device = levels.device
+    outside = rank.reshape(-1) == 0
+    is_root = (roots == torch.arange(roots.numel(), device=device, dtype=roots.dtype))
+    is_root.masked_fill_(outside, False)
+    number = torch.cumsum(is_root, 0, dtype=roots.dtype) - 1
+    basin = number.index_select(0, roots).masked_fill_(outside, -1)
+    root_pixels = is_root.nonzero().squeeze(1)
+    num_basins = root_pixels.numel()
+    stats = _basin_stats(rank, basin, num_basins, num_cuts)
+    a, b, saddle = _saddles(rank, basin, num_basins, connectivity)
+    # One edge per touching pair and cut index t < saddle, between nodes basin * T + t.
+    count = int(saddle.sum())
+    first = torch.repeat_interleave(saddle.cumsum(0) - saddle, saddle, output_size=count)
+    t = torch.arange(count, device=device) - first
+    a = torch.repeat_interleave(a, saddle, output_size=count) * num_cuts + t
+    b = torch.repeat_interleave(b, saddle, output_size=count) * num_cuts + t
+    return _Tree(
+        basin=basin,
+        group=_union_find(num_basins * num_cuts, a, b),
+        present=stats[0] > 0,
+        stats=stats,
+        basin_image=root_pixels // (h * w),
+    )
 
 
-def _stats_from_runs(runs: _Runs, h: int, w: int) -> Components:
-    device = runs.start.device
-    root_index = _indices(runs.root == torch.arange(runs.start.numel(), device=device))
-    row = (runs.start // w) % h
+def _tree_components(tree: _Tree, num_cuts: int, h: int, w: int) -> tuple[Components, torch.Tensor]:
+    """Components of a chunk's tree and the root node of each (in output order)."""
+    nodes = tree.present.reshape(-1).nonzero().squeeze(1)
+    group = tree.group.index_select(0, nodes)
+    stats = tree.stats.reshape(5, -1).index_select(1, nodes)
+    size = tree.group.numel()
+    device = nodes.device
 
     def reduce(values: torch.Tensor, how: str) -> torch.Tensor:
-        out = values.clone()  # each root starts from its own run; the other runs fold in
-        out.scatter_reduce_(0, runs.root, values, reduce=how, include_self=True)
-        return out.index_select(0, root_index)
+        out = torch.zeros(size, dtype=torch.int64, device=device)
+        return out.scatter_reduce_(0, group, values, reduce=how, include_self=False)
 
-    boxes = torch.stack(
-        [
-            reduce(runs.start % w, "amin"),
-            reduce(row, "amin"),
-            reduce(runs.end % w, "amax"),
-            reduce(row, "amax"),
-        ],
-        dim=1,
+    roots = nodes[group == nodes]
+    area, first, last, left, right = (
+        reduce(stats[0], "sum"), reduce(stats[1], "amin"), reduce(stats[2], "amax"),
+        reduce(stats[3], "amin"), reduce(stats[4], "amax"),
     )
-    areas = torch.zeros_like(runs.start).index_add_(0, runs.root, runs.end - runs.start + 1)
-    return Components(
-        slot=runs.start.index_select(0, root_index) // (h * w),
-        boxes=boxes,
-        areas=areas.index_select(0, root_index),
-    )
+    area, first, last, left, right = (x.index_select(0, roots) for x in (area, first, last,
+                                                                         left, right))
+    slot = tree.basin_image.index_select(0, roots // num_cuts) * num_cuts + roots % num_cuts
+    order = torch.argsort(slot * (h * w) + first)
+    boxes = torch.stack([left, first // w, right, last // w], dim=1)
+    found = Components(slot=slot[order], boxes=boxes[order], areas=area[order])
+    return found, roots[order]
 
 
 def _check_levels(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> None:
@@ -209,8 +313,13 @@ def _check_levels(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -
 
 
 def _check_connectivity(connectivity: int) -> None:
-    if connectivity not in _LOOKUPS:
+    if connectivity not in _FORWARD_NEIGHBOURS:
         raise ValueError(f"connectivity must be 8 or 4, got {connectivity!r}")
+
+
+def _chunks(n: int, h: int, w: int) -> list[tuple[int, int]]:
+    step = max(1, _PIXELS_PER_CHUNK // (h * w))
+    return [(begin, min(begin + step, n)) for begin in range(0, n, step)]
 
 
 def superlevel_components(
@@ -224,32 +333,21 @@ def superlevel_components(
     """
     _check_levels(levels, cuts, connectivity)
     levels, cuts = levels.to(torch.int64).contiguous(), cuts.to(torch.int64).contiguous()
-    n = levels.shape[0]
-    if n == 0 or levels.numel() == 0:
+    n, h, w = levels.shape
+    num_cuts = cuts.shape[1]
+    if n == 0 or levels.numel() == 0 or num_cuts == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=levels.device)
         return Components(empty, empty.reshape(0, 4), empty)
-    # Split the batch so that no chunk holds more than _MAX_RUNS_PER_CHUNK runs.
-    _, count = _crossing_counts(levels, _shifted(levels, -1), cuts)
-    per_image = count.sum(1).tolist()
-    bounds, begin, acc = [], 0, 0
-    for i, runs in enumerate(per_image):
-        if i > begin and acc + runs > _MAX_RUNS_PER_CHUNK:
-            bounds.append((begin, i))
-            begin, acc = i, 0
-        acc += runs
-    bounds.append((begin, n))
-    parts = [_chunk_components(levels, cuts, lo, hi, connectivity) for lo, hi in bounds]
+    parts = []
+    for begin, end in _chunks(n, h, w):
+        tree = _component_tree(levels[begin:end], cuts[begin:end], connectivity)
+        found, _ = _tree_components(tree, num_cuts, h, w)
+        parts.append(Components(found.slot + begin * num_cuts, found.boxes, found.areas))
     return Components(
         slot=torch.cat([p.slot for p in parts]),
         boxes=torch.cat([p.boxes for p in parts]),
         areas=torch.cat([p.areas for p in parts]),
     )
-
-
-def _chunk_components(levels, cuts, begin: int, end: int, connectivity: int) -> Components:
-    h, w = levels.shape[-2:]
-    part = _stats_from_runs(_label_runs(levels[begin:end], cuts[begin:end], connectivity), h, w)
-    return Components(part.slot + begin * cuts.shape[1], part.boxes, part.areas)
 
 
 def _as_levels(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,20 +380,17 @@ def label_components(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor
     """
     levels, cuts = _as_levels(masks)
     _check_connectivity(connectivity)
-    runs = _label_runs(levels, cuts, connectivity)
-    device = levels.device
-    hw = levels.shape[1] * levels.shape[2]
-    is_root = runs.root == torch.arange(runs.start.numel(), device=device)
-    number = torch.cumsum(is_root, 0)  # 1-based running component number over all masks
-    slot = runs.start // hw
-    before_slot = torch.zeros(levels.shape[0] + 1, dtype=torch.int64, device=device)
-    before_slot.index_add_(0, slot[is_root] + 1, torch.ones_like(slot[is_root]))
-    before_slot = torch.cumsum(before_slot, 0)  # components in all earlier masks
-    run_label = number[runs.root] - before_slot[slot]
-    starts = torch.zeros(levels.numel(), dtype=torch.int64, device=device)
-    starts[runs.start] = 1
-    run_of_pixel = torch.cumsum(starts, 0) - 1
-    flat = masks.reshape(-1)
-    labels = torch.zeros(levels.numel(), dtype=torch.int64, device=device)
-    labels[flat] = run_label[run_of_pixel[flat]]
+    n, h, w = levels.shape
+    labels = torch.zeros(levels.numel(), dtype=torch.int64, device=levels.device)
+    for begin, end in _chunks(n, h, w):
+        tree = _component_tree(levels[begin:end], cuts[begin:end], connectivity)
+        found, roots = _tree_components(tree, 1, h, w)
+        # Number each mask's components 1, 2, ... in output order (sorted by mask).
+        index = torch.arange(roots.numel(), device=roots.device)
+        starts = torch.searchsorted(found.slot, found.slot, side="left")
+        label_of_root = torch.zeros_like(tree.group)
+        label_of_root[roots] = index - starts + 1
+        inside = (tree.basin >= 0).nonzero().squeeze(1)
+        node = tree.group.index_select(0, tree.basin.index_select(0, inside))  # node = basin
+        labels[begin * h * w + inside] = label_of_root.index_select(0, node)
     return labels.reshape(masks.shape)
