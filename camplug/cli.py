@@ -4,35 +4,84 @@ arguments and calls the library; all the work happens in ``camplug.audit`` and f
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from camplug.version import __version__
 
 DEMO_SEED = 2  # the shipped model trained on seed 0 and validated on seed 1: 2 is unseen
 DEMO_SIZE = 512
+DEFAULT_AUDIT_METHOD = "cam"
+PROTOCOLS = ("camplug", "wsolevaluation")  # localization protocols; the first is the default
+
+
+class UserError(Exception):
+    """A mistake in the command line the CLI reports as ``camplug: error: ...`` (exit status 2)
+    instead of a traceback; raised by the CLI itself (e.g. a missing optional dependency)."""
+
+
+# Exceptions that mean bad input, not a bug: the project raises ValueError (and its subclasses
+# SpecError and UnsupportedHeadError) for bad arguments, and these OSErrors for user paths.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+    PermissionError,
+)
 
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
-    return value
+def _integer(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an int >= ``minimum``, described as ``what`` in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+def _number(low: float, high: float, what: str, *, low_open: bool = False,
+            high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high] (``*_open``: that end excluded)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+        if not inside:  # also NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _integer(1, "a positive integer")
+_non_negative = _integer(0, "an integer >= 0")
+_fraction = _number(0.0, 1.0, "a value in [0, 1]")
+_step = _number(0.0, 1.0, "a value in (0, 1]", low_open=True)
+_non_negative_float = _number(0.0, math.inf, "a finite number >= 0", high_open=True)
+_percent = _number(0.0, 100.0, "a value in (0, 100]", low_open=True)
 
 
 def _device(text: str) -> str:
@@ -57,6 +106,18 @@ def _device(text: str) -> str:
                 f"{text!r}: only {count} CUDA GPU(s) visible, cuda:0 to cuda:{count - 1}"
             )
     return text
+
+
+def _table_path(text: str) -> Path:
+    """``compare --out``: a path whose suffix names the format (``TABLE_SUFFIXES``)."""
+    from camplug.comparison.table import TABLE_SUFFIXES
+
+    path = Path(text)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the format follows the suffix, one of {', '.join(TABLE_SUFFIXES)}"
+        )
+    return path
 
 
 def _output(text: str) -> int | str:
@@ -87,7 +148,7 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
         help="CSV (filename,label,x0,y0,x1,y1; one row per object, inclusive pixel corners) or "
         "JSON ([{\"file\", \"label\", \"boxes\": [[x0,y0,x1,y1], ...], \"mask\"?}]) for an "
         "image folder (default: the folder's annotations.csv, annotations.json or boxes.csv)")
-    parser.add_argument("--image-size", type=int,
+    parser.add_argument("--image-size", type=_non_negative,
                         help="resize images to this square size (synthetic default 96, folders "
                         "224, or the demo model's 96 with --model demo; 0 keeps a folder's "
                         "image sizes)")
@@ -100,7 +161,7 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
     # not "--n": torchrun would take it for an abbreviation of its own options
     parser.add_argument("--num-images", type=_positive, default=DEMO_SIZE,
                         help="synthetic: number of images (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED,
+    parser.add_argument("--seed", type=_non_negative, default=DEMO_SEED,
                         help=f"synthetic: seed (default {DEMO_SEED}, unseen by the demo model)")
 
 
@@ -108,17 +169,24 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
     parser.add_argument("--out", type=Path, default=out, required=out is None,
                         help="output folder: audit.sqlite and report.html"
                         + (f" (default {out})" if out else ""))
+    parser.add_argument("--method", default=DEFAULT_AUDIT_METHOD,
+                        help="the attribution method audited (default %(default)s)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+                        help="localization protocol: camplug's, or wsolevaluation's (Choe et "
+                        "al. 2020) reference implementation (default %(default)s)")
     parser.add_argument("--batch-size", type=_positive, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=_non_negative, default=0,
+                        help="DataLoader worker processes (default 0: load in this process)")
     parser.add_argument("--device", type=_device,
                         help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
-    parser.add_argument("--thresholds-step", type=float, default=0.01,
-                        help="CAM threshold grid step for MaxBoxAcc and PxAP (default 0.01)")
+    parser.add_argument("--thresholds-step", type=_step, default=0.01,
+                        help="CAM threshold grid step for MaxBoxAcc and PxAP, in (0, 1] "
+                        "(default 0.01)")
     parser.add_argument("--min-mass-inside", type=_fraction, default=0.5,
                         help="flag 'mass_outside': right class, but the share of the CAM's mass "
                         "inside the boxes is below this (default 0.5) and below --min-lift x "
                         "the boxes' share of the image")
-    parser.add_argument("--min-lift", type=float, default=2.0,
+    parser.add_argument("--min-lift", type=_non_negative_float, default=2.0,
                         help="see --min-mass-inside (default 2: twice a uniform map's share)")
     parser.add_argument("--low-confidence", type=_fraction, default=0.5,
                         help="flag 'low_confidence': predicted-class probability below this "
@@ -127,7 +195,7 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
                         help="also compute deletion / insertion AUC (2 x (steps + 1) extra "
                         "forward passes per batch)")
     parser.add_argument("--faithfulness-steps", type=_positive, default=20)
-    parser.add_argument("--gallery-size", type=int, default=8,
+    parser.add_argument("--gallery-size", type=_non_negative, default=8,
                         help="samples per gallery section of the report (default 8)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     parser.add_argument("--fresh", action="store_true",
@@ -137,8 +205,12 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command. Building it and printing help import no torch."""
     parser = argparse.ArgumentParser(
         prog="camplug", description="Class Activation Maps for GAP + linear classifiers.")
+    parser.add_argument("--version", action="version", version=f"camplug {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of errors reported as 'camplug: error'")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -146,12 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit the shipped demo model on a generated localization set, print the "
         "metrics and the report's path.")
     demo.add_argument("--split", choices=("easy", "hard"), default="easy")
-    demo.add_argument("--num-images", type=_positive, default=DEMO_SIZE)
-    demo.add_argument("--seed", type=int, default=DEMO_SEED)
-    demo.add_argument("--image-size", type=int, default=96)
+    demo.add_argument("--num-images", type=_positive, default=DEMO_SIZE,
+                      help="number of images (default %(default)s)")
+    demo.add_argument("--seed", type=_non_negative, default=DEMO_SEED,
+                      help=f"seed (default {DEMO_SEED}, unseen by the demo model)")
+    demo.add_argument("--image-size", type=_positive, default=96,
+                      help="image side in pixels (default %(default)s)")
     demo.add_argument("--baselines", action="store_true",
                       help="also print CAM against the centre-Gaussian, smoothed-random, "
-                      "untrained-network, LayerGradCam and Saliency maps")
+                      "untrained-network, LayerGradCam and Saliency maps (needs captum)")
     _add_run_options(demo, "camplug-demo")
 
     audit = commands.add_parser(
@@ -165,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare", help="CAM against Captum's methods on one batch (cost, agreement, "
-        "faithfulness)")
+        "faithfulness; needs captum)",
+        description="Run CAM and Captum's methods on one batch; print time (median of "
+        "--repeats calls, with the range), peak memory, agreement with CAM and deletion / "
+        "insertion AUC as a Markdown table. Progress goes to stderr.")
     _add_model_options(compare)
     _add_data_options(compare, "synthetic")
     compare.set_defaults(num_images=16)
@@ -176,10 +254,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", type=_device,
                          help="e.g. cpu, cuda, cuda:1 (default: where the model is, the CPU "
                          "for the demo model)")
+    compare.add_argument("--repeats", type=_positive, default=5,
+                         help="timed calls per method; the table shows their median and range "
+                         "(default %(default)s)")
+    compare.add_argument("--warmup", type=_non_negative, default=1,
+                         help="untimed calls per method before timing (default %(default)s)")
+    compare.add_argument("--top-percent", type=_percent, default=10.0,
+                         help="k of the top-k%% IoU with CAM (default %(default)g)")
+    compare.add_argument("--faithfulness-steps", type=_positive, default=20,
+                         help="deletion / insertion steps (default %(default)s)")
+    compare.add_argument("--out", type=_table_path,
+                         help="also write the table to this file: Markdown for .md/.markdown, "
+                         "an HTML page for .html/.htm")
+    compare.add_argument("--no-progress", action="store_true",
+                         help="no per-method progress on stderr")
 
     describe = commands.add_parser("describe", help="show the head camplug finds in a model")
     _add_model_options(describe)
     return parser
+
+
+def _require(module: str, extra: str, what: str) -> None:
+    """Refuse, before any work, a command that needs an optional dependency not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{what} needs {module}, which is not installed: "
+                        f"pip install 'camplug[{extra}]'")
 
 
 def _load_model(args: argparse.Namespace):
@@ -213,7 +312,25 @@ def _dataset(args: argparse.Namespace, model):
     )
 
 
-def _run_audit(model, data, args: argparse.Namespace, model_name: str):
+def _audit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``method`` and ``protocol`` for ``run_audit``, passed when it accepts them; a run_audit
+    that does not yet accepts only their defaults."""
+    from camplug.audit import run_audit
+
+    accepted = inspect.signature(run_audit).parameters
+    options = {}
+    for name, default in (("method", DEFAULT_AUDIT_METHOD), ("protocol", PROTOCOLS[0])):
+        value = getattr(args, name)
+        if name in accepted:
+            options[name] = value
+        elif value != default:
+            raise UserError(f"--{name} {value}: this version of the audit supports only "
+                            f"--{name} {default}")
+    return options
+
+
+def _run_audit(model, data, args: argparse.Namespace, model_name: str,
+               options: dict[str, Any]):
     from camplug.audit import FlagThresholds, run_audit
     from camplug.metrics import default_thresholds
 
@@ -225,7 +342,7 @@ def _run_audit(model, data, args: argparse.Namespace, model_name: str):
         flags=FlagThresholds(args.min_mass_inside, args.min_lift, args.low_confidence),
         faithfulness=args.faithfulness, faithfulness_steps=args.faithfulness_steps,
         report=not args.no_report, gallery_size=args.gallery_size, model_name=model_name,
-        fresh=args.fresh, progress=False if args.no_progress else None,
+        fresh=args.fresh, progress=False if args.no_progress else None, **options,
     )
 
 
@@ -234,6 +351,9 @@ def _print_summary(summary, *, main: bool = True) -> None:
         return
     print(summary.to_markdown())
     print()
+    speed = getattr(summary, "images_per_second", None)
+    if speed is not None:
+        print(f"speed:   {speed:.1f} images/s")
     print(f"results: {summary.db_path}")
     if summary.report_path is not None:
         print(f"report:  {summary.report_path}")
@@ -246,13 +366,16 @@ def _is_main_rank() -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.baselines:
+        _require("captum", "captum", "camplug demo --baselines")
+    options = _audit_options(args)
     from camplug import zoo
     from camplug.data.synthetic import SyntheticLocalization
 
     model = zoo.load_demo_model(args.split)
     data = SyntheticLocalization(n=args.num_images, split=args.split, image_size=args.image_size,
                                  seed=args.seed)
-    summary = _run_audit(model, data, args, model_name=f"demo ({args.split})")
+    summary = _run_audit(model, data, args, f"demo ({args.split})", options)
     _print_summary(summary, main=_is_main_rank())
     if args.baselines and _is_main_rank():
         from camplug.audit.baselines import localization_table
@@ -264,34 +387,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    options = _audit_options(args)
     model = _load_model(args)
     data = _dataset(args, model)
-    summary = _run_audit(model, data, args, model_name=args.model)
+    summary = _run_audit(model, data, args, args.model, options)
     _print_summary(summary, main=_is_main_rank())
     return 0
 
 
+def _method_progress(index: int, total: int, name: str) -> None:
+    print(f"compare: method {index + 1}/{total}: {name}", file=sys.stderr, flush=True)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
+    _require("captum", "captum", "camplug compare")
     import torch
 
-    from camplug.comparison.harness import compare
+    from camplug.comparison.harness import canonical_method, compare
 
+    methods = None
+    if args.methods is not None:
+        methods = [canonical_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     model = _load_model(args)
     data = _dataset(args, model)
     n = min(args.num_images, len(data))
     items = [data[i] for i in range(n)]
     images = torch.stack([item["image"] for item in items])
     labels = torch.tensor([int(item["label"]) for item in items])
-    kwargs = {"target": labels, "layer": args.layer, "output": args.output}
-    if args.methods:
-        kwargs["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.device:
         model = model.to(args.device)
         images = images.to(args.device)
         labels = labels.to(args.device)
-        kwargs["target"] = labels
-    table = compare(model, images, **kwargs)
+    table = compare(
+        model, images, target=labels, methods=methods, layer=args.layer, output=args.output,
+        top_percent=args.top_percent, faithfulness_steps=args.faithfulness_steps,
+        warmup=args.warmup, repeats=args.repeats,
+        progress=None if args.no_progress else _method_progress,
+    )
     print(table.to_markdown())
+    if args.out is not None:
+        table.write(args.out)
+        print(f"table: {args.out}")
     return 0
 
 
@@ -305,18 +441,29 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "audit": cmd_audit, "compare": cmd_compare,
             "describe": cmd_describe}
+RESUMABLE = ("demo", "audit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from camplug.data.specs import SpecError
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
+    Bad input (``USER_ERRORS``) ends in ``camplug: error: ...`` on stderr and status 2, an
+    interrupt in status 130; any other exception is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, FileNotFoundError, TypeError, ValueError) as error:
-        print(f"camplug {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if args.traceback:
+            raise
+        print(f"camplug: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        resume = " (the same command resumes the audit)" if args.command in RESUMABLE else ""
+        print(f"camplug: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
