@@ -41,10 +41,10 @@ def hole_borders(mask: np.ndarray) -> list[list[int]]:
     return out
 
 
-def threshold_boxes(cam: np.ndarray, thresholds, multi_contour: bool, compat: str):
+def threshold_boxes(cam: np.ndarray, thresholds, multi_contour: bool, protocol: str):
     """Boxes per threshold: numpy uint8 quantization, ``q > int(tau * max q)``, scipy labels.
 
-    compat="wsolevaluation": box ends one past the last pixel (clipped), hole borders added in
+    protocol="wsolevaluation": box ends one past the last pixel (clipped), hole borders added in
     V2, [0, 0, 0, 0] when nothing is foreground.
     """
     levels = (cam * 255).astype(np.uint8)  # product in the map's own float dtype
@@ -57,7 +57,7 @@ def threshold_boxes(cam: np.ndarray, thresholds, multi_contour: bool, compat: st
             best_area = max(area for _, area in found)
             found = [next(c for c in found if c[1] == best_area)]  # first in raster order
         boxes = [box for box, _ in found]
-        if compat == "wsolevaluation":
+        if protocol == "wsolevaluation":
             if multi_contour:
                 boxes += hole_borders(foreground)
             boxes = [[x0, y0, min(x1 + 1, width - 1), min(y1 + 1, height - 1)]
@@ -76,12 +76,12 @@ def iou(a, b) -> float:
     return inter / (area_a + area_b - inter)
 
 
-def box_ious(cams, gt_boxes, thresholds, multi_contour: bool, compat: str = "none"):
+def box_ious(cams, gt_boxes, thresholds, multi_contour: bool, protocol: str = "camplug"):
     """[N][T] best IoU; ``gt_boxes[i]`` is a list of boxes of image i."""
     table = []
     for cam, objects in zip(cams, gt_boxes, strict=True):
         row = []
-        for boxes in threshold_boxes(cam, thresholds, multi_contour, compat):
+        for boxes in threshold_boxes(cam, thresholds, multi_contour, protocol):
             row.append(max((iou(p, g) for p in boxes for g in objects), default=0.0))
         table.append(row)
     return table
@@ -99,9 +99,11 @@ def max_box_acc(ious, thresholds, deltas):
     return accuracy, best
 
 
-def pxap(cams: np.ndarray, masks: np.ndarray, thresholds) -> float:
-    """Step-rule average precision over all pixels, thresholds visited from high to low."""
-    scores, truth = cams.astype(np.float64).ravel(), masks.ravel()
+def pxap(cams: np.ndarray, masks: np.ndarray, thresholds, ignore=None) -> float:
+    """Step-rule average precision over all pixels, thresholds visited from high to low;
+    background pixels marked in ``ignore`` are left out."""
+    keep = np.ones(masks.shape, dtype=bool) if ignore is None else (masks | ~ignore)
+    scores, truth = cams.astype(np.float64)[keep], masks[keep]
     positives = truth.sum()
     total, previous_recall = 0.0, 0.0
     for tau in sorted((float(t) for t in thresholds), reverse=True):
@@ -123,9 +125,12 @@ def box_union_mask(objects, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def pointing_game(cam: np.ndarray, inside: np.ndarray) -> bool:
-    peak = cam.max()
-    return all(inside[y, x] for y, x in zip(*np.nonzero(cam == peak), strict=True))
+def pointing_game(cam: np.ndarray, inside: np.ndarray, tolerance: float = 0.0) -> bool:
+    """Every pixel holding the maximum lies within ``tolerance`` (Euclidean) of ``inside``."""
+    object_pixels = list(zip(*np.nonzero(inside), strict=True))
+    peaks = zip(*np.nonzero(cam == cam.max()), strict=True)
+    return all(any(math.hypot(y - oy, x - ox) <= tolerance for oy, ox in object_pixels)
+               for y, x in peaks)
 
 
 def energy(cam: np.ndarray, inside: np.ndarray) -> tuple[float, float]:

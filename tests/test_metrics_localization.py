@@ -186,7 +186,7 @@ def test_iou_hand_cases_use_plus_one_areas():
 def test_golden_unimodal_case_with_wsolevaluation_box_ends():
     cam = torch.tensor(UNIMODAL, dtype=torch.float64)
     boxes = metrics.threshold_boxes(cam, GOLDEN_THRESHOLDS, multi_contour=False,
-                                    compat="wsolevaluation")
+                                    protocol="wsolevaluation")
     assert [b.tolist() for b in boxes] == [[box] for box in GOLDEN_BOXES]
 
 
@@ -226,7 +226,7 @@ def test_multimodal_case_by_hand_and_where_it_departs_from_opencv():
         [[0, 3, 0, 3]],
     ]
     v1 = metrics.threshold_boxes(cam, GOLDEN_THRESHOLDS, multi_contour=False,
-                                 compat="wsolevaluation")
+                                 protocol="wsolevaluation")
     # Choe et al.'s expected boxes are [[0,0,4,3],[0,0,2,2],[0,3,3,3],[2,3,3,3],[0,3,1,3]].
     # They agree at tau 0, .4, .8. At .2 OpenCV picks A: cv2.contourArea is the polygon area
     # of the contour (0 for the one-pixel-wide B); we pick B, the component with most pixels.
@@ -235,26 +235,26 @@ def test_multimodal_case_by_hand_and_where_it_departs_from_opencv():
                                         [[0, 3, 1, 3]], [[0, 3, 1, 3]]]
 
 
-def test_wsolevaluation_compat_adds_hole_borders_and_the_empty_box():
+def test_wsolevaluation_protocol_adds_hole_borders_and_the_empty_box():
     # A 5x5 square with a one-pixel hole at (x, y) = (3, 3), and a notch at (3, 0) that is
     # open to the image border (no hole there).
     cam = torch.zeros(7, 7)
     cam[1:6, 1:6] = 1.0
     cam[3, 3] = 0.0
     cam[0, 3] = 0.0
-    v2 = metrics.threshold_boxes(cam, [0.5], multi_contour=True, compat="wsolevaluation")
+    v2 = metrics.threshold_boxes(cam, [0.5], multi_contour=True, protocol="wsolevaluation")
     # Outer contour: [1, 1, 5, 5] -> ends + 1 -> [1, 1, 6, 6]. Hole border: the ring around
     # (3, 3) is [2, 2, 4, 4] -> [2, 2, 5, 5].
     assert v2[0].tolist() == [[1, 1, 6, 6], [2, 2, 5, 5]]
     assert metrics.threshold_boxes(cam, [0.5], multi_contour=True)[0].tolist() == [[1, 1, 5, 5]]
-    v1 = metrics.threshold_boxes(cam, [0.5], multi_contour=False, compat="wsolevaluation")
+    v1 = metrics.threshold_boxes(cam, [0.5], multi_contour=False, protocol="wsolevaluation")
     assert v1[0].tolist() == [[1, 1, 6, 6]]
     zero = torch.zeros(1, 4, 5)
-    assert metrics.threshold_boxes(zero[0], [0.3], compat="wsolevaluation")[0].tolist() == \
+    assert metrics.threshold_boxes(zero[0], [0.3], protocol="wsolevaluation")[0].tolist() == \
         [[0, 0, 0, 0]]
     # The empty box [0, 0, 0, 0] covers one pixel: IoU 1/4 with a 2x2 box at the origin.
     gt = torch.tensor([[0.0, 0, 1, 1]])
-    assert metrics.box_ious(zero, gt, [0.3], compat="wsolevaluation").item() == 0.25
+    assert metrics.box_ious(zero, gt, [0.3], protocol="wsolevaluation").item() == 0.25
     assert metrics.box_ious(zero, gt, [0.3]).item() == 0.0
 
 
@@ -276,23 +276,23 @@ def test_threshold_boxes_keep_the_given_threshold_order():
 # ----------------------------------------------------------------- box_ious vs reference
 
 
-@pytest.mark.parametrize("compat", ["none", "wsolevaluation"])
+@pytest.mark.parametrize("protocol", ["camplug", "wsolevaluation"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_box_ious_match_reference_on_smoothed_maps(compat, dtype):
+def test_box_ious_match_reference_on_smoothed_maps(protocol, dtype):
     n, h, w = 6, 20, 24
     cams = smoothed_maps(seed=1, n=n, h=h, w=w, sigma=1.5).to(dtype)
     cams[0] = cams[0] * 0.37  # max below 1: the cut scales with the max level
     boxes = random_boxes(seed=2, n=n, h=h, w=w, max_objects=3)
     thresholds = np.concatenate([np.arange(0, 1, 0.05), [0.93, 0.11]])  # unsorted tail
-    v1, v2 = metrics.box_ious_v1_v2(cams, boxes, thresholds, compat=compat)
+    v1, v2 = metrics.box_ious_v1_v2(cams, boxes, thresholds, protocol=protocol)
     for multi_contour, got in ((False, v1), (True, v2)):
         expected = ref.box_ious(cams.numpy(), as_lists(boxes), thresholds, multi_contour,
-                                compat)
+                                protocol)
         assert got.dtype == torch.float64 and got.shape == (n, thresholds.size)
         want = torch.tensor(expected, dtype=torch.float64)
         assert_close(got, want, torch.float64, f"multi_contour={multi_contour}")
         assert torch.equal(got, metrics.box_ious(cams, boxes, thresholds, multi_contour,
-                                                 compat=compat))
+                                                 protocol=protocol))
 
 
 def test_threshold_boxes_match_reference_per_threshold():
@@ -301,7 +301,7 @@ def test_threshold_boxes_match_reference_per_threshold():
     for cam in cams:
         for multi_contour in (False, True):
             got = [b.tolist() for b in metrics.threshold_boxes(cam, thresholds, multi_contour)]
-            assert got == ref.threshold_boxes(cam.numpy(), thresholds, multi_contour, "none")
+            assert got == ref.threshold_boxes(cam.numpy(), thresholds, multi_contour, "camplug")
 
 
 def test_box_ious_accept_every_box_layout():
@@ -512,8 +512,8 @@ def test_localization_metrics_reject_bad_input():
         metrics.box_ious(cams, [boxes[0], torch.zeros(0, 4)])
     with pytest.raises(ValueError, match="thresholds must lie"):
         metrics.box_ious(cams, boxes, thresholds=[0.5, 1.5])
-    with pytest.raises(ValueError, match="compat"):
-        metrics.box_ious(cams, boxes, compat="opencv")
+    with pytest.raises(ValueError, match="protocol"):
+        metrics.box_ious(cams, boxes, protocol="opencv")
     with pytest.raises(ValueError, match="masks must have the cams' shape"):
         metrics.pxap(cams, torch.ones(2, 5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="columns"):

@@ -1,7 +1,8 @@
 """Localization and faithfulness metrics for class activation maps (torch, CPU or CUDA).
 
 Localization (``localization.py``): MaxBoxAcc v1 / V2, the CAM paper's protocol, PxAP,
-pointing game, energy-based pointing game. Faithfulness (``faithfulness.py``): deletion and
+pointing game, energy-based pointing game; box protocols ``PROTOCOLS`` (default
+``DEFAULT_PROTOCOL``). Faithfulness (``faithfulness.py``): deletion and
 insertion AUC, Average Drop / Increase in Confidence. Connected components:
 ``components.py``.
 """
@@ -23,6 +24,9 @@ from .faithfulness import (
     summarize_drop_increase,
 )
 from .localization import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    BoxProtocol,
     MaxBoxAccResult,
     box_ious,
     box_ious_v1_v2,
@@ -42,6 +46,9 @@ from .localization import (
 )
 
 __all__ = [
+    "DEFAULT_PROTOCOL",
+    "PROTOCOLS",
+    "BoxProtocol",
     "Components",
     "MaxBoxAccResult",
     "PerturbationCurves",

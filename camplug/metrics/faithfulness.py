@@ -9,6 +9,7 @@ Shared rules:
   with images cast to that tensor's floating dtype. Its train/eval mode is left as it is:
   put it in eval mode first. It must return logits [B, classes].
 - A score is the softmax probability of the sample's target class, computed in float64.
+  NaN or infinite logits make it undefined: a ValueError names the samples.
 - Maps [N, h, w] with values in [0, 1] are upsampled to the images' [H, W] bilinearly
   (align_corners=False, float32).
 - Results are float64 (bool for increase) on the images' device.
@@ -84,7 +85,11 @@ def _upsampled(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return maps.squeeze(1)
 
 
-def _target_probabilities(model: Model, batch: torch.Tensor, targets: torch.Tensor):
+def _target_probabilities(
+    model: Model, batch: torch.Tensor, targets: torch.Tensor, samples: torch.Tensor
+) -> torch.Tensor:
+    """Softmax probability of each target -> float64 [B]; ``samples`` [B] are the images'
+    indices in the caller's batch, for error messages."""
     logits = model(batch)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(batch):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -93,6 +98,13 @@ def _target_probabilities(model: Model, batch: torch.Tensor, targets: torch.Tens
         raise ValueError(
             f"targets must be < {logits.shape[1]} (the model's number of classes), got "
             f"{int(targets.max())}"
+        )
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        which = sorted({int(i) for i in samples[bad.to(samples.device)].tolist()})
+        raise ValueError(
+            f"the model returned NaN or infinite logits for sample(s) {which[:10]}"
+            f"{' ...' if len(which) > 10 else ''}: the target's probability is undefined"
         )
     probabilities = torch.softmax(logits.double(), dim=1)
     return probabilities.gather(1, targets[:, None].to(logits.device)).squeeze(1)
@@ -105,7 +117,9 @@ def _scores(model: Model, images: torch.Tensor, targets: torch.Tensor, batch_siz
     with torch.no_grad():
         for begin in range(0, images.shape[0], batch_size):
             batch = images[begin : begin + batch_size].to(device=device, dtype=dtype)
-            out.append(_target_probabilities(model, batch, targets[begin : begin + batch_size]))
+            samples = torch.arange(begin, begin + len(batch))
+            out.append(_target_probabilities(model, batch, targets[begin : begin + len(batch)],
+                                             samples))
     return torch.cat(out).to(images.device)
 
 
@@ -162,7 +176,9 @@ def _perturbation_curves(
             take = rank[sample] < counts[step].view(-1, 1, 1, 1)
             batch = torch.where(take, revealed[sample], hidden[sample])
             curve.append(
-                _target_probabilities(model, batch.to(device=device, dtype=dtype), targets[sample])
+                _target_probabilities(
+                    model, batch.to(device=device, dtype=dtype), targets[sample], sample
+                )
             )
     probabilities = torch.cat(curve).to(images.device).reshape(n, steps + 1)
     fractions = counts.double() / (h * w)

@@ -17,18 +17,26 @@ Conventions shared by every function here:
   i.e. strictly above, like cv2.THRESH_BINARY. The foreground's 8-connected components give
   the predicted boxes: every component in V2 ("multi-contour"), only the largest in v1, where
   largest means most pixels and ties go to the component whose first pixel comes first in
-  raster order. A map whose levels are all 0 has no foreground: IoU 0 (but see compat).
+  raster order. A map whose levels are all 0 has no foreground: IoU 0 (but see the protocols).
 - Default box thresholds: 0, 0.01, ..., 0.99, bit-identical to numpy.arange(0, 1, 0.01).
 - Rates (MaxBoxAcc, PxAP, pointing accuracy) are fractions in [0, 1]; per-sample values are
   float64, so an IoU of exactly 0.7 passes ``>= 0.7``.
 
-Compatibility with Choe et al.'s code (wsolevaluation, which uses OpenCV contours). By
-default (``compat="none"``) the candidate boxes are the true bounding boxes of the foreground
-components. ``compat="wsolevaluation"`` reproduces that code's candidates: boxes end one pixel
-past the last foreground pixel, clipped to the image (x1 = x + w of cv2.boundingRect); V2
-also scores the boxes of hole contours (cv2.RETR_TREE), i.e. of every 4-connected background
-region not touching the image border, grown by one pixel; a map without foreground scores
-the box [0, 0, 0, 0]. One difference remains in either mode: their v1 picks the contour of
+- Ground-truth boxes reaching past the map are clipped to it; a box with no pixel inside
+  the map is an error (ValueError naming the image, the box and the map size).
+
+Protocols (``protocol=``; the names are ``PROTOCOLS``, the default ``DEFAULT_PROTOCOL``):
+
+- ``"camplug"`` (default): the candidate boxes are the true (tight) bounding boxes of the
+  foreground components; a map without foreground scores IoU 0.
+- ``"wsolevaluation"``: exactly the candidates of Choe et al.'s code, which uses OpenCV
+  contours: boxes end one pixel past the last foreground pixel, clipped to the image
+  (x1 = x + w of cv2.boundingRect); V2 also scores the boxes of hole contours
+  (cv2.RETR_TREE), i.e. of every 4-connected background region not touching the image
+  border, grown by one pixel; a map without foreground scores the box [0, 0, 0, 0]. Scores
+  differ from "camplug" by up to about 1.3 points of MaxBoxAccV2, by design.
+
+One difference from Choe et al.'s v1 remains in either protocol: their v1 picks the contour of
 largest polygon area (cv2.contourArea, 0 for any one-pixel-wide shape), ours the component
 with the most pixels.
 """
@@ -41,16 +49,24 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .components import Components, superlevel_components
 from .validation import BoxesLike, as_box_batch, as_thresholds, check_cams, check_masks
 
-Compat = Literal["none", "wsolevaluation"]
+BoxProtocol = Literal["camplug", "wsolevaluation"]
 ThresholdsLike = torch.Tensor | Sequence[float] | None
 
 CAM_PAPER_THRESHOLD = 0.2
 CAM_PAPER_IOU = 0.5
 DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+DEFAULT_PROTOCOL: BoxProtocol = "camplug"
+# Every box protocol with a one-line description (for command-line help).
+PROTOCOLS: dict[str, str] = {
+    "camplug": "tight boxes of the 8-connected foreground components (default)",
+    "wsolevaluation": "Choe et al.'s code exactly: OpenCV box ends (one pixel past the "
+    "last), hole contours scored in V2, box [0, 0, 0, 0] for an empty map",
+}
 
 
 def default_thresholds(step: float = 0.01) -> torch.Tensor:
@@ -86,9 +102,9 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a + area_b - inter)
 
 
-def _check_compat(compat: str) -> None:
-    if compat not in ("none", "wsolevaluation"):
-        raise ValueError(f"compat must be 'none' or 'wsolevaluation', got {compat!r}")
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,7 @@ class _Candidates:
     """Candidate boxes of N maps at T thresholds; slot = n * T + index in sorted order."""
 
     components: Components  # one box per foreground component
-    holes: Components | None  # hole-border boxes (compat="wsolevaluation" only)
+    holes: Components | None  # hole-border boxes (protocol "wsolevaluation" only)
     order: torch.Tensor  # int64 [T]: sorted position j holds thresholds[order[j]]
     num_thresholds: int
 
@@ -124,7 +140,7 @@ def _hole_borders(levels: torch.Tensor, cuts: torch.Tensor) -> Components:
     return Components(slot, boxes[enclosed] + grow, background.areas[enclosed])
 
 
-def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, compat: str) -> _Candidates:
+def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, protocol: str) -> _Candidates:
     h, w = cams.shape[-2:]
     levels = quantize_cams(cams)
     ascending, order = torch.sort(thresholds, stable=True)
@@ -132,7 +148,7 @@ def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, compat: str) -> _C
     cuts = torch.floor(ascending.to(cams.device)[None, :] * top[:, None]).to(torch.int64)
     found = superlevel_components(levels, cuts)
     holes = None
-    if compat == "wsolevaluation":
+    if protocol == "wsolevaluation":
         found = Components(found.slot, _wsolevaluation_ends(found.boxes, h, w), found.areas)
         holes = _hole_borders(levels, cuts)
         holes = Components(holes.slot, _wsolevaluation_ends(holes.boxes, h, w), holes.areas)
@@ -187,12 +203,12 @@ def _ious_per_slot(
     return out
 
 
-def _prepare(cams, boxes, thresholds, compat):
+def _prepare(cams, boxes, thresholds, protocol):
     check_cams(cams)
-    _check_compat(compat)
-    gt, valid = as_box_batch(boxes, cams.shape[0], cams.device)
+    _check_protocol(protocol)
+    gt, valid = as_box_batch(boxes, cams.shape[0], tuple(cams.shape[-2:]), cams.device)
     grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
-    return gt, valid, _candidates(cams, grid, compat)
+    return gt, valid, _candidates(cams, grid, protocol)
 
 
 def box_ious(
@@ -201,16 +217,16 @@ def box_ious(
     thresholds: ThresholdsLike = None,
     multi_contour: bool = True,
     *,
-    compat: Compat = "none",
+    protocol: BoxProtocol = DEFAULT_PROTOCOL,
 ) -> torch.Tensor:
     """Best IoU between predicted and ground-truth boxes, per image and threshold.
 
     ``cams`` float [N, H, W] in [0, 1]; ``boxes`` [N, 4], [N, G, 4] or a list of [M_i, 4];
     ``thresholds`` (default ``default_thresholds()``) in [0, 1]. ``multi_contour=True`` is
-    V2 (every component's box), False is v1 (the largest component's box). ``compat``: see
+    V2 (every component's box), False is v1 (the largest component's box). ``protocol``: see
     the module docstring. Returns float64 [N, T] on the cams' device.
     """
-    gt, valid, found = _prepare(cams, boxes, thresholds, compat)
+    gt, valid, found = _prepare(cams, boxes, thresholds, protocol)
     return _ious_per_slot(found, gt, valid, multi_contour)
 
 
@@ -219,11 +235,11 @@ def box_ious_v1_v2(
     boxes: BoxesLike,
     thresholds: ThresholdsLike = None,
     *,
-    compat: Compat = "none",
+    protocol: BoxProtocol = DEFAULT_PROTOCOL,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(box_ious(..., multi_contour=False), box_ious(..., multi_contour=True))`` sharing
     one connected-component pass."""
-    gt, valid, found = _prepare(cams, boxes, thresholds, compat)
+    gt, valid, found = _prepare(cams, boxes, thresholds, protocol)
     return _ious_per_slot(found, gt, valid, False), _ious_per_slot(found, gt, valid, True)
 
 
@@ -232,23 +248,23 @@ def threshold_boxes(
     thresholds: ThresholdsLike = None,
     multi_contour: bool = True,
     *,
-    compat: Compat = "none",
+    protocol: BoxProtocol = DEFAULT_PROTOCOL,
 ) -> list[torch.Tensor]:
     """The predicted boxes of one map at each threshold.
 
     ``cam`` float [H, W] in [0, 1]. Returns one int64 tensor [K_t, 4] per threshold (in the
     given order): every component's box in raster order of first pixels (V2; with
-    compat="wsolevaluation" followed by the hole-border boxes), or the largest component's
-    box (v1). Without foreground: [0, 4], or [[0, 0, 0, 0]] with compat="wsolevaluation".
+    protocol="wsolevaluation" followed by the hole-border boxes), or the largest component's
+    box (v1). Without foreground: [0, 4], or [[0, 0, 0, 0]] with protocol="wsolevaluation".
     """
     if not isinstance(cam, torch.Tensor) or cam.dim() != 2:
         shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
         raise ValueError(f"cam must be a tensor [H, W], got {shape}")
     cams = cam.unsqueeze(0)
     check_cams(cams, name="cam")
-    _check_compat(compat)
+    _check_protocol(protocol)
     grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
-    found = _candidates(cams, grid, compat)
+    found = _candidates(cams, grid, protocol)
     comps = found.components
     if not multi_contour:
         chosen = _largest_per_slot(comps, found.num_thresholds)
@@ -327,11 +343,11 @@ def max_box_acc(
     thresholds: ThresholdsLike = None,
     multi_contour: bool = True,
     *,
-    compat: Compat = "none",
+    protocol: BoxProtocol = DEFAULT_PROTOCOL,
 ) -> MaxBoxAccResult:
     """MaxBoxAcc over a set of maps: V2 with the defaults, v1 with multi_contour=False."""
     grid = default_thresholds() if thresholds is None else as_thresholds(thresholds)
-    ious = box_ious(cams, boxes, grid, multi_contour, compat=compat)
+    ious = box_ious(cams, boxes, grid, multi_contour, protocol=protocol)
     return max_box_acc_from_ious(ious, grid, iou_thresholds)
 
 
@@ -340,7 +356,7 @@ def cam_paper_localization(
     boxes: BoxesLike,
     correct_class: torch.Tensor | None = None,
     *,
-    compat: Compat = "none",
+    protocol: BoxProtocol = DEFAULT_PROTOCOL,
 ) -> torch.Tensor:
     """The CAM paper's hit per image -> bool [N].
 
@@ -348,7 +364,7 @@ def cam_paper_localization(
     largest connected component, hit when its IoU with a ground-truth box is >= 0.5 and,
     when ``correct_class`` (bool [N]) is given, the predicted class is right.
     """
-    ious = box_ious(cams, boxes, [CAM_PAPER_THRESHOLD], False, compat=compat)
+    ious = box_ious(cams, boxes, [CAM_PAPER_THRESHOLD], False, protocol=protocol)
     hit = ious[:, 0] >= CAM_PAPER_IOU
     if correct_class is not None:
         if not isinstance(correct_class, torch.Tensor) or correct_class.dtype != torch.bool:
@@ -363,17 +379,25 @@ def cam_paper_localization(
 
 
 def pixel_pr_counts(
-    cams: torch.Tensor, masks: torch.Tensor, thresholds: ThresholdsLike = None
+    cams: torch.Tensor,
+    masks: torch.Tensor,
+    thresholds: ThresholdsLike = None,
+    *,
+    ignore: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image pixel counts at each threshold -> (tp, fp, fn), int64 [N, T] each.
 
     A pixel is predicted foreground at threshold tau when ``map >= tau`` (map in float64,
     no quantization). ``thresholds`` (default ``default_pixel_thresholds()``) must be
-    strictly increasing. Sum the rows over any set of images and pass them to
-    ``pxap_from_counts``.
+    strictly increasing. ``ignore`` (bool [N, H, W], optional): background pixels left out
+    of the counts, like the ignore masks of Choe et al.'s PxAP (where a pixel is both
+    foreground and ignored, foreground wins). Sum the rows over any set of images and pass
+    them to ``pxap_from_counts``.
     """
     check_cams(cams)
     check_masks(masks, cams)
+    if ignore is not None:
+        check_masks(ignore, cams, name="ignore")
     grid = default_pixel_thresholds() if thresholds is None else as_thresholds(thresholds)
     if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("thresholds for pixel counts must be strictly increasing")
@@ -381,14 +405,17 @@ def pixel_pr_counts(
     scores = cams.reshape(n, -1).double()
     grid = grid.to(cams.device)
     passed = torch.searchsorted(grid, scores, right=True)  # thresholds <= score, in 0..T
-    foreground = masks.reshape(n, -1)
+    foreground = masks.reshape(n, -1).to(cams.device)
+    background = ~foreground
+    if ignore is not None:
+        background &= ~ignore.reshape(n, -1).to(cams.device)
 
     def at_or_above(selected: torch.Tensor) -> torch.Tensor:
         hist = torch.zeros(n, t + 1, dtype=torch.int64, device=cams.device)
         hist.scatter_add_(1, passed, selected.to(torch.int64))
         return hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [:, j]: pixels passing threshold j
 
-    tp, fp = at_or_above(foreground), at_or_above(~foreground)
+    tp, fp = at_or_above(foreground), at_or_above(background)
     fn = foreground.sum(1, keepdim=True) - tp
     return tp, fp, fn
 
@@ -419,9 +446,16 @@ def pxap_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> fl
     return float((precision * (recall - recall_above)).sum())
 
 
-def pxap(cams: torch.Tensor, masks: torch.Tensor, thresholds: ThresholdsLike = None) -> float:
-    """Pixel average precision of ``cams`` [N, H, W] against bool ``masks`` over the set."""
-    return pxap_from_counts(*pixel_pr_counts(cams, masks, thresholds))
+def pxap(
+    cams: torch.Tensor,
+    masks: torch.Tensor,
+    thresholds: ThresholdsLike = None,
+    *,
+    ignore: torch.Tensor | None = None,
+) -> float:
+    """Pixel average precision of ``cams`` [N, H, W] against bool ``masks`` over the set;
+    ``ignore``: background pixels to leave out (see ``pixel_pr_counts``)."""
+    return pxap_from_counts(*pixel_pr_counts(cams, masks, thresholds, ignore=ignore))
 
 
 def _object_masks(target: torch.Tensor | BoxesLike, cams: torch.Tensor) -> torch.Tensor:
@@ -429,7 +463,7 @@ def _object_masks(target: torch.Tensor | BoxesLike, cams: torch.Tensor) -> torch
     if isinstance(target, torch.Tensor) and target.dtype == torch.bool:
         check_masks(target, cams)
         return target.to(cams.device)
-    boxes, valid = as_box_batch(target, cams.shape[0], cams.device)
+    boxes, valid = as_box_batch(target, cams.shape[0], tuple(cams.shape[-2:]), cams.device)
     h, w = cams.shape[-2:]
     ys = torch.arange(h, device=cams.device, dtype=torch.float64)[:, None]
     xs = torch.arange(w, device=cams.device, dtype=torch.float64)[None, :]
@@ -438,15 +472,44 @@ def _object_masks(target: torch.Tensor | BoxesLike, cams: torch.Tensor) -> torch
     return (inside & valid[..., None, None]).any(dim=1)
 
 
-def pointing_game(cams: torch.Tensor, target: torch.Tensor | BoxesLike) -> torch.Tensor:
+def _within(mask: torch.Tensor, radius: float) -> torch.Tensor:
+    """Pixels at Euclidean distance <= ``radius`` from a True pixel of ``mask`` [N, H, W].
+
+    The disk is a union of horizontal segments, one per row offset dy, of half-width
+    isqrt(floor(radius^2) - dy^2): one max-pool along rows per offset.
+    """
+    reach_squared = math.floor(radius * radius)
+    reach = math.isqrt(reach_squared)
+    if reach == 0:
+        return mask
+    h = mask.shape[1]
+    work = mask.to(torch.float32).unsqueeze(1)
+    out = torch.zeros_like(mask)
+    for dy in range(-reach, reach + 1):
+        half = math.isqrt(reach_squared - dy * dy)
+        rows = F.max_pool2d(work, kernel_size=(1, 2 * half + 1), stride=1, padding=(0, half))
+        rows = rows[:, 0] > 0
+        if dy >= 0:  # out[y] |= rows[y + dy]
+            out[:, : h - dy] |= rows[:, dy:]
+        else:
+            out[:, -dy:] |= rows[:, : h + dy]
+    return out
+
+
+def pointing_game(
+    cams: torch.Tensor, target: torch.Tensor | BoxesLike, *, tolerance: float = 0.0
+) -> torch.Tensor:
     """Pointing-game hit per image -> bool [N].
 
     ``target``: bool masks [N, H, W], or boxes as in ``box_ious``. A hit when the map's
-    maximum lies on the object; when several pixels share the maximum, all of them must lie
-    on the object (so a flat map cannot score).
+    maximum lies on the object, or within ``tolerance`` pixels of it (Euclidean distance
+    between pixel centres <= tolerance; Zhang et al. use 15 px at 224 px); when several
+    pixels share the maximum, all of them must hit (so a flat map cannot score).
     """
     check_cams(cams)
-    inside = _object_masks(target, cams)
+    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
+    inside = _within(_object_masks(target, cams), float(tolerance))
     peak = cams == cams.amax(dim=(1, 2), keepdim=True)
     return ~(peak & ~inside).any(dim=(1, 2))
 

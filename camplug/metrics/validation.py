@@ -31,22 +31,24 @@ def check_cams(cams: torch.Tensor, name: str = "cams") -> None:
         )
 
 
-def check_masks(masks: torch.Tensor, cams: torch.Tensor) -> None:
-    """``masks`` must be bool with the same [N, H, W] shape and device as ``cams``."""
+def check_masks(masks: torch.Tensor, cams: torch.Tensor, name: str = "masks") -> None:
+    """``masks`` must be bool with the same [N, H, W] shape as ``cams``."""
     if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool:
         got = masks.dtype if isinstance(masks, torch.Tensor) else type(masks).__name__
-        raise TypeError(f"masks must be a bool tensor [N, H, W], got {got}")
+        raise TypeError(f"{name} must be a bool tensor [N, H, W], got {got}")
     if masks.shape != cams.shape:
         raise ValueError(
-            f"masks must have the cams' shape {tuple(cams.shape)}, got {tuple(masks.shape)}"
+            f"{name} must have the cams' shape {tuple(cams.shape)}, got {tuple(masks.shape)}"
         )
 
 
-def as_box_batch(boxes: BoxesLike, n: int, device: torch.device):
-    """Ground-truth boxes as (float64 [N, G, 4], bool [N, G] validity) on ``device``.
+def as_box_batch(boxes: BoxesLike, n: int, size: tuple[int, int], device: torch.device):
+    """Ground-truth boxes clipped to the map -> (float64 [N, G, 4], bool [N, G] validity).
 
     ``boxes``: a tensor [N, 4] (one box per image), a tensor [N, G, 4], or a sequence of N
     tensors [M_i, 4] (or [4]); boxes are (x0, y0, x1, y1) with inclusive pixel corners.
+    ``size``: the maps' (H, W). A box reaching past the map is clipped to
+    [0, W - 1] x [0, H - 1]; a box with no pixel inside it is an error.
     """
     if isinstance(boxes, torch.Tensor):
         if boxes.dim() == 2:
@@ -88,7 +90,18 @@ def as_box_batch(boxes: BoxesLike, n: int, device: torch.device):
             f"box {j} of image {i} is {batch[i, j].tolist()}: expected (x0, y0, x1, y1) "
             "with x1 >= x0 and y1 >= y0 (inclusive corners)"
         )
-    return batch, valid
+    h, w = size
+    x0, y0, x1, y1 = batch.unbind(-1)
+    outside = valid & ((x0 > w - 1) | (x1 < 0) | (y0 > h - 1) | (y1 < 0))
+    if bool(outside.any()):
+        i, j = (int(v) for v in outside.nonzero()[0])
+        raise ValueError(
+            f"box {j} of image {i} is {batch[i, j].tolist()}: it lies wholly outside the "
+            f"{h}x{w} (HxW) map, whose pixels span x in [0, {w - 1}], y in [0, {h - 1}]"
+        )
+    low = torch.zeros(4, dtype=torch.float64, device=device)
+    high = torch.tensor([w - 1, h - 1, w - 1, h - 1], dtype=torch.float64, device=device)
+    return torch.minimum(torch.maximum(batch, low), high), valid
 
 
 def as_thresholds(thresholds: torch.Tensor | Sequence[float]) -> torch.Tensor:
