@@ -264,3 +264,29 @@ def test_faithfulness_metrics_run_on_the_models_device():
     on_gpu = metrics.deletion_auc(model.cuda(), images.cuda(), cams.cuda(), [0, 1, 2], steps=6)
     assert on_gpu.is_cuda
     assert_close(on_gpu, on_cpu, torch.float32, "cuda deletion")
+
+
+class NanModel(torch.nn.Module):
+    """SumModel whose logits are NaN (or +inf) for the images whose first pixel is -1."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = SumModel.forward(self, x)
+        return logits.masked_fill((x[:, 0, 0, 0] == -1)[:, None], self.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_raise_naming_the_samples(value):
+    images = torch.rand(3, 1, 4, 4)
+    images[1, 0, 0, 0] = -1.0
+    cams = torch.rand(3, 4, 4)
+    cams[:, 0, 0] = 1.0  # keep the marked pixel in E = map * image
+    message = r"NaN or infinite logits for sample\(s\) \[1\]"
+    with pytest.raises(ValueError, match=message):
+        metrics.average_drop_increase(NanModel(value), images, cams, [0, 0, 0], batch_size=2)
+    with pytest.raises(ValueError, match=message):
+        metrics.deletion_auc(NanModel(value), images, cams, [0, 0, 0], steps=2)

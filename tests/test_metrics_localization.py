@@ -535,3 +535,99 @@ def test_localization_metrics_on_cuda_match_cpu():
     assert metrics.pxap(cams.cuda(), masks.cuda()) == pytest.approx(metrics.pxap(cams, masks))
     assert torch.equal(metrics.pointing_game(cams.cuda(), boxes).cpu(),
                        metrics.pointing_game(cams, boxes))
+
+
+# ------------------------------------------------- boxes outside the map, protocols
+
+
+def test_boxes_reaching_past_the_map_are_clipped_to_it():
+    cams = torch.zeros(2, 10, 10)
+    cams[:, :4, :4] = 1.0  # a 4x4 blob in the top-left corner
+    past = torch.tensor([[-5.0, -5, 3, 3], [-2, 0, 3, 30]])
+    clipped = torch.tensor([[0.0, 0, 3, 3], [0, 0, 3, 9]])
+    # Unclipped, the first box covers 81 "pixels" and scores 16 / 81; clipped it is the blob.
+    ious = metrics.box_ious(cams, past, [0.5])
+    assert ious[:, 0].tolist() == [1.0, 0.4]
+    assert torch.equal(ious, metrics.box_ious(cams, clipped, [0.5]))
+    energy, fraction = metrics.energy_pointing_game(cams, past)
+    assert fraction.tolist() == [0.16, 0.4]
+    assert metrics.pointing_game(cams, past).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("box", [[10.0, 0, 12, 3], [0, -4, 5, -1], [-3, 2, -0.5, 4],
+                                 [2, 10, 4, 11]])
+def test_boxes_wholly_outside_the_map_are_rejected(box):
+    cams = torch.rand(2, 10, 10)
+    boxes = [torch.tensor([[0.0, 0, 3, 3]]), torch.tensor([[1.0, 1, 2, 2], box])]
+    message = r"box 1 of image 1 is \[.*\]: it lies wholly outside the 10x10 \(HxW\) map"
+    with pytest.raises(ValueError, match=message):
+        metrics.box_ious(cams, boxes)
+    with pytest.raises(ValueError, match=message):
+        metrics.pointing_game(cams, boxes)
+    with pytest.raises(ValueError, match=message):
+        metrics.energy_pointing_game(cams, boxes)
+
+
+def test_protocols_are_named_and_the_default_is_one_of_them():
+    assert metrics.DEFAULT_PROTOCOL == "camplug"
+    assert list(metrics.PROTOCOLS) == ["camplug", "wsolevaluation"]
+    assert all(isinstance(text, str) and text for text in metrics.PROTOCOLS.values())
+    cams = smoothed_maps(seed=17, n=3, h=12, w=12, sigma=1.0)
+    boxes = torch.tensor([[2.0, 2, 8, 9], [0, 0, 5, 5], [3, 1, 11, 4]])
+    assert torch.equal(metrics.box_ious(cams, boxes),
+                       metrics.box_ious(cams, boxes, protocol=metrics.DEFAULT_PROTOCOL))
+    with pytest.raises(ValueError, match=r"protocol must be one of \['camplug', "
+                                         r"'wsolevaluation'\], got 'none'"):
+        metrics.max_box_acc(cams, boxes, protocol="none")
+
+
+# ------------------------------------------------------------ PxAP ignore, tolerance
+
+
+def test_pxap_ignore_mask_hand_case():
+    # Scores 0.9 (fg), 0.8 (bg, ignored), 0.6 (bg), 0.3 (fg). Without the ignore mask:
+    # AP = 1 * 1/2 + 2/4 * 1/2 = 3/4. Ignoring the 0.8 pixel: 1 * 1/2 + 2/3 * 1/2 = 5/6.
+    cams = torch.tensor([[[0.9, 0.8], [0.6, 0.3]]], dtype=torch.float64)
+    masks = torch.tensor([[[True, False], [False, True]]])
+    ignore = torch.tensor([[[True, True], [False, False]]])  # fg wins on the first pixel
+    assert metrics.pxap(cams, masks) == pytest.approx(3 / 4, abs=1e-12)
+    assert metrics.pxap(cams, masks, ignore=ignore) == pytest.approx(5 / 6, abs=1e-12)
+    tp, fp, fn = metrics.pixel_pr_counts(cams, masks, ignore=ignore)
+    assert fp[0, 0].item() == 1 and tp[0, 0].item() == 2 and fn[0, 0].item() == 0
+
+
+def test_pxap_ignore_mask_matches_reference():
+    cams = smoothed_maps(seed=18, n=4, h=12, w=13, sigma=1.5)
+    masks = smoothed_maps(seed=19, n=4, h=12, w=13, sigma=2.0) > 0.6
+    ignore = smoothed_maps(seed=20, n=4, h=12, w=13, sigma=1.0) > 0.5
+    grid = metrics.default_pixel_thresholds()
+    want = ref.pxap(cams.numpy(), masks.numpy(), grid.numpy(), ignore.numpy())
+    assert metrics.pxap(cams, masks, ignore=ignore) == pytest.approx(want, abs=1e-12)
+    assert want != pytest.approx(ref.pxap(cams.numpy(), masks.numpy(), grid.numpy()))
+    with pytest.raises(ValueError, match="ignore must have the cams' shape"):
+        metrics.pxap(cams, masks, ignore=ignore[:, :5])
+
+
+def test_pointing_game_tolerance_hand_case():
+    cams = torch.zeros(3, 40, 40)
+    cams[0, 5, 20] = 1.0  # 15 px above the box's top edge (y = 20): a hit at 15 px
+    cams[1, 8, 11] = 1.0  # dy = 12, dx = 9 from the corner (20, 20): distance exactly 15
+    cams[2, 8, 10] = 1.0  # dy = 12, dx = 10: distance 15.6
+    box = torch.tensor([[20.0, 20, 30, 30]] * 3)
+    assert metrics.pointing_game(cams, box).tolist() == [False, False, False]
+    assert metrics.pointing_game(cams, box, tolerance=15).tolist() == [True, True, False]
+    assert metrics.pointing_game(cams, box, tolerance=14.9).tolist() == [False, False, False]
+    with pytest.raises(ValueError, match="tolerance"):
+        metrics.pointing_game(cams, box, tolerance=-1)
+
+
+def test_pointing_game_tolerance_matches_reference():
+    n, h, w = 6, 11, 12
+    cams = smoothed_maps(seed=21, n=n, h=h, w=w, sigma=1.0)
+    cams[1] = torch.round(cams[1] * 3) / 3  # ties at the maximum
+    masks = smoothed_maps(seed=22, n=n, h=h, w=w, sigma=1.5) > 0.75
+    for tolerance in (0, 1, 1.5, 2.9, 4):
+        hits = metrics.pointing_game(cams, masks, tolerance=tolerance)
+        want = [ref.pointing_game(cams[i].numpy(), masks[i].numpy(), tolerance)
+                for i in range(n)]
+        assert hits.tolist() == want, tolerance
