@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -49,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="start no (batch, model) case expected to end after this many "
                         "minutes (its time scaled from the model's previous batch); the cases "
                         "left are listed as not run")
+    parser.add_argument("--note", default="", help="free text stored in the report")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="only write the .md table and .png plot of an existing report")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.threads < 1 or min(args.batches) < 1:
@@ -67,21 +71,34 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str:
-    """The camplug commit benchmarked (with "+changes" if the work tree differs), or "unknown"."""
+def camplug_source() -> dict[str, str]:
+    """Where camplug was imported from and, for this repository's work tree, its commit (with
+    "+changes" when camplug/ or kernels/ differ from it)."""
+    import camplug
+
+    path = Path(camplug.__file__).resolve().parent
+    if path != HERE.parent / "camplug":
+        return {"path": str(path), "commit": "not this work tree (see note)"}
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True,
                               check=True).stdout.strip()
 
     try:
         dirty = git("status", "--porcelain", "--", "../camplug", "../kernels")
-        return git("rev-parse", "HEAD") + ("+changes" if dirty else "")
+        return {"path": str(path), "commit": git("rev-parse", "HEAD") + ("+changes" if dirty
+                                                                        else "")}
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return {"path": str(path), "commit": "unknown"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        sys.path.insert(0, str(HERE))
+        report = json.loads(args.render.read_text())
+        print(f"written: {write_outputs(report, args.render)} (+ .md, .png)")
+        return 0
     # Thread pools are sized when the libraries load: set them before the first import.
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(args.threads)
@@ -143,7 +160,8 @@ def build_report(args: argparse.Namespace, run: dict, models: list[dict],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
-        "camplug_commit": git_commit(),
+        "camplug_source": camplug_source(),
+        "note": args.note,
         "camplug_has_gradcam": camplug_has_gradcam(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

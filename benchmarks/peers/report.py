@@ -121,12 +121,12 @@ def plot(report: dict, path: Path) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows),
                                 squeeze=False)
     for axis, model in zip(axes.flat, models, strict=False):
-        for method in METHODS:
+        for index, method in enumerate(METHODS):  # one colour per method in every panel
             points = [(case["batch"], case["results"][method.name]["median_ms"])
                       for case in model["cases"] if method.name in case["results"]]
             if points:
                 xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", label=method.name,
+                axis.plot(xs, ys, marker="o", label=method.name, color=f"C{index}",
                           linestyle="--" if method.family == "forward" else "-")
         axis.set_title(model["model"])
         axis.set_xscale("log", base=2)
