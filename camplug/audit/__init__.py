@@ -5,7 +5,10 @@ out_dir=...)`` (also ``camplug.run_audit``) is the entry point; ``camplug audit`
 
 from __future__ import annotations
 
-from .pipeline import DB_NAME, REPORT_NAME, load_summary, run_audit
+from .metric_table import METRICS, MetricDefinition
+from .pipeline import load_summary, run_audit
+from .run import DB_NAME, REPORT_NAME, AuditRun, RunConfig, RunOptions
 from .summary import AuditSummary, FlagThresholds
 
-__all__ = ["DB_NAME", "REPORT_NAME", "AuditSummary", "FlagThresholds", "load_summary", "run_audit"]
+__all__ = ["DB_NAME", "METRICS", "REPORT_NAME", "AuditRun", "AuditSummary", "FlagThresholds",
+           "MetricDefinition", "RunConfig", "RunOptions", "load_summary", "run_audit"]

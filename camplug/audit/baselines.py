@@ -203,7 +203,8 @@ def localization_table(
             untrained = zoo.untrained_demo_model(seed, model.classifier.out_features)
         else:
             methods.remove("untrained CAM")
-    from .pipeline import ModelState, describe_dataset
+    from .pipeline import ModelState
+    from .run import describe_dataset
 
     state = ModelState(model)
     model.eval().to(device)

@@ -10,100 +10,28 @@ and rank 0 merges them (see ``distributed``).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.specs import model_fingerprint
 from ..version import __version__
 from . import distributed
 from .batches import GuardedDataset, collate
+from .metric_table import scalar_summary
 from .progress import Progress
 from .report.gallery import build_report
-from .scoring import ScoringSettings, score_batch
+from .run import DB_NAME, REPORT_NAME, AuditRun, RunConfig, RunOptions
+from .scoring import score_batch
 from .store import ResultStore, RunRecord, utc_now
 from .summary import AuditSummary, FlagThresholds, summarize
 
-DB_NAME = "audit.sqlite"
-REPORT_NAME = "report.html"
-SHARD_DIR = "shards"
-DEFAULT_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # Choe et al.'s 0.01 grid
-
-
-def describe_dataset(data: Dataset) -> str:
-    """A one-line description of a dataset for the runs table."""
-    describe = getattr(data, "describe", None)
-    if callable(describe):
-        return str(describe())
-    fields = [f"{k}={getattr(data, k)!r}" for k in ("n", "split", "image_size", "seed")
-              if hasattr(data, k)]
-    return f"{type(data).__name__}({', '.join(fields)})" if fields else (
-        f"{type(data).__name__} of {len(data)} samples")  # type: ignore[arg-type]
-
-
-def dataset_fingerprint(data: Dataset) -> str:
-    fingerprint = getattr(data, "fingerprint", None)
-    return str(fingerprint()) if callable(fingerprint) else describe_dataset(data)
-
-
-def _output_name(output: int | str | Callable | None) -> Any:
-    if output is None or isinstance(output, int | str):
-        return output
-    return getattr(output, "__qualname__", type(output).__name__)
-
-
-def run_config(
-    model: nn.Module, data: Dataset, *, model_name: str, layer: str | None, output: Any,
-    thresholds: np.ndarray, iou_thresholds: Sequence[float], flags: FlagThresholds,
-    faithfulness: bool, faithfulness_steps: int,
-) -> dict[str, Any]:
-    """Everything that determines a run's results; its hash is the run id."""
-    return {
-        "model": model_name,
-        "model_fingerprint": model_fingerprint(model),
-        "dataset": describe_dataset(data),
-        "dataset_fingerprint": dataset_fingerprint(data),
-        "n_samples": len(data),  # type: ignore[arg-type]
-        "layer": layer,
-        "output": _output_name(output),
-        "thresholds": [float(t) for t in thresholds],
-        "iou_thresholds": [float(d) for d in iou_thresholds],
-        "flags": dataclasses.asdict(flags),
-        "faithfulness": faithfulness,
-        "faithfulness_steps": faithfulness_steps if faithfulness else None,
-    }
-
-
-DISPLAY_ONLY = ("model", "dataset")  # names as the user gave them: not part of the identity
-
-
-def run_id_of(config: dict[str, Any]) -> str:
-    """The run's identity: a hash of everything in ``config`` that determines the results
-    (the model's and dataset's fingerprints, not the names they were given)."""
-    identity = {k: v for k, v in config.items() if k not in DISPLAY_ONLY}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _check_arguments(batch_size: int, thresholds: np.ndarray,
-                     iou_thresholds: Sequence[float]) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if thresholds.ndim != 1 or thresholds.size == 0 or thresholds.min() < 0 or (
-        thresholds.max() >= 1
-    ) or np.any(np.diff(thresholds) <= 0):
-        raise ValueError("thresholds must be a non-empty increasing sequence in [0, 1)")
-    if not iou_thresholds or any(not 0 < d <= 1 for d in iou_thresholds):
-        raise ValueError(f"iou_thresholds must be values in (0, 1], got {iou_thresholds}")
+__all__ = ["DB_NAME", "REPORT_NAME", "load_summary", "run_audit"]
 
 
 def _pick_device(device: str | torch.device | None, ctx: distributed.DistContext,
@@ -180,6 +108,7 @@ def run_audit(
     model_name: str | None = None,
     fresh: bool = False,
     progress: bool | None = None,
+    method: str = "cam",
 ) -> AuditSummary:
     """Audit ``model``'s CAMs on ``data`` and return the run's summary.
 
@@ -191,8 +120,9 @@ def run_audit(
     adds deletion / insertion AUC (``faithfulness_steps`` forwards each per batch). ``fresh``
     discards a stored run with the same configuration instead of resuming it. ``progress``:
     None draws the bar only on a terminal. ``device``: default the model's GPU, else a GPU
-    when present, else the CPU. Writes ``audit.sqlite`` and (``report``) ``report.html``
-    under ``out_dir``. The model's modes, device and hooks are restored.
+    when present, else the CPU. ``method``: the map method recorded with the run (``"cam"``).
+    Writes ``audit.sqlite`` and (``report``) ``report.html`` under ``out_dir``. The model's
+    modes, device and hooks are restored.
 
     Resuming: a run's identity is a hash of the model's weights, the dataset's
     ``fingerprint()`` (or its description: class, length and ``n``/``split``/``image_size``/
@@ -200,134 +130,128 @@ def run_audit(
     the same identity and ``out_dir`` audits only the samples not stored yet.
     """
     _check_model(model)
-    grid = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds, dtype=np.float64)
-    _check_arguments(batch_size, grid, iou_thresholds)
-    flags = flags or FlagThresholds()
-    out_dir = Path(out_dir)
-    model_name = model_name or type(model).__name__
-    config = run_config(
-        model, data, model_name=model_name, layer=layer, output=output, thresholds=grid,
-        iou_thresholds=iou_thresholds, flags=flags, faithfulness=faithfulness,
-        faithfulness_steps=faithfulness_steps,
+    options = RunOptions(batch_size=batch_size, num_workers=num_workers, report=report,
+                         gallery_size=gallery_size, fresh=fresh, progress=progress)
+    config = RunConfig.create(
+        model, data, model_name=model_name or type(model).__name__, layer=layer, output=output,
+        thresholds=thresholds, iou_thresholds=iou_thresholds, flags=flags or FlagThresholds(),
+        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps, method=method,
     )
-    run_id = run_id_of(config)
-    n = len(data)  # type: ignore[arg-type]
-    db_path = out_dir / DB_NAME
     ctx = distributed.setup()
     try:
-        if ctx.is_main:
-            _open_run(db_path, run_id, config, n, fresh)
-        ctx.barrier()
-        with ResultStore(db_path) as store:
-            done = store.done_indices(run_id)
-        pending = distributed.shard(sorted(set(range(n)) - done), ctx.rank, ctx.world_size)
-        shard_path = (out_dir / SHARD_DIR / f"{run_id}.rank{ctx.rank}.sqlite"
-                      if ctx.is_distributed else db_path)
-        summary = _run(
-            model, data, ctx=ctx, run_id=run_id, config=config, n=n, done=len(done),
-            pending=pending, db_path=db_path, shard_path=shard_path, batch_size=batch_size,
-            num_workers=num_workers, device=_pick_device(device, ctx, ModelState(model).device),
-            layer=layer,
-            output=output, settings=ScoringSettings(
-                torch.from_numpy(grid), flags, faithfulness, faithfulness_steps),
-            iou_thresholds=iou_thresholds, report=report, gallery_size=gallery_size,
-            progress=progress,
-        )
+        run = AuditRun(config, options, model, data, Path(out_dir), ctx,
+                       _pick_device(device, ctx, ModelState(model).device))
+        return execute(run)
     finally:
         ctx.close()
-    return summary
 
 
-def _open_run(db_path: Path, run_id: str, config: dict[str, Any], n: int, fresh: bool) -> None:
-    """Create or resume the run (rank 0 only); fold in shards a killed distributed run left."""
-    with ResultStore(db_path) as store:
-        shards = sorted((db_path.parent / SHARD_DIR).glob(f"{run_id}.rank*.sqlite"))
-        if fresh:
-            store.delete_run(run_id)
-        elif shards:
-            store.merge_from(shards, run_id)
-        for shard in shards:
-            shard.unlink()
-        store.start_run(RunRecord(
-            run_id=run_id, model=config["model"], dataset=config["dataset"], config=config,
-            n_samples=n, camplug_version=__version__, torch_version=torch.__version__,
-            python_version=platform.python_version(), started_at=utc_now(), finished_at=None,
-            status="running", attempts=1,
-        ))
-
-
-def _run(model, data, *, ctx, run_id, config, n, done, pending, db_path, shard_path,
-         batch_size, num_workers, device, layer, output, settings, iou_thresholds, report,
-         gallery_size, progress) -> AuditSummary:
+def execute(run: AuditRun) -> AuditSummary:
+    """Open (or resume) the run, score its pending samples, and on rank 0 merge, summarize and
+    write the report. The run is marked ``complete``, or ``failed`` when anything raises."""
     from ..api import attach
 
-    state = ModelState(model)
+    ctx = run.ctx
+    if ctx.is_main:
+        open_run(run)
+    ctx.barrier()
+    with ResultStore(run.db_path) as store:
+        done = store.done_indices(run.run_id)
+    state = ModelState(run.model)
     status = "failed"
     try:
-        model.eval()
+        run.model.eval()
         if state.device is not None:
-            model.to(device)
-        capture = attach(model, layer=layer, output=output)
-        with capture:
-            loader = DataLoader(
-                GuardedDataset(data), batch_sampler=_batches(pending, batch_size),
-                collate_fn=collate, num_workers=num_workers,
-                pin_memory=device.type == "cuda",
-            )
-            total = n if not ctx.is_distributed else len(pending)
-            bar = Progress(total, done=done if not ctx.is_distributed else 0,
-                           enabled=progress if ctx.is_main else False)
+            run.model.to(run.device)
+        with attach(run.model, layer=run.config.layer, output=run.config.output) as capture:
             started = time.monotonic()
-            with ResultStore(shard_path) as writer, bar:
-                for batch in loader:
-                    writer.write_rows(score_batch(model, capture, batch, settings, device,
-                                                  run_id))
-                    bar.update(len(batch))
+            score_pending(run, capture, done)
             ctx.barrier()
             summary = None
             if ctx.is_main:
-                summary = _finish(model, capture, data, ctx, run_id, config, n, db_path,
-                                  iou_thresholds, settings, device, report, gallery_size,
-                                  time.monotonic() - started)
+                seconds = time.monotonic() - started
+                audited = run.n_samples - len(done)
+                speed = audited / seconds if audited and seconds > 0 else None
+                summary = finish(run, capture, speed)
             status = "complete"
         ctx.barrier()
-        if summary is None:
-            summary = load_summary(db_path, run_id)
-        return summary
+        return summary if summary is not None else load_summary(run.db_path, run.run_id)
     finally:
         state.restore()
         if ctx.is_main and status != "complete":
-            with ResultStore(db_path) as store:
-                store.finish_run(run_id, "failed")
+            with ResultStore(run.db_path) as store:
+                store.finish_run(run.run_id, status)
 
 
-def _finish(model, capture, data, ctx, run_id, config, n, db_path, iou_thresholds, settings,
-            device, report, gallery_size, seconds) -> AuditSummary:
+def open_run(run: AuditRun) -> None:
+    """Create or resume the run (rank 0 only); fold in shards a killed distributed run left."""
+    with ResultStore(run.db_path) as store:
+        shards = run.leftover_shards()
+        if run.options.fresh:
+            store.delete_run(run.run_id)
+        elif shards:
+            store.merge_from(shards, run.run_id)
+        for shard in shards:
+            shard.unlink()
+        store.start_run(RunRecord(
+            run_id=run.run_id, model=run.config.model, dataset=run.config.dataset,
+            config=run.config.to_dict(), n_samples=run.n_samples, camplug_version=__version__,
+            torch_version=torch.__version__, python_version=platform.python_version(),
+            started_at=utc_now(), finished_at=None, status="running", attempts=1,
+        ))
+
+
+def score_pending(run: AuditRun, capture, done: set[int]) -> None:
+    """Score this rank's share of the samples not stored yet, one transaction per batch."""
+    ctx = run.ctx
+    pending = distributed.shard(sorted(set(range(run.n_samples)) - done), ctx.rank,
+                                ctx.world_size)
+    loader = DataLoader(
+        GuardedDataset(run.data), batch_sampler=_batches(pending, run.options.batch_size),
+        collate_fn=collate, num_workers=run.options.num_workers,
+        pin_memory=run.device.type == "cuda",
+    )
+    total = len(pending) if ctx.is_distributed else run.n_samples
+    bar = Progress(total, done=0 if ctx.is_distributed else len(done),
+                   enabled=run.options.progress if ctx.is_main else False)
+    with ResultStore(run.writer_path) as writer, bar:
+        for batch in loader:
+            writer.write_rows(score_batch(run, capture, batch))
+            bar.update(len(batch))
+
+
+def finish(run: AuditRun, capture, images_per_second: float | None) -> AuditSummary:
     """Rank 0: merge the shards, check completeness, summarize, write the report."""
-    with ResultStore(db_path) as store:
-        if ctx.is_distributed:
-            shards = [db_path.parent / SHARD_DIR / f"{run_id}.rank{r}.sqlite"
-                      for r in range(ctx.world_size)]
-            store.merge_from(shards, run_id)
+    with ResultStore(run.db_path) as store:
+        if run.ctx.is_distributed:
+            shards = [run.shard_path(r) for r in range(run.ctx.world_size)]
+            store.merge_from(shards, run.run_id)
             for shard in shards:
                 shard.unlink()
-        stored = store.count(run_id)
-        if stored != n:
-            raise RuntimeError(f"run {run_id}: {stored} of {n} samples stored after the audit")
-        store.finish_run(run_id, "complete")
-        rows = store.rows(run_id)
-    summary = summarize(
-        rows, run_id=run_id, db_path=db_path, model=config["model"],
-        dataset=config["dataset"], n_samples=n, thresholds=settings.thresholds.numpy(),
-        iou_thresholds=iou_thresholds, flag_thresholds=settings.flags,
-    )
-    if report:
-        summary.report_path = build_report(
-            db_path.parent / REPORT_NAME, summary, rows, model=model, capture=capture,
-            data=data, device=device, gallery_size=gallery_size, config=config,
-            seconds=seconds,
-        )
+        stored = store.count(run.run_id)
+        if stored != run.n_samples:
+            raise RuntimeError(
+                f"run {run.run_id}: {stored} of {run.n_samples} samples stored after the audit")
+        rows = store.rows(run.run_id)
+        if images_per_second is None:  # nothing left to audit: keep the stored throughput
+            stored_run = store.get_run(run.run_id)
+            images_per_second = stored_run.images_per_second if stored_run else None
+        summary = _summarize(rows, run.config, run.run_id, run.db_path, images_per_second)
+        store.finish_run(run.run_id, "complete", images_per_second=images_per_second,
+                         summary=scalar_summary(summary.metrics))
+    if run.options.report:
+        summary.report_path = build_report(run, capture, summary, rows)
     return summary
+
+
+def _summarize(rows, config: RunConfig, run_id: str, db_path: Path,
+               images_per_second: float | None) -> AuditSummary:
+    return summarize(
+        rows, run_id=run_id, db_path=db_path, model=config.model, dataset=config.dataset,
+        n_samples=config.n_samples, thresholds=np.asarray(config.thresholds),
+        iou_thresholds=config.iou_thresholds, flag_thresholds=config.flags,
+        images_per_second=images_per_second,
+    )
 
 
 def load_summary(db_path: str | Path, run_id: str | None = None) -> AuditSummary:
@@ -338,10 +262,5 @@ def load_summary(db_path: str | Path, run_id: str | None = None) -> AuditSummary
         if run is None:
             raise ValueError(f"{db_path} holds no run {run_id or ''}".strip())
         rows = store.rows(run.run_id)
-    config = run.config
-    return summarize(
-        rows, run_id=run.run_id, db_path=db_path, model=run.model, dataset=run.dataset,
-        n_samples=run.n_samples, thresholds=np.asarray(config["thresholds"]),
-        iou_thresholds=config["iou_thresholds"],
-        flag_thresholds=FlagThresholds(**config["flags"]),
-    )
+    config = RunConfig.from_dict(run.config)
+    return _summarize(rows, config, run.run_id, db_path, run.images_per_second)

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from camplug import metrics
 
 from .batches import Batch
+from .metric_table import ScoredBatch, per_sample_values
 from .store import SampleRow
 from .summary import FlagThresholds, flags_for
+
+if TYPE_CHECKING:
+    from .run import AuditRun
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
     """``thresholds``: float64 [T] CAM thresholds in [0, 1) for MaxBoxAcc (PxAP uses them
     followed by 1.0); ``faithfulness``: also compute deletion / insertion AUC (``steps`` model
-    forwards each)."""
+    forwards each); ``method``: the map method (``"cam"``)."""
 
     thresholds: torch.Tensor
     flags: FlagThresholds
     faithfulness: bool = False
     faithfulness_steps: int = 16
+    method: str = "cam"
 
     @property
     def pixel_thresholds(self) -> torch.Tensor:
@@ -48,12 +53,19 @@ def error_rows(run_id: str, batch: Batch) -> list[SampleRow]:
     return [SampleRow(run_id, e.index, e.sample_id, error=e.message) for e in batch.errors]
 
 
-def score_batch(
-    model: nn.Module, capture, batch: Batch, settings: ScoringSettings,
-    device: torch.device, run_id: str,
-) -> list[SampleRow]:
-    """Rows for every sample of ``batch`` (error rows included). ``capture``: the model's
+def label_maps(capture, targets: torch.Tensor, method: str) -> torch.Tensor:
+    """The maps of the last forward for one class per sample (``targets`` int64 [N]), at the
+    input size, min-max normalized: float32 [N, H, W] in [0, 1]. ``method``: ``"cam"``."""
+    if method != "cam":
+        raise ValueError(f"method {method!r}: the audit computes only 'cam' maps")
+    maps = capture.maps(target=targets.unsqueeze(1), size="input", normalize=True)
+    return maps[:, 0].float().clamp(0.0, 1.0)
+
+
+def score_batch(run: AuditRun, capture, batch: Batch) -> list[SampleRow]:
+    """Rows for every sample of ``batch`` (error rows included). ``capture``: the run's model's
     attached ``CamCapture`` (its hooks active)."""
+    model, settings, device, run_id = run.model, run.settings, run.device, run.run_id
     rows = error_rows(run_id, batch)
     if not batch.indices:
         return rows
@@ -66,8 +78,7 @@ def score_batch(
         n_classes = probs.shape[1]
         valid = (labels >= 0) & (labels < n_classes)
         targets = labels.clamp(0, n_classes - 1)
-        cams = capture.maps(target=targets.unsqueeze(1), size="input", normalize=True)
-        cams = cams[:, 0].float().clamp(0.0, 1.0)
+        cams = label_maps(capture, targets, settings.method)
     for i in (~valid).nonzero().flatten().tolist():
         rows.append(SampleRow(
             run_id, batch.indices[i], batch.sample_ids[i], label=int(batch.labels[i]),
@@ -77,30 +88,20 @@ def score_batch(
     keep = valid.nonzero().flatten()
     if keep.numel() == 0:
         return rows
-    rows += _metric_rows(model, batch, keep, images, cams, probs, targets, settings, device,
-                         run_id)
-    return rows
+    return rows + _metric_rows(model, batch, keep, images[keep], cams[keep], probs[keep],
+                               targets[keep], settings, device, run_id)
 
 
 def _metric_rows(model, batch, keep, images, cams, probs, targets, settings, device, run_id):
-    cams = cams[keep]
-    probs = probs[keep]
-    targets = targets[keep]
-    images = images[keep]
     keep_list = keep.tolist()
     boxes = [batch.boxes[i].to(device) for i in keep_list]
     masks = [batch.masks[i] for i in keep_list]
     height, width = cams.shape[-2:]
-    thresholds = settings.thresholds.to(device)
-
-    ious_v1, ious_v2 = metrics.box_ious_v1_v2(cams, boxes, thresholds)
-    hits = metrics.cam_paper_localization(cams, boxes)
+    ious_v1, ious_v2 = metrics.box_ious_v1_v2(cams, boxes, settings.thresholds.to(device))
     objects = torch.stack([
         m.to(device) if m is not None else boxes_to_mask(b, height, width)
         for m, b in zip(masks, boxes, strict=True)
     ])
-    pointing = metrics.pointing_game(cams, objects)
-    energy, box_fraction = metrics.energy_pointing_game(cams, boxes)
     with_mask = [k for k, m in enumerate(masks) if m is not None]
     counts = {}
     if with_mask:
@@ -108,34 +109,22 @@ def _metric_rows(model, batch, keep, images, cams, probs, targets, settings, dev
         tp, fp, fn = metrics.pixel_pr_counts(cams[sel], objects[sel], settings.pixel_thresholds)
         per_sample = torch.stack([tp, fp, fn], dim=1).cpu().numpy()  # [S, 3, T + 1]
         counts = {k: per_sample[j] for j, k in enumerate(with_mask)}
-    faithful = {}
-    if settings.faithfulness:
-        faithful["deletion_auc"] = metrics.deletion_auc(
-            model, images, cams, targets, steps=settings.faithfulness_steps)
-        faithful["insertion_auc"] = metrics.insertion_auc(
-            model, images, cams, targets, steps=settings.faithfulness_steps)
+    values = per_sample_values(ScoredBatch(
+        model=model, images=images, cams=cams, boxes=boxes, objects=objects, targets=targets,
+        probs=probs, box_ious_v2=ious_v2, settings=settings))
 
     score, prediction = probs.max(dim=1)
     label_score = probs.gather(1, targets.unsqueeze(1)).squeeze(1)
     rows = []
     for k, i in enumerate(keep_list):
-        sample_metrics = {
-            "cam_paper_hit": bool(hits[k]),
-            "pointing_hit": bool(pointing[k]),
-            "energy_inside": float(energy[k]),
-            "box_area_fraction": float(box_fraction[k]),
-            "best_iou": float(ious_v2[k].max()),
-        }
-        for name, values in faithful.items():
-            sample_metrics[name] = float(values[k])
         label = int(batch.labels[i])
         rows.append(SampleRow(
             run_id, batch.indices[i], batch.sample_ids[i], label=label,
             prediction=int(prediction[k]), score=float(score[k]),
-            label_score=float(label_score[k]), metrics=sample_metrics,
+            label_score=float(label_score[k]), metrics=values[k],
             flags=flags_for(int(prediction[k]), label, float(score[k]),
-                            sample_metrics["energy_inside"],
-                            sample_metrics["box_area_fraction"], settings.flags),
+                            values[k]["energy_inside"], values[k]["box_area_fraction"],
+                            settings.flags),
             box_ious=ious_v2[k].cpu().numpy(),
             box_ious_v1=ious_v1[k].cpu().numpy(),
             pixel_counts=counts.get(k),

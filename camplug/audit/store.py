@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at      TEXT NOT NULL,
     finished_at     TEXT,
     status          TEXT NOT NULL,
-    attempts        INTEGER NOT NULL
+    attempts        INTEGER NOT NULL,
+    images_per_second REAL,
+    summary         TEXT
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id       TEXT NOT NULL,
@@ -123,7 +125,10 @@ class SampleRow:
 
 @dataclass
 class RunRecord:
-    """One row of the ``runs`` table; ``config`` is the JSON-decoded run configuration."""
+    """One row of the ``runs`` table; ``config`` is the JSON-decoded run configuration.
+    ``status``: ``running``, ``complete``, ``failed`` or ``interrupted`` (SIGTERM / Ctrl-C).
+    ``images_per_second``: the throughput of the last session that audited samples;
+    ``summary``: the aggregates of a complete run (``metric_table`` name -> number)."""
 
     run_id: str
     model: str
@@ -137,21 +142,63 @@ class RunRecord:
     finished_at: str | None
     status: str
     attempts: int
+    images_per_second: float | None = None
+    summary: dict[str, Any] | None = None
 
 
 RUN_COLUMNS = tuple(RunRecord.__dataclass_fields__)
+JSON_RUN_COLUMNS = ("config", "summary")
+ADDED_RUN_COLUMNS = {"images_per_second": "REAL", "summary": "TEXT"}  # absent in older files
+
+
+class StoreError(ValueError):
+    """The results file cannot be used (not SQLite, or another program's database)."""
 
 
 class ResultStore:
-    """An open SQLite results file. Use as a context manager or call :meth:`close`."""
+    """An open SQLite results file. Use as a context manager or call :meth:`close`.
+
+    Opening checks the file: a file that is not SQLite, or a database whose tables are not the
+    audit's, raises ``StoreError`` (nothing is written to it)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"results file {self.path} exists and is not a regular file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=60.0)
+        try:
+            self._check_and_create()
+        except sqlite3.DatabaseError as error:
+            self._conn.close()
+            raise StoreError(
+                f"{self.path} is not a camplug results file (SQLite: {error}); move it away or "
+                "choose another output folder"
+            ) from None
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _check_and_create(self) -> None:
+        tables = {name: {c[1] for c in self._conn.execute(
+                      "SELECT * FROM pragma_table_info(?)", (name,))}
+                  for (name,) in self._conn.execute(
+                      "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        expected = {"runs": set(RUN_COLUMNS) - set(ADDED_RUN_COLUMNS),
+                    "samples": set(SAMPLE_COLUMNS)}
+        if tables and (set(tables) != set(expected) or any(
+            not expected[name] <= columns for name, columns in tables.items()
+        )):
+            raise StoreError(
+                f"{self.path} is an SQLite database but not a camplug results file (its tables: "
+                f"{', '.join(sorted(tables))}); move it away or choose another output folder"
+            )
         self._conn.execute("PRAGMA synchronous = FULL")
         with self._conn:
             self._conn.executescript(SCHEMA)
+            for column, kind in ADDED_RUN_COLUMNS.items():
+                if tables and column not in tables["runs"]:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -170,7 +217,10 @@ class ResultStore:
         with self._conn:
             if existing is None:
                 values = [getattr(record, c) for c in RUN_COLUMNS]
-                values[RUN_COLUMNS.index("config")] = json.dumps(record.config, sort_keys=True)
+                for column in JSON_RUN_COLUMNS:
+                    index = RUN_COLUMNS.index(column)
+                    if values[index] is not None:
+                        values[index] = json.dumps(values[index], sort_keys=True)
                 marks = ", ".join("?" * len(RUN_COLUMNS))
                 self._conn.execute(
                     f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({marks})", values
@@ -194,19 +244,26 @@ class ResultStore:
         if row is None:
             return None
         values = dict(zip(RUN_COLUMNS, row, strict=True))
-        values["config"] = json.loads(values["config"])
+        for column in JSON_RUN_COLUMNS:
+            if values[column] is not None:
+                values[column] = json.loads(values[column])
         return RunRecord(**values)
 
     def runs(self) -> list[RunRecord]:
         ids = [r[0] for r in self._conn.execute("SELECT run_id FROM runs ORDER BY started_at")]
         return [run for run in map(self.get_run, ids) if run is not None]
 
-    def finish_run(self, run_id: str, status: str) -> None:
-        """Set the run's final status (e.g. ``complete``, ``failed``) and end time."""
+    def finish_run(self, run_id: str, status: str, *, images_per_second: float | None = None,
+                   summary: dict[str, Any] | None = None) -> None:
+        """Set the run's final status (``complete``, ``failed``, ``interrupted``) and end time;
+        ``images_per_second`` and ``summary`` replace the stored ones when given."""
         with self._conn:
             self._conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
-                (status, utc_now(), run_id),
+                "UPDATE runs SET status = ?, finished_at = ?,"
+                " images_per_second = COALESCE(?, images_per_second),"
+                " summary = COALESCE(?, summary) WHERE run_id = ?",
+                (status, utc_now(), images_per_second,
+                 None if summary is None else json.dumps(summary, sort_keys=True), run_id),
             )
 
     def delete_run(self, run_id: str) -> None:

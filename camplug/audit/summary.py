@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from camplug import metrics
-
+from . import metric_table
 from .store import SampleRow
 
 FLAG_RULES = {
@@ -73,9 +72,11 @@ def flags_for(prediction: int, label: int, score: float, mass_inside: float,
 
 @dataclass
 class AuditSummary:
-    """Aggregates of one run. Fractions are in [0, 1]; None where not measurable (e.g. PxAP
-    without masks). ``max_box_acc_v2`` / ``max_box_acc_v1``: ``metrics.MaxBoxAccResult`` of
-    all boxes / the largest box per CAM threshold."""
+    """Aggregates of one run. ``metrics``: ``metric_table`` name -> aggregate (fractions in
+    [0, 1]; None where not measurable, e.g. PxAP without masks; ``max_box_acc_v2`` /
+    ``max_box_acc_v1``: ``metrics.MaxBoxAccResult`` of all boxes / the largest box per CAM
+    threshold), also readable as attributes (``summary.pxap``). ``images_per_second``: the
+    throughput of the last session that audited samples (None when it audited none)."""
 
     run_id: str
     db_path: Path
@@ -86,21 +87,17 @@ class AuditSummary:
     n_samples: int
     n_stored: int
     n_errors: int
-    accuracy: float
-    max_box_acc_v2: metrics.MaxBoxAccResult | None
-    max_box_acc_v1: metrics.MaxBoxAccResult | None
-    pxap: float | None
     n_with_masks: int
-    cam_paper_gt_known: float
-    cam_paper_top1: float
-    pointing_game: float
-    energy_inside: float
-    box_area_fraction: float
-    deletion_auc: float | None
-    insertion_auc: float | None
+    metrics: dict[str, Any]
     flag_counts: dict[str, int]
     flag_rules: dict[str, str]
+    images_per_second: float | None = None
     report_path: Path | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "metrics" and any(m.name == name for m in metric_table.METRICS):
+            return self.metrics.get(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @property
     def complete(self) -> bool:
@@ -109,47 +106,21 @@ class AuditSummary:
     def best_threshold(self) -> float:
         """The CAM threshold used to draw predicted boxes: MaxBoxAccV2's best at IoU 0.5 (or
         the middle IoU threshold)."""
-        assert self.max_box_acc_v2 is not None
-        deltas = sorted(self.max_box_acc_v2.best_threshold)
+        v2 = self.metrics["max_box_acc_v2"]
+        assert v2 is not None
+        deltas = sorted(v2.best_threshold)
         delta = 0.5 if 0.5 in deltas else deltas[len(deltas) // 2]
-        return float(self.max_box_acc_v2.best_threshold[delta])
+        return float(v2.best_threshold[delta])
 
     def table(self) -> list[tuple[str, str, str]]:
         """(metric, value, meaning) rows; percentages with one decimal."""
-        def pct(value: float | None) -> str:
-            return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
-
-        deltas = "/".join(f"{d:g}" for d in self.iou_thresholds)
         rows = [("samples audited", f"{self.n_stored - self.n_errors}",
                  f"of {self.n_samples}; {self.n_errors} failed (see errors)")]
-        rows.append(("top-1 accuracy (%)", pct(self.accuracy), "predicted class == label"))
-        if self.max_box_acc_v2 is not None and self.max_box_acc_v1 is not None:
-            rows.append(("MaxBoxAccV2 (%)", pct(self.max_box_acc_v2.mean),
-                         f"mean over IoU {deltas} of the best-threshold box accuracy, all boxes"))
-            for delta, acc in sorted(self.max_box_acc_v2.accuracy.items()):
-                rows.append((f"  MaxBoxAccV2 @ IoU {delta:g} (%)", pct(acc),
-                             f"best CAM threshold {self.max_box_acc_v2.best_threshold[delta]:.2f}"))
-            if 0.5 in self.max_box_acc_v1.accuracy:
-                rows.append(("MaxBoxAcc v1 (%)", pct(self.max_box_acc_v1.accuracy[0.5]),
-                             "IoU 0.5, largest connected region only (Choe et al. v1)"))
-            rows.append(("MaxBoxAcc v1, mean over IoU (%)", pct(self.max_box_acc_v1.mean),
-                         f"largest region only, mean over IoU {deltas}"))
-        masks = f"over {self.n_with_masks} samples with masks"
-        rows.append(("PxAP (%)", pct(self.pxap),
-                     f"pixel precision-recall AUC {masks}" if self.pxap is not None
-                     else "needs ground-truth masks"))
-        rows.append(("CAM-paper localization, GT-known (%)", pct(self.cam_paper_gt_known),
-                     "20% of max, largest component, IoU >= 0.5"))
-        rows.append(("CAM-paper localization, top-1 (%)", pct(self.cam_paper_top1),
-                     "GT-known hit and the class is right"))
-        rows.append(("pointing game (%)", pct(self.pointing_game),
-                     "the CAM's maximum lies on the object"))
-        rows.append(("energy inside the box (%)", pct(self.energy_inside),
-                     f"CAM mass inside the boxes; chance (box area) {pct(self.box_area_fraction)}"))
-        if self.deletion_auc is not None:
-            rows.append(("deletion AUC", f"{self.deletion_auc:.3f}", "lower is better"))
-        if self.insertion_auc is not None:
-            rows.append(("insertion AUC", f"{self.insertion_auc:.3f}", "higher is better"))
+        for definition in metric_table.METRICS:
+            rows += definition.table_rows(self.metrics.get(definition.name), self)
+        if self.images_per_second is not None:
+            rows.append(("throughput (images/s)", f"{self.images_per_second:.1f}",
+                         "samples audited per second of wall time in the last session"))
         for name, count in self.flag_counts.items():
             rows.append((f"flagged {name}", str(count), self.flag_rules[name]))
         return rows
@@ -159,20 +130,6 @@ class AuditSummary:
         lines = ["| metric | value | notes |", "| --- | ---: | --- |"]
         lines += [f"| {m.strip()} | {v} | {n} |" for m, v, n in self.table()]
         return "\n".join(lines)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
-
-
-def pxap_from_rows(rows: Sequence[SampleRow]) -> float | None:
-    """PxAP of the samples whose rows hold pixel counts (int64 [3, T]: tp, fp, fn per
-    threshold); None when none do."""
-    counts = [r.pixel_counts for r in rows if r.pixel_counts is not None]
-    if not counts:
-        return None
-    tp, fp, fn = torch.from_numpy(np.sum(np.stack(counts), axis=0))
-    return metrics.pxap_from_counts(tp, fp, fn)
 
 
 def summarize(
@@ -186,34 +143,18 @@ def summarize(
     thresholds: np.ndarray,
     iou_thresholds: Sequence[float],
     flag_thresholds: FlagThresholds,
+    images_per_second: float | None = None,
 ) -> AuditSummary:
     """Aggregate a run's rows (errors excluded from every metric, counted separately)."""
     ok = [r for r in rows if r.error is None]
-    thresholds_t = torch.as_tensor(np.asarray(thresholds, dtype=np.float64))
-    v2 = v1 = None
-    if ok:
-        ious_v2 = torch.from_numpy(np.stack([r.box_ious for r in ok]))
-        ious_v1 = torch.from_numpy(np.stack([r.box_ious_v1 for r in ok]))
-        v2 = metrics.max_box_acc_from_ious(ious_v2, thresholds_t, tuple(iou_thresholds))
-        v1 = metrics.max_box_acc_from_ious(ious_v1, thresholds_t, tuple(iou_thresholds))
-    correct = [r.prediction == r.label for r in ok]
-    hits = [bool(r.metrics["cam_paper_hit"]) for r in ok]
-    deletion = [r.metrics["deletion_auc"] for r in ok if "deletion_auc" in r.metrics]
-    insertion = [r.metrics["insertion_auc"] for r in ok if "insertion_auc" in r.metrics]
-    flag_counts = {name: sum(name in r.flags for r in ok) for name in FLAG_RULES}
+    inputs = metric_table.SummaryInputs(ok, torch.as_tensor(np.asarray(thresholds, dtype=np.float64)),
+                           tuple(iou_thresholds))
     return AuditSummary(
         run_id=run_id, db_path=db_path, model=model, dataset=dataset,
         thresholds=np.asarray(thresholds), iou_thresholds=tuple(iou_thresholds),
         n_samples=n_samples, n_stored=len(rows), n_errors=len(rows) - len(ok),
-        accuracy=_mean(correct), max_box_acc_v2=v2, max_box_acc_v1=v1,
-        pxap=pxap_from_rows(ok),
         n_with_masks=sum(r.pixel_counts is not None for r in ok),
-        cam_paper_gt_known=_mean(hits),
-        cam_paper_top1=_mean([h and c for h, c in zip(hits, correct, strict=True)]),
-        pointing_game=_mean([bool(r.metrics["pointing_hit"]) for r in ok]),
-        energy_inside=_mean([r.metrics["energy_inside"] for r in ok]),
-        box_area_fraction=_mean([r.metrics["box_area_fraction"] for r in ok]),
-        deletion_auc=_mean(deletion) if deletion else None,
-        insertion_auc=_mean(insertion) if insertion else None,
-        flag_counts=flag_counts, flag_rules=flag_thresholds.rules(),
+        metrics=metric_table.aggregate_all(inputs),
+        flag_counts={name: sum(name in r.flags for r in ok) for name in FLAG_RULES},
+        flag_rules=flag_thresholds.rules(), images_per_second=images_per_second,
     )

@@ -1,11 +1,15 @@
-"""Assemble the report of a finished run: plots from the stored rows, and a gallery of the
-best, worst and flagged samples whose CAMs are recomputed with the still-attached capture."""
+"""Assemble the report of a finished run: ``REPORT_SECTIONS`` builds each section from
+``ReportInputs`` (the run, its capture, summary and rows): the summary table, flag counts, plots
+from the stored rows, a gallery of the best, worst and flagged samples whose CAMs are recomputed
+with the still-attached capture, the error rows and notes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,10 +19,25 @@ from torch.utils.data import Dataset
 from camplug import metrics
 
 from ..batches import Sample, canonical_sample
+from ..scoring import label_maps
 from ..store import SampleRow
 from ..summary import AuditSummary
-from .html import GalleryItem, Plot, ReportContent, histogram_plot, threshold_curve_plot
+from .html import (
+    GalleryItem,
+    Plot,
+    ReportContent,
+    Section,
+    gallery_section,
+    histogram_plot,
+    list_section,
+    plots_section,
+    table_section,
+    threshold_curve_plot,
+)
 from .html import write_report as write_html
+
+if TYPE_CHECKING:
+    from ..run import AuditRun
 
 FLAG_SEVERITY = {"wrong_class": 0, "mass_outside": 1, "low_confidence": 2}
 MAX_ERRORS_SHOWN = 200
@@ -66,7 +85,8 @@ def _class_name(names: Sequence[str] | None, index: int | None) -> str:
 
 
 def sample_cams(samples: Sequence[Sample], *, model: nn.Module, capture,
-                device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
+                device: torch.device, method: str = "cam",
+                batch_size: int = 32) -> list[torch.Tensor]:
     """The CAM of each sample's label, float [H, W] in [0, 1], computed in batches of samples
     of one image shape."""
     cams: list[torch.Tensor | None] = [None] * len(samples)
@@ -77,22 +97,24 @@ def sample_cams(samples: Sequence[Sample], *, model: nn.Module, capture,
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
             images = torch.stack([samples[k].image for k in chunk]).to(device)
-            labels = torch.tensor([[samples[k].label] for k in chunk], device=device)
+            labels = torch.tensor([samples[k].label for k in chunk], device=device)
             with torch.no_grad():
                 model(images)
-                maps = capture.maps(target=labels, size="input", normalize=True)
-            for k, cam in zip(chunk, maps[:, 0].float().clamp(0, 1), strict=True):
+                maps = label_maps(capture, labels, method)
+            for k, cam in zip(chunk, maps, strict=True):
                 cams[k] = cam
     return cams  # type: ignore[return-value]
 
 
 def gallery_items(
-    chosen: Sequence[SampleRow], *, model: nn.Module, capture, data: Dataset,
-    device: torch.device, threshold: float, column: int, class_names: Sequence[str] | None,
+    chosen: Sequence[SampleRow], *, run: AuditRun, capture, threshold: float, column: int,
+    class_names: Sequence[str] | None,
 ) -> list[GalleryItem]:
     """Recompute the CAMs of ``chosen`` samples and draw their boxes at ``threshold``."""
+    data = run.data
     samples = [canonical_sample(r.sample_index, data[r.sample_index]) for r in chosen]
-    cams = sample_cams(samples, model=model, capture=capture, device=device)
+    cams = sample_cams(samples, model=run.model, capture=capture, device=run.device,
+                       method=run.config.method)
     items = []
     for row, sample, cam in zip(chosen, samples, cams, strict=True):
         predicted = metrics.threshold_boxes(cam, [threshold], multi_contour=True)[0]
@@ -137,51 +159,109 @@ def _plots(summary: AuditSummary, ok: Sequence[SampleRow], column: int) -> list[
     ]
 
 
-def build_report(
-    path: Path, summary: AuditSummary, rows: Sequence[SampleRow], *, model: nn.Module, capture,
-    data: Dataset, device: torch.device, gallery_size: int, config: dict[str, Any],
-    seconds: float,
-) -> Path:
-    """Write the HTML report of a finished run and return its path."""
-    from ...version import __version__
+@dataclass(frozen=True)
+class ReportInputs:
+    """What section builders read: the run (config, model, data, device), its attached
+    ``capture``, the ``summary`` and every stored row (``ok``: those without an error)."""
 
-    ok = [r for r in rows if r.error is None]
-    class_names = getattr(data, "class_names", None) or getattr(model, "class_names", None)
-    run_info = [
-        ("model", summary.model), ("dataset", summary.dataset), ("run id", summary.run_id),
-        ("results", summary.db_path.name), ("device", str(device)),
-        ("audit time (this session)", f"{seconds:.1f} s"),
-        ("versions", f"camplug {__version__}, torch {torch.__version__}"),
-    ]
-    plots: list[Plot] = []
-    gallery: dict[str, list[GalleryItem]] = {}
+    run: AuditRun
+    capture: Any
+    summary: AuditSummary
+    rows: Sequence[SampleRow]
+
+    @property
+    def ok(self) -> list[SampleRow]:
+        return [r for r in self.rows if r.error is None]
+
+    @property
+    def column(self) -> int:
+        """The threshold-grid column of the summary's best threshold."""
+        return int(np.argmin(np.abs(self.summary.thresholds - self.summary.best_threshold())))
+
+
+def summary_section(inputs: ReportInputs) -> Section:
+    rows = [row for row in inputs.summary.table() if not row[0].startswith("flagged")]
+    return table_section("Summary", ("metric", "value", "what it means"), rows,
+                         table_id="summary", numeric={1})
+
+
+def flags_section(inputs: ReportInputs) -> Section:
+    summary = inputs.summary
+    rows = [(k, v, summary.flag_rules[k]) for k, v in summary.flag_counts.items()]
+    return table_section("Flags", ("flag", "samples", "rule"), rows, table_id="flags",
+                         numeric={1})
+
+
+def plots(inputs: ReportInputs) -> Section:
+    return plots_section("Plots", _plots(inputs.summary, inputs.ok, inputs.column)
+                         if inputs.ok else [])
+
+
+def gallery(inputs: ReportInputs) -> Section:
+    ok = inputs.ok
+    parts: dict[str, list[GalleryItem]] = {}
     if ok:
-        threshold = summary.best_threshold()
-        column = int(np.argmin(np.abs(summary.thresholds - threshold)))
-        plots = _plots(summary, ok, column)
-        sections = select_gallery(ok, column, gallery_size)
-        unique = {r.sample_index: r for rows_ in sections.values() for r in rows_}
+        run, summary = inputs.run, inputs.summary
+        class_names = (getattr(run.data, "class_names", None)
+                       or getattr(run.model, "class_names", None))
+        chosen = select_gallery(ok, inputs.column, run.options.gallery_size)
+        unique = {r.sample_index: r for rows in chosen.values() for r in rows}
         items = dict(zip(unique, gallery_items(
-            list(unique.values()), model=model, capture=capture, data=data, device=device,
-            threshold=threshold, column=column, class_names=class_names), strict=True))
-        gallery = {title: [items[r.sample_index] for r in chosen]
-                   for title, chosen in sections.items()}
-    errors = [(r.sample_id, r.error or "") for r in rows if r.error is not None]
+            list(unique.values()), run=run, capture=inputs.capture,
+            threshold=summary.best_threshold(), column=inputs.column,
+            class_names=class_names), strict=True))
+        parts = {title: [items[r.sample_index] for r in rows] for title, rows in chosen.items()}
+    return gallery_section("Gallery", parts)
+
+
+def errors_section(inputs: ReportInputs) -> Section:
+    errors = [(r.sample_id, r.error or "") for r in inputs.rows if r.error is not None]
+    return table_section(f"Errors ({len(errors)})", ("sample", "error"),
+                         errors[:MAX_ERRORS_SHOWN], table_id="errors", empty="No sample failed.")
+
+
+def notes_section(inputs: ReportInputs) -> Section:
+    summary = inputs.summary
+    n_errors = sum(r.error is not None for r in inputs.rows)
     notes = [
         f"CAM thresholds: {len(summary.thresholds)} values from {summary.thresholds[0]:g} to "
         f"{summary.thresholds[-1]:g}; maps are min-max normalized, quantized to 255 levels and "
         "binarized strictly above the threshold (camplug.metrics).",
         "Flags: " + "; ".join(f"{k}: {v}" for k, v in summary.flag_rules.items()) + ".",
-        f"Configuration: {config}",
+        f"Configuration: {inputs.run.config.to_dict()}",
     ]
-    if len(errors) > MAX_ERRORS_SHOWN:
-        notes.append(f"Only the first {MAX_ERRORS_SHOWN} of {len(errors)} errors are listed; "
+    if n_errors > MAX_ERRORS_SHOWN:
+        notes.append(f"Only the first {MAX_ERRORS_SHOWN} of {n_errors} errors are listed; "
                      "all are in the results file.")
-    content = ReportContent(
-        title=f"camplug audit: {summary.model} on {summary.dataset}",
-        run_info=run_info,
-        summary=[row for row in summary.table() if not row[0].startswith("flagged")],
-        flag_counts=[(k, v, summary.flag_rules[k]) for k, v in summary.flag_counts.items()],
-        plots=plots, gallery=gallery, errors=errors[:MAX_ERRORS_SHOWN], notes=notes,
-    )
-    return write_html(path, content)
+    return list_section("Notes", notes)
+
+
+REPORT_SECTIONS: tuple[Callable[[ReportInputs], Section | None], ...] = (
+    summary_section, flags_section, plots, gallery, errors_section, notes_section,
+)
+
+
+def build_report(run: AuditRun, capture, summary: AuditSummary,
+                 rows: Sequence[SampleRow]) -> Path:
+    """Write the HTML report of a finished run to ``report-<run id>.html``, copy it to
+    ``report.html`` (the latest run's report) and return the latter's path."""
+    from ...version import __version__
+
+    speed = summary.images_per_second
+    run_info = [
+        ("model", summary.model), ("dataset", summary.dataset), ("run id", summary.run_id),
+        ("map method", run.config.method), ("results", summary.db_path.name),
+        ("device", str(run.device)),
+        ("throughput", "n/a" if speed is None else f"{speed:.1f} images/s"),
+        ("versions", f"camplug {__version__}, torch {torch.__version__}"),
+    ]
+    inputs = ReportInputs(run, capture, summary, rows)
+    sections = [section for build in REPORT_SECTIONS if (section := build(inputs)) is not None]
+    content = ReportContent(title=f"camplug audit: {summary.model} on {summary.dataset}",
+                            run_info=run_info, sections=sections)
+    own = write_html(run.run_report_path, content)
+    latest = run.latest_report_path
+    tmp = latest.with_suffix(".html.tmp")
+    shutil.copyfile(own, tmp)
+    tmp.replace(latest)
+    return latest

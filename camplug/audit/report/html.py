@@ -1,10 +1,10 @@
 """The audit's static HTML report: one self-contained file (every image embedded as a base64
 PNG, inline CSS, no script), so it opens from disk in any browser without a server.
 
-Contents: run information, the summary table, flag counts, plots (accuracy against the CAM
-threshold for MaxBoxAcc, histograms of per-sample metrics), a gallery of the best, worst and
-flagged samples (CAM overlay, ground-truth boxes in green, the CAM's boxes at the run's
-best threshold in red) and the error rows.
+A page is a title, a run-information table and a list of ``Section``s (title + HTML body), made
+by the builders here: ``table_section``, ``plots_section``, ``gallery_section`` (CAM overlay,
+ground-truth boxes in green, the CAM's boxes at the run's best threshold in red) and
+``list_section``. Which sections an audit report has is decided in ``gallery.py``.
 """
 
 from __future__ import annotations
@@ -46,19 +46,22 @@ class GalleryItem:
 
 
 @dataclass
+class Section:
+    """One titled part of the report: ``body`` is HTML already escaped by the builder that
+    made it (``table_section``, ``plots_section``, ``gallery_section``, ``list_section``)."""
+
+    title: str
+    body: str
+
+
+@dataclass
 class ReportContent:
-    """Everything the report shows, already computed. ``summary``: (metric, value, note) rows;
-    ``run_info``: (field, value) rows; ``gallery``: section title -> items; ``errors``:
-    (sample id, message) rows."""
+    """Everything the report shows, already computed: the title, ``run_info`` (field, value)
+    rows under it, then the sections in order."""
 
     title: str
     run_info: list[tuple[str, str]]
-    summary: list[tuple[str, str, str]]
-    flag_counts: list[tuple[str, int, str]]
-    plots: list[Plot]
-    gallery: dict[str, list[GalleryItem]]
-    errors: list[tuple[str, str]]
-    notes: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -194,7 +197,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]], numeric: set
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _gallery_section(title: str, items: Sequence[GalleryItem], section_id: str) -> str:
+def table_section(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], *,
+                  table_id: str, numeric: set[int] | None = None,
+                  empty: str | None = None) -> Section:
+    """A section holding one table (every cell escaped); ``empty``: the text shown instead
+    when there are no rows (the table is shown, empty, when None)."""
+    if not rows and empty is not None:
+        return Section(title, f'<p id="{table_id}">{html.escape(empty)}</p>')
+    return Section(title, _table(header, rows, numeric or set(), table_id))
+
+
+def plots_section(title: str, plots: Sequence[Plot]) -> Section:
+    figures = "".join(
+        f'<figure><img alt="{html.escape(plot.title)}" src="{data_uri(plot.png)}">'
+        f"<figcaption>{html.escape(plot.caption)}</figcaption></figure>"
+        for plot in plots
+    )
+    return Section(title, f'<div class="plots">{figures}</div>')
+
+
+def _gallery_part(title: str, items: Sequence[GalleryItem], section_id: str) -> str:
     if not items:
         return f'<h3>{html.escape(title)}</h3><p id="{section_id}">none</p>'
     tiles = []
@@ -209,6 +231,23 @@ def _gallery_section(title: str, items: Sequence[GalleryItem], section_id: str) 
             f'<div class="gallery" id="{section_id}">{"".join(tiles)}</div>')
 
 
+def gallery_section(title: str, parts: dict[str, Sequence[GalleryItem]]) -> Section:
+    """Gallery tiles in titled parts (ids ``gallery-0``, ``gallery-1``, ... in order)."""
+    legend = (
+        '<p class="legend">Each tile: the image, then the CAM of the labelled class over it;'
+        f'<span style="background: rgb{GT_COLOUR}"></span>ground-truth box'
+        f'<span style="background: rgb{PRED_COLOUR}"></span>CAM boxes at the best threshold</p>'
+    )
+    body = "".join(_gallery_part(name, items, f"gallery-{k}")
+                   for k, (name, items) in enumerate(parts.items()))
+    return Section(title, legend + body)
+
+
+def list_section(title: str, lines: Sequence[str]) -> Section:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return Section(title, f'<ul class="notes">{items}</ul>')
+
+
 def render_html(content: ReportContent) -> str:
     """The report page as a string."""
     parts = [
@@ -217,35 +256,10 @@ def render_html(content: ReportContent) -> str:
         f"<title>{html.escape(content.title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(content.title)}</h1>",
         _table(("", ""), content.run_info, set(), "run-info"),
-        "<h2>Summary</h2>",
-        _table(("metric", "value", "what it means"), content.summary, {1}, "summary"),
-        "<h2>Flags</h2>",
-        _table(("flag", "samples", "rule"), content.flag_counts, {1}, "flags"),
-        "<h2>Plots</h2>",
-        '<div class="plots">',
     ]
-    for plot in content.plots:
-        parts.append(
-            f'<figure><img alt="{html.escape(plot.title)}" src="{data_uri(plot.png)}">'
-            f"<figcaption>{html.escape(plot.caption)}</figcaption></figure>"
-        )
-    parts.append("</div><h2>Gallery</h2>")
-    parts.append(
-        '<p class="legend">Each tile: the image, then the CAM of the labelled class over it;'
-        f'<span style="background: rgb{GT_COLOUR}"></span>ground-truth box'
-        f'<span style="background: rgb{PRED_COLOUR}"></span>CAM boxes at the best threshold</p>'
-    )
-    for k, (title, items) in enumerate(content.gallery.items()):
-        parts.append(_gallery_section(title, items, f"gallery-{k}"))
-    parts.append(f"<h2>Errors ({len(content.errors)})</h2>")
-    if content.errors:
-        parts.append(_table(("sample", "error"), content.errors, set(), "errors"))
-    else:
-        parts.append('<p id="errors">No sample failed.</p>')
-    if content.notes:
-        parts.append('<h2>Notes</h2><ul class="notes">')
-        parts.extend(f"<li>{html.escape(note)}</li>" for note in content.notes)
-        parts.append("</ul>")
+    for section in content.sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        parts.append(section.body)
     parts.append("</body></html>")
     return "\n".join(parts)
 
