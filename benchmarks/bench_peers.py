@@ -173,8 +173,10 @@ def build_report(args: argparse.Namespace, run: dict, models: list[dict],
         "warmup_calls": 1,
         "targets": "each image's predicted class (argmax of a no_grad forward done beforehand), "
         "given to every method",
-        "timing": "median wall clock of interleaved rounds (one call of each method per round, "
-        "the order rotated each round), after one warm-up call whose maps are compared",
+        "timing": "median wall clock (median_ms) and median process CPU time (median_cpu_ms: "
+        "user + system, all threads, so not the time spent waiting for a core on a shared "
+        "machine) of interleaved rounds (one call of each method per round, the order rotated "
+        "each round), after one warm-up call whose maps are compared",
         "memory": {
             "short": "median rise of the process RSS high-water mark during one call",
             "method": "VmHWM reset through /proc/self/clear_refs before the call, VmHWM after "

@@ -47,37 +47,43 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def timed_call(fn: Callable[[], object]) -> tuple[float, float]:
-    """Run ``fn`` once: (wall seconds, peak RSS rise in MiB). The result is dropped after the
-    peak is read, so the peak includes the returned maps."""
+def timed_call(fn: Callable[[], object]) -> tuple[float, float, float]:
+    """Run ``fn`` once: (wall seconds, process CPU seconds, peak RSS rise in MiB). The result
+    is dropped after the peak is read, so the peak includes the returned maps."""
     gc.collect()
     before = _status_kib("VmRSS")
     _reset_peak()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = fn()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = _status_kib("VmHWM")
     del result
-    return seconds, max(peak - before, 0) / 1024
+    return seconds, cpu_seconds, max(peak - before, 0) / 1024
 
 
 def interleaved_rounds(
     methods: dict[str, Callable[[], object]], rounds: int
 ) -> dict[str, dict[str, float | list[float]]]:
     """Time every method ``rounds`` times, one call of each per round, the order rotated each
-    round so that no method always follows the same one; per method the median and all times
-    (ms) and the median peak RSS rise (MiB)."""
+    round so that no method always follows the same one; per method the median and all wall
+    times (ms), the median process CPU time (ms: user + system, all threads; on a shared
+    machine it does not count the time spent waiting for a core) and the median peak RSS rise
+    (MiB)."""
     names = list(methods)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            seconds, peak = timed_call(methods[name])
-            times[name].append(seconds * 1e3)
+            seconds, cpu_seconds, peak = timed_call(methods[name])
+            wall[name].append(seconds * 1e3)
+            cpu[name].append(cpu_seconds * 1e3)
             peaks[name].append(peak)
-    return {name: {"median_ms": round(statistics.median(times[name]), 2),
-                   "times_ms": [round(t, 2) for t in times[name]],
+    return {name: {"median_ms": round(statistics.median(wall[name]), 2),
+                   "times_ms": [round(t, 2) for t in wall[name]],
+                   "median_cpu_ms": round(statistics.median(cpu[name]), 2),
+                   "cpu_times_ms": [round(t, 2) for t in cpu[name]],
                    "peak_rss_mib": round(statistics.median(peaks[name]), 1)}
             for name in names}
 

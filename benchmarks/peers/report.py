@@ -19,7 +19,8 @@ def _cell_ms(case: dict | None, name: str) -> str:
     if case is None:
         return "not run"
     if name in case["results"]:
-        return f"{case['results'][name]['median_ms']:.0f}"
+        result = case["results"][name]
+        return f"{result['median_cpu_ms']:.0f} ({result['median_ms']:.0f})"
     failure = case["failures"].get(name)
     return "n/a" if failure and failure["status"] == "not available" else "fails"
 
@@ -41,19 +42,23 @@ def _agreement_cell(model: dict, name: str) -> str:
 
 
 def headline(report: dict) -> list[str]:
-    """camplug CAM's speed-up over the headline peers at the headline batch, if measured."""
+    """camplug CAM's speed-up over the headline peers at the headline batch, if measured
+    (CPU time, and wall time in brackets)."""
     model = next((m for m in report["models"] if m["model"] == HEADLINE_MODEL), None)
     case = _case(model, HEADLINE_BATCH) if model else None
     if case is None or "camplug CAM" not in case["results"]:
         return []
-    cam = case["results"]["camplug CAM"]["median_ms"]
+    cam = case["results"]["camplug CAM"]
     lines = []
     for peer in HEADLINE_PEERS:
         if peer in case["results"]:
-            ratio = case["results"][peer]["median_ms"] / cam
-            lines.append(f"- {HEADLINE_MODEL}, batch {HEADLINE_BATCH}: camplug CAM "
-                         f"{cam:.0f} ms, {peer} {case['results'][peer]['median_ms']:.0f} ms: "
-                         f"camplug CAM is {ratio:.2f}x faster")
+            other = case["results"][peer]
+            lines.append(
+                f"- {HEADLINE_MODEL}, batch {HEADLINE_BATCH}: camplug CAM "
+                f"{cam['median_cpu_ms']:.0f} ms CPU ({cam['median_ms']:.0f} ms wall), {peer} "
+                f"{other['median_cpu_ms']:.0f} ms CPU ({other['median_ms']:.0f} ms wall): "
+                f"{other['median_cpu_ms'] / cam['median_cpu_ms']:.2f}x in CPU time "
+                f"({other['median_ms'] / cam['median_ms']:.2f}x wall)")
     return lines
 
 
@@ -71,13 +76,17 @@ def markdown(report: dict, plot_name: str | None) -> str:
         f"class), normalized and upsampled to the input size by every method. "
         + ("The machine was shared with other jobs while this ran. "
            if report["machine_shared"] else "")
+        + "CPU time: user + system time of the process during the call (one thread: the "
+        "work done, without the time spent waiting for a core on a shared machine). "
         + f"Peak memory: {report['memory']['short']}. Max |diff|: the largest difference of "
         f"the peer's map from camplug's same method on the same input, with the peer's "
         f"conventions (ReLU, renormalization) applied to camplug's map.",
         "",
         *headline(report),
         "",
-        "| model | method | " + " | ".join(f"batch {b} (ms)" for b in batches)
+        "Times: median CPU ms of the process (median wall ms in brackets).",
+        "",
+        "| model | method | " + " | ".join(f"batch {b}" for b in batches)
         + f" | peak MiB (batch {largest}) | max abs diff vs camplug |",
         "|---|---|" + "---:|" * len(batches) + "---:|---:|",
     ]
@@ -109,7 +118,7 @@ def markdown(report: dict, plot_name: str | None) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Median time per call against batch size, log-log, one panel per model."""
+    """Median CPU time per call against batch size, log-log, one panel per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +131,7 @@ def plot(report: dict, path: Path) -> None:
                                 squeeze=False)
     for axis, model in zip(axes.flat, models, strict=False):
         for index, method in enumerate(METHODS):  # one colour per method in every panel
-            points = [(case["batch"], case["results"][method.name]["median_ms"])
+            points = [(case["batch"], case["results"][method.name]["median_cpu_ms"])
                       for case in model["cases"] if method.name in case["results"]]
             if points:
                 xs, ys = zip(*points, strict=True)
@@ -133,7 +142,7 @@ def plot(report: dict, path: Path) -> None:
         axis.set_yscale("log")
         axis.set_xticks(report["batches"], [str(b) for b in report["batches"]])
         axis.set_xlabel("batch")
-        axis.set_ylabel("median ms per call")
+        axis.set_ylabel("median CPU ms per call")
         axis.grid(True, which="both", alpha=0.3)
     for axis in list(axes.flat)[len(models):]:
         axis.axis("off")
