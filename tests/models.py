@@ -515,15 +515,264 @@ class MutatingNet(nn.Module):
         return logits
 
 
+class TimmAttention(nn.Module):
+    """timm's Attention: ``qkv`` reshaped to [B, N, 3, heads, head_dim], and the heads merged back
+    from a [B, N, heads, head_dim] tensor (which has ``heads * head_dim == width`` positions)."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attention = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, width))
+
+
+class TimmBlock(nn.Module):
+    """timm's pre-norm Block: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = TimmAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens [B, h * w, D] (row-major) as a map [B, D, h, w]."""
+    batch, _, dim = tokens.shape
+    return tokens.reshape(batch, *grid, dim).permute(0, 3, 1, 2)
+
+
+class AttentionTokenNet(nn.Module):
+    """Patch tokens through a timm Block, averaged, then ``head``; no position embedding (any
+    input size). With ``dim`` equal to the number of patch tokens, the attention's
+    [B, N, heads, head_dim] tensor has exactly as many positions as the patch grid."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, patch: int = 8, dim: int = 16) -> None:
+        super().__init__()
+        self.patch = patch
+        self.patch_embed = PatchEmbed(patch, dim)
+        self.blocks = nn.Sequential(TimmBlock(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.patch_embed(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x).mean(dim=1))
+
+    def cam_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(A [B, D, h, w], W [B, N, D], b [B, N]) computed without camplug."""
+        grid = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)
+        a = tokens_to_map(self.forward_features(x), grid)
+        return a, self.head.weight.expand(len(x), -1, -1), self.head.bias.expand(len(x), -1)
+
+
+class CachedBiasAttention(nn.Module):
+    """LeViT's attention: a learned bias per head and relative offset, gathered by an index
+    buffer. In eval mode the gathered bias is cached per device in ``attention_bias_cache``,
+    which ``train()`` clears: the module's state changes with its mode."""
+
+    def __init__(self, dim: int, resolution: int, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Sequential(nn.Hardswish(), nn.Linear(dim, dim))
+        points = [(i, j) for i in range(resolution) for j in range(resolution)]
+        offsets = [abs(a[0] - b[0]) * resolution + abs(a[1] - b[1]) for a in points for b in points]
+        self.attention_biases = nn.Parameter(0.1 * torch.randn(heads, resolution ** 2))
+        self.register_buffer("attention_bias_idxs",
+                             torch.tensor(offsets).view(len(points), len(points)), persistent=False)
+        self.attention_bias_cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def train(self, mode: bool = True) -> CachedBiasAttention:
+        super().train(mode)
+        if mode and self.attention_bias_cache:
+            self.attention_bias_cache = {}  # as LeViT: clear the cache when training
+        return self
+
+    def attention_bias(self, device: torch.device) -> torch.Tensor:
+        if self.training:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        key = str(device)
+        if key not in self.attention_bias_cache:
+            self.attention_bias_cache[key] = self.attention_biases[:, self.attention_bias_idxs]
+        return self.attention_bias_cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).view(batch, tokens, self.num_heads, -1)
+        q, k, v = (t.permute(0, 2, 1, 3) for t in qkv.split(self.head_dim, dim=3))
+        attention = q @ k.transpose(-2, -1) * self.head_dim ** -0.5
+        attention = (attention + self.attention_bias(x.device)).softmax(dim=-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, width))
+
+
+class NormLinear(nn.Module):
+    """LeViT's classifier: BatchNorm1d -> Dropout -> Linear."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+        self.drop = nn.Dropout(0.0)
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(self.bn(x)))
+
+    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [N, D], b [N]) of the eval-mode head (explicit matrices)."""
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        shift = self.bn.bias - self.bn.running_mean * scale
+        return self.linear.weight @ torch.diag(scale), self.linear.weight @ shift + self.linear.bias
+
+
+class LeViTLike(nn.Module):
+    """LeViT: conv stem -> tokens -> attention with a mode-dependent bias cache -> mean over the
+    tokens -> distillation head ``(head(x) + head_dist(x)) / 2`` (two NormLinear branches of the
+    same pooled vector; training mode returns both)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, dim: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 3, stride=2, padding=1), nn.Hardswish(),
+                                  nn.Conv2d(dim, dim, 3, stride=4, padding=1))
+        self.attn = CachedBiasAttention(dim, resolution=4)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Hardswish(), nn.Linear(2 * dim, dim))
+        self.head = NormLinear(dim, num_classes)
+        self.head_dist = NormLinear(dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = self.forward_features(x).mean(1)
+        x, x_dist = self.head(x), self.head_dist(x)
+        return (x, x_dist) if self.training else (x + x_dist) / 2
+
+    def cam_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        (w1, b1), (w2, b2) = self.head.fold(), self.head_dist.fold()
+        a = tokens_to_map(self.forward_features(x), (x.shape[-2] // 8, x.shape[-1] // 8))
+        return a, ((w1 + w2) / 2).expand(len(x), -1, -1), ((b1 + b2) / 2).expand(len(x), -1)
+
+
+class FunctionalRMSHeadNet(nn.Module):
+    """pool -> flatten -> an RMS norm written functionally with a per-sample scale
+    (``x * rsqrt(mean(x^2) + eps) * weight``) -> ``fc``."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.features = conv_bn_relu(3, 10, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.eps = eps
+        self.weight = nn.Parameter(1.0 + 0.3 * torch.randn(10))
+        self.fc = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        x = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + self.eps) * self.weight
+        return self.fc(x)
+
+    def cam_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a = self.features(x)
+        rms = torch.sqrt(a.mean(dim=(2, 3)).pow(2).mean(dim=1) + self.eps)
+        weights = torch.stack([self.fc.weight @ torch.diag(self.weight / r) for r in rms])
+        return a, weights, self.fc.bias.expand(len(x), -1)
+
+
+class CollapsingHeadNet(nn.Module):
+    """A head whose convolution covers the whole map (8x8 -> 1x1) before the pooling: the
+    pooled "map" is 1x1, so an exact CAM exists but is constant."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.features = conv_bn_relu(3, 8, stride=4)
+        self.conv_head = nn.Conv2d(8, 12, 8)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.act(self.conv_head(self.features(x)))).flatten(1))
+
+
+class ClassTokenViT(ViTLike):
+    """timm ViT with ``global_pool='token'``: the head reads the class token (no exact CAM)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__(num_classes)
+        self.blocks = nn.Sequential(TimmBlock(12), TimmBlock(12))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(self.fc_norm(x[:, 0])))
+
+
+class WindowMix(nn.Module):
+    """MaxViT-style block-attention stand-in: windows of the NCHW map as token batches
+    [B * windows, ws * ws, C], a per-window token mix, and back."""
+
+    def __init__(self, dim: int, window: int = 2) -> None:
+        super().__init__()
+        self.window = window
+        self.mix = nn.Linear(window * window, window * window)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, dim, height, width = x.shape
+        ws = self.window
+        windows = x.view(batch, dim, height // ws, ws, width // ws, ws).permute(0, 2, 4, 3, 5, 1)
+        windows = windows.reshape(-1, ws * ws, dim)
+        mixed = self.mix(self.norm(windows).transpose(1, 2)).transpose(1, 2)
+        mixed = mixed.reshape(batch, height // ws, width // ws, ws, ws, dim)
+        return x + mixed.permute(0, 5, 1, 3, 2, 4).reshape(batch, dim, height, width)
+
+
+class MaxViTLike(nn.Module):
+    """MaxViT: conv stem, window blocks, ``head`` = NormMlpClassifierHead (pool, LayerNorm2d,
+    flatten, ``pre_logits`` Linear + Tanh, ``fc``): the Tanh blocks an exact CAM."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(3, 8, stride=2)
+        self.stages = nn.Sequential(WindowMix(8), nn.Conv2d(8, 12, 3, stride=2, padding=1),
+                                    WindowMix(12))
+        self.head = nn.ModuleDict({
+            "global_pool": SelectAdaptivePool2d(), "norm": nn.LayerNorm(12),
+            "pre_logits": nn.Sequential(nn.Linear(12, 12), nn.Tanh()),
+            "fc": nn.Linear(12, num_classes),
+        })
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        head = self.head
+        return head["fc"](head["pre_logits"](head["norm"](head["global_pool"](x))))
+
+
 @dataclass(frozen=True)
 class Case:
-    """A model family: how to build it, its input size and the module feeding the pooling
-    (None when the features are produced by a functional op)."""
+    """A model family: how to build it, its input size, the module feeding the pooling (None
+    when the features are produced by a functional op) and, for gradient methods, the layer
+    ``find_feature_layer`` must choose (module name, call, layout, prefix tokens)."""
 
     name: str
     build: Callable[[], nn.Module]
     size: int = 32
     feature_module: str | None = None
+    feature_layer: tuple[str, int, str, int] | None = None
 
 
 SUPPORTED = [
@@ -546,13 +795,19 @@ SUPPORTED = [
     Case("token_mean", TokenMeanNet, feature_module=None),
     Case("shared_pool", SharedPoolNet, feature_module="stage2"),
     Case("mutating", MutatingNet, feature_module="features"),
+    Case("levit", LeViTLike),
+    Case("functional_rms", FunctionalRMSHeadNet, feature_module="features"),
+    Case("attention_tokens", AttentionTokenNet),
 ]
 
 UNSUPPORTED = [
-    Case("mobilenet_v3", MobileNetV3Like),
-    Case("vgg", VGGLike),
-    Case("max_pool", MaxPoolNet),
-    Case("vit_all_tokens", ViTAllTokensMean),
+    Case("mobilenet_v3", MobileNetV3Like, feature_layer=("features", 0, "nchw", 0)),
+    Case("vgg", VGGLike, feature_layer=("features", 0, "nchw", 0)),
+    Case("max_pool", MaxPoolNet, feature_layer=("features", 0, "nchw", 0)),
+    Case("vit_all_tokens", ViTAllTokensMean, feature_layer=("norm", 0, "tokens", 3)),
+    # the class token only sees the patch tokens through the last block's attention
+    Case("vit_class_token", ClassTokenViT, feature_layer=("blocks.1.norm1", 0, "tokens", 3)),
+    Case("maxvit", MaxViTLike, feature_layer=("stages", 0, "nchw", 0)),
 ]
 
 

@@ -13,6 +13,8 @@ computed for steps with ``needs_input``) and ``state`` what ``state()`` returned
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -219,6 +221,97 @@ class RMSNormStep(HeadStep):
         return w * self._scale(x)[:, None, :], b
 
 
+class SampleScaleStep(HeadStep):
+    """``y = x * s(x)`` (or ``x / s(x)``) with ``s`` one value per sample computed from the same
+    vector (an RMS or L2 norm written functionally): ``s`` is frozen per sample, as a
+    LayerNorm's statistics. ``scale`` maps the vector, reshaped to ``shape`` per sample, to a
+    tensor with one element per sample."""
+
+    needs_input = True
+
+    def __init__(
+        self, scale: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+        divide: bool, description: str,
+    ) -> None:
+        self.scale = scale
+        self.shape = shape
+        self.divide = divide
+        self.description = description
+
+    def _multiplier(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1]: the factor each sample's vector is multiplied by."""
+        factor = self.scale(x.reshape(x.shape[0], *self.shape)).float().reshape(x.shape[0], 1)
+        return 1.0 / factor if self.divide else factor
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        return x * self._multiplier(x)
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        return w * self._multiplier(x)[:, :, None], b
+
+
+class BranchSumStep(HeadStep):
+    """``y = sum_j sign_j * branch_j(x)``: chains of affine steps applied to the same vector and
+    added (a distillation head ``(head(x) + head_dist(x)) / 2``). Folded as the sum of the
+    branches' folds; ``state`` holds each branch's step states."""
+
+    def __init__(
+        self, branches: tuple[tuple[HeadStep, ...], ...], signs: tuple[float, ...],
+        description: str,
+    ) -> None:
+        self.branches = branches
+        self.signs = signs
+        self.description = description
+        self.needs_input = any(step.needs_input for branch in branches for step in branch)
+
+    def state(self) -> tuple[tuple[object, ...], ...]:
+        return tuple(tuple(step.state() for step in branch) for branch in self.branches)
+
+    def apply(self, x: torch.Tensor, state: object) -> torch.Tensor:
+        outputs = [sign * apply_chain(branch, states, x) for branch, sign, states
+                   in zip(self.branches, self.signs, state, strict=True)]
+        return torch.stack(outputs).sum(dim=0)
+
+    def fold(self, w, b, x, state):  # noqa: ANN001
+        total_w, total_b = None, b
+        for branch, sign, states in zip(self.branches, self.signs, state, strict=True):
+            w_j, b_j = fold_chain(branch, states, w * sign, torch.zeros_like(b), x)
+            total_w = w_j if total_w is None else total_w + w_j
+            total_b = total_b + b_j
+        return total_w, total_b
+
+
+def apply_chain(
+    steps: tuple[HeadStep, ...], states: tuple[object, ...], x: torch.Tensor
+) -> torch.Tensor:
+    """The steps applied in order to ``x`` [B, K] (differentiable)."""
+    for step, state in zip(steps, states, strict=True):
+        x = step.apply(x, state)
+    return x
+
+
+def _chain_inputs(
+    steps: tuple[HeadStep, ...], states: tuple[object, ...], x: torch.Tensor | None
+) -> list[torch.Tensor | None]:
+    """Each step's input, computed up to the last step that needs it (None after)."""
+    inputs: list[torch.Tensor | None] = [None] * len(steps)
+    last_needed = max((i for i, s in enumerate(steps) if s.needs_input), default=-1)
+    for i in range(last_needed + 1):
+        inputs[i] = x
+        if i < last_needed:
+            x = steps[i].apply(x, states[i])
+    return inputs
+
+
+def fold_chain(
+    steps: tuple[HeadStep, ...], states: tuple[object, ...], w: torch.Tensor, b: torch.Tensor,
+    x: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold weights ``w`` [B, C, K_out] and biases ``b`` [B, C] on the chain's output side to its
+    input side; ``x`` [B, K_in] is the chain's input (None if no step needs it)."""
+    return _fold_back(steps, _chain_inputs(steps, states, x), states, w, b)
+
+
 def fold_head(
     steps: tuple[HeadStep, ...],
     states: tuple[object, ...],
@@ -231,17 +324,18 @@ def fold_head(
     ``pooled`` [B, K] (fp32) is the pooled feature vector; it is needed only when a step
     uses its input (normalizations), and may be None otherwise.
     """
-    inputs: list[torch.Tensor | None] = [None] * len(steps)
-    last_needed = max((i for i, s in enumerate(steps) if s.needs_input), default=-1)
-    x = pooled
-    for i in range(last_needed + 1):
-        inputs[i] = x
-        if i < last_needed:
-            x = steps[i].apply(x, states[i])
     if not steps:
         w = F.one_hot(targets, num_classes).float()
         return w, w.new_zeros(targets.shape)
+    inputs = _chain_inputs(steps, states, pooled)
     w, b = steps[-1].select(targets, inputs[-1], states[-1], num_classes)
-    for step, x_in, state in zip(steps[-2::-1], inputs[-2::-1], states[-2::-1], strict=True):
+    return _fold_back(steps[:-1], inputs[:-1], states[:-1], w, b)
+
+
+def _fold_back(
+    steps: tuple[HeadStep, ...], inputs: list[torch.Tensor | None], states: tuple[object, ...],
+    w: torch.Tensor, b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    for step, x_in, state in zip(steps[::-1], inputs[::-1], states[::-1], strict=True):
         w, b = step.fold(w, b, x_in, state)
     return w, b

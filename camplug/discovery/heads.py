@@ -21,10 +21,14 @@ import torch
 from torch import nn
 
 from ..errors import GRAD_CAM_HINT, UnsupportedHeadError
-from .fold import HeadStep, LinearStep
+from .fold import BranchSumStep, HeadStep, LinearStep
+from .grid import GridMismatch, grid_for_input, trace_patch_grid
 from .ops import (
+    ADD_OPS,
     DROPOUTS,
     PERMUTES,
+    SCALE_OPS,
+    SUM_OPS,
     Layout,
     affine_step,
     foldable_pre_pool_conv,
@@ -32,6 +36,7 @@ from .ops import (
     pooling_layout,
     pre_pool_conv_step,
     refuse,
+    sample_scale_step,
 )
 from .recorder import ForwardRecorder, ModuleCall, Op, Value, first_tensor
 
@@ -314,9 +319,17 @@ def find_head(
 
 def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
     """From the logits back to the global average pooling: (pool op, its input, steps)."""
+    pool, pool_input, steps = _walk_back(logits, None)
+    assert pool is not None
+    return pool, pool_input, steps
+
+
+def _walk_back(value: Value, stop: Value | None) -> tuple[Op | None, Value, list[HeadStep]]:
+    """Walk back through affine operations, to ``stop`` (then ``op`` is None) or, when ``stop``
+    is None, to the global average pooling: (pool op, where the walk ended, steps in forward
+    order). Raises UnsupportedHeadError at anything else."""
     steps: list[HeadStep] = []
-    value = logits
-    while True:
+    while value is not stop:
         op = value.producer
         if op is None:
             raise UnsupportedHeadError(
@@ -325,10 +338,16 @@ def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
                 f"AvgPool2d or a mean over all positions). {GRAD_CAM_HINT}"
             )
         tainted = op.tainted_inputs
+        if len(tainted) == 2:
+            step, value = _join_step(op, value)
+            steps.append(step)
+            continue
         if len(tainted) != 1:
             raise refuse(op, f"combines {len(tainted)} tensors that depend on the input")
         x = tainted[0]
         if pooling_layout(op, x) is not None:
+            if stop is not None:
+                raise refuse(op, "pools the features separately in one branch of a sum")
             return op, x, steps[::-1]
         if is_global_max_pool(op, x):
             raise UnsupportedHeadError(
@@ -339,6 +358,46 @@ def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
         if step is not None:
             steps.append(step)
         value = x
+    return None, value, steps[::-1]
+
+
+def _join_step(op: Op, y: Value) -> tuple[HeadStep, Value]:
+    """An op combining two input-dependent tensors: a per-sample scale of the vector by a value
+    computed from it, or a sum of affine branches of one vector. (step, the vector)."""
+    if op.name in SCALE_OPS:
+        return sample_scale_step(op, y)
+    first, second = op.args[0], op.arg(1, "other")
+    if op.name not in SUM_OPS or not (isinstance(first, Value) and isinstance(second, Value)):
+        raise refuse(op, "combines 2 tensors that depend on the input")
+    if first.shape != y.shape or second.shape != y.shape:
+        raise refuse(op, "combines 2 tensors that depend on the input, broadcasting "
+                         f"{list(first.shape)} and {list(second.shape)}")
+    fork = _fork(first, second)
+    if fork is None:
+        raise refuse(op, "combines 2 tensors that depend on the input but not on one vector")
+    alpha = float(op.kwargs.get("alpha", 1.0))
+    signs = (1.0, alpha if op.name in ADD_OPS else -alpha)
+    branches = tuple(tuple(_walk_back(branch, fork)[2]) for branch in (first, second))
+    text = " + ".join("[" + ", ".join(s.description for s in b) + "]" for b in branches)
+    verb = "sum" if op.name in ADD_OPS else "difference"
+    return BranchSumStep(branches, signs, f"{verb} of 2 branches in {op.site}: {text}"), fork
+
+
+def _fork(first: Value, second: Value) -> Value | None:
+    """The latest value both depend on (through input-dependent operations)."""
+    def ancestors(value: Value) -> dict[int, Value]:
+        found, pending = {}, [value]
+        while pending:
+            item = pending.pop()
+            if id(item) not in found:
+                found[id(item)] = item
+                pending.extend(item.producer.tainted_inputs if item.producer else ())
+        return found
+
+    mine, theirs = ancestors(first), ancestors(second)
+    common = [value for key, value in mine.items() if key in theirs]
+    order = lambda v: v.producer.index if v.producer is not None else -1  # noqa: E731
+    return max(common, key=order, default=None)
 
 
 def _outermost_output(value: Value, name: str | None = None) -> ModuleCall | None:
@@ -436,14 +495,22 @@ def _index_text(index: Any) -> str:
     return "[" + ", ".join(one(i) for i in items) + "]"
 
 
-def _grid_from_recording(recorder: ForwardRecorder, pool: Op, tokens: int,
-                         input_size: tuple[int, int] | None) -> tuple[int, int]:
-    """The patch grid of ``tokens`` pooled tokens: the latest 4-D input-dependent tensor with
-    that many positions before the pooling (the patch embedding), else the input's aspect."""
-    for op in reversed(recorder.ops[:pool.index]):
-        for out in op.outputs:
-            if out.tainted and len(out.shape) == 4 and out.shape[2] * out.shape[3] == tokens:
-                return int(out.shape[2]), int(out.shape[3])
+def _pooled_grid(
+    pool_input: Value, axis: int, input_size: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The patch grid of the pooled tokens (axis ``axis`` of ``pool_input``), traced back to the
+    patch embedding (see :mod:`camplug.discovery.grid`); when the trace is lost, the grid with
+    the input's aspect ratio. Refused when the pooled tokens are not exactly the patch tokens."""
+    tokens = pool_input.shape[axis]
+    try:
+        found = trace_patch_grid(pool_input, axis, (0, tokens))
+    except GridMismatch as mismatch:
+        raise UnsupportedHeadError(
+            f"the global pooling averages {tokens} tokens that are not exactly the patch grid: "
+            f"{mismatch}. A spatial CAM needs the patch tokens only. {GRAD_CAM_HINT}"
+        ) from None
+    if found is not None:
+        return found.grid
     if input_size is not None:
         height, width = input_size
         for rows in range(1, tokens + 1):
@@ -451,8 +518,8 @@ def _grid_from_recording(recorder: ForwardRecorder, pool: Op, tokens: int,
                 return rows, tokens // rows
     raise UnsupportedHeadError(
         f"the global pooling averages {tokens} tokens that camplug cannot arrange on a spatial "
-        "grid (no patch embedding with that many positions was found; are class or register "
-        f"tokens averaged too?). A spatial CAM needs the patch tokens only. {GRAD_CAM_HINT}"
+        "grid (no patch embedding was found for them, and no grid has the input's aspect "
+        f"ratio). A spatial CAM needs the patch tokens only. {GRAD_CAM_HINT}"
     )
 
 
@@ -478,15 +545,14 @@ def analyze(
 
     shape = pool_input.shape if not convs else captured.shape
     if layout in ("nlc", "ncl"):
-        tokens = shape[1] if layout == "nlc" else shape[2]
         channels = shape[2] if layout == "nlc" else shape[1]
-        grid = _grid_from_recording(recorder, pool, tokens, input_size)
+        grid = _pooled_grid(pool_input, 1 if layout == "nlc" else 2, input_size)
         feature_shape = (channels, *grid)
     else:
         grid = None
         feature_shape = tuple(shape[1:]) if layout == "nchw" else (shape[3], shape[1], shape[2])
     all_steps = (*conv_steps, *steps)
-    weighted = [s for s in all_steps if isinstance(s, LinearStep)]
+    weighted = [s for s in all_steps if isinstance(s, (LinearStep, BranchSumStep))]
     classifier = weighted[-1].description if weighted else "none (pooled channels = logits)"
     k_in = feature_shape[0]
     if not all_steps and k_in != logits.shape[1]:
@@ -518,22 +584,7 @@ def analyze(
 def token_grid(info: HeadInfo, tokens: int, input_size: tuple[int, int] | None) -> tuple[int, int]:
     """The patch grid for ``tokens`` tokens of an input of ``input_size`` (H, W)."""
     assert info.token_grid is not None
-    grid_h, grid_w = info.token_grid
-    if tokens == grid_h * grid_w and (input_size is None or input_size == info.probe_input_size):
-        return grid_h, grid_w
-    if input_size is None or info.probe_input_size is None:
-        raise ValueError(f"cannot arrange {tokens} tokens on a grid without the input size")
-    want_h = input_size[0] * grid_h / info.probe_input_size[0]
-    want_w = input_size[1] * grid_w / info.probe_input_size[1]
-    pairs = [(r, tokens // r) for r in range(1, tokens + 1) if tokens % r == 0]
-    best = min(pairs, key=lambda p: abs(p[0] - want_h) + abs(p[1] - want_w))
-    if abs(best[0] - want_h) > 1 or abs(best[1] - want_w) > 1:
-        raise ValueError(
-            f"cannot arrange {tokens} tokens for an input of {input_size[0]}x{input_size[1]} on "
-            f"a patch grid (the probe had {grid_h}x{grid_w} for "
-            f"{info.probe_input_size[0]}x{info.probe_input_size[1]})"
-        )
-    return best
+    return grid_for_input(info.token_grid, info.probe_input_size, tokens, input_size)
 
 
 def to_feature_map(info: HeadInfo, captured: torch.Tensor,

@@ -7,10 +7,12 @@ input that depends on the model input, and answers in terms of per-sample featur
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..errors import GRAD_CAM_HINT, UnsupportedHeadError
 from .fold import (
@@ -19,9 +21,10 @@ from .fold import (
     LayerNormStep,
     LinearStep,
     RMSNormStep,
+    SampleScaleStep,
     ScaleShiftStep,
 )
-from .recorder import Op, Value
+from .recorder import Op, Value, tensors_in
 
 Layout = Literal["nchw", "nhwc", "nlc", "ncl"]
 
@@ -42,6 +45,9 @@ _RSUB = frozenset({"__rsub__", "rsub"})
 _NEG = frozenset({"neg", "__neg__", "negative", "neg_"})
 _RDIV = frozenset({"__rtruediv__", "__rdiv__", "reciprocal"})
 _MATMUL = frozenset({"matmul", "__matmul__", "mm"})
+ADD_OPS = _ADD
+SUM_OPS = _ADD | _SUB
+SCALE_OPS = _MUL | _DIV
 
 
 def per_sample(shape: tuple[int, ...]) -> int:
@@ -114,16 +120,24 @@ def _keeps_batch_and_size(op: Op, x: Value, y: Value) -> bool:
         per_sample(y.shape) == per_sample(x.shape))
 
 
-def _permutation(op: Op, ndim: int) -> list[int] | None:
+def permutation(op: Op, ndim: int) -> list[int] | None:
+    """The axis order of a permute/transpose/movedim op (output axis i is input axis perm[i])."""
     if op.name == "permute":
         dims = op.args[1:] if len(op.args) > 2 else op.arg(1, "dims")
         dims = [dims] if isinstance(dims, int) else list(dims)
         return [d % ndim for d in dims]
     if op.name in ("transpose", "swapaxes", "swapdims"):
-        first, second = op.arg(1, "dim0"), op.arg(2, "dim1")
+        first, second = op.arg(1, "dim0") % ndim, op.arg(2, "dim1") % ndim
         perm = list(range(ndim))
-        perm[first % ndim], perm[second % ndim] = perm[second % ndim], perm[first % ndim]
+        perm[first], perm[second] = perm[second], perm[first]
         return perm
+    if op.name == "movedim":
+        source, destination = op.arg(1, "source"), op.arg(2, "destination")
+        if not isinstance(source, int) or not isinstance(destination, int):
+            return None
+        order = [d for d in range(ndim) if d != source % ndim]
+        order.insert(destination % ndim, source % ndim)
+        return order
     return None
 
 
@@ -134,7 +148,7 @@ def keeps_vector(op: Op, x: Value, y: Value) -> bool:
     if op.name in RESHAPES:
         return op.args[0] is x
     if op.name in PERMUTES:
-        perm = _permutation(op, len(x.shape))
+        perm = permutation(op, len(x.shape))
         if perm is None or perm[0] != 0:
             return False
         moved = [d for d in perm[1:] if x.shape[d] != 1]
@@ -294,3 +308,104 @@ def pre_pool_conv_step(op: Op) -> LinearStep:
         f"1x1 convolution {weight.shape[1]} -> {weight.shape[0]} in {op.site}, before the "
         "pooling (moved after it: they commute)",
     )
+
+
+# Operations allowed in the computation of a per-sample scale from the features themselves.
+_SCALE_OPS = frozenset({
+    "pow", "__pow__", "square", "abs", "neg", "__neg__", "sqrt", "rsqrt", "reciprocal", "exp",
+    "log", "mean", "sum", "var", "std", "amax", "norm", "linalg_vector_norm", "vector_norm",
+    "clamp", "clamp_min", "clip", "expand", "expand_as", *(RESHAPES - DROPOUTS),
+    *_MUL, *_DIV, *_ADD, *_SUB, *_RSUB,
+}) - {"mul_", "__imul__", "div_", "__itruediv__", "add_", "__iadd__", "sub_", "__isub__"}
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a replayed tensor goes: result ``index`` of the program (0 is its input)."""
+
+    index: int
+
+
+class RecordedFunction:
+    """A recorded computation of one tensor from another, replayed on a new input.
+
+    ``program`` holds (torch function, args, kwargs) with the tensors computed in the program
+    as :class:`_Slot` and constants as tensors; nothing refers to the model's modules.
+    """
+
+    def __init__(self, program: tuple[tuple[Any, tuple, dict], ...], result: int,
+                 names: tuple[str, ...]) -> None:
+        self.program = program
+        self.result = result
+        self.names = names
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        slots = [x]
+        fill = lambda leaf: slots[leaf.index] if isinstance(leaf, _Slot) else leaf  # noqa: E731
+        for func, args, kwargs in self.program:
+            slots.extend(tensors_in(func(*tree_map(fill, args), **tree_map(fill, kwargs))))
+        return slots[self.result]
+
+
+def recorded_function(source: Value, target: Value, at: Op) -> RecordedFunction:
+    """How ``target`` was computed from ``source`` (and constants) in the recorded forward;
+    raises the refusal for ``at`` when it depends on other inputs or on other operations."""
+    ops: dict[int, Op] = {}
+    pending, seen = [target], set()
+    while pending:
+        value = pending.pop()
+        if value is source or id(value) in seen or not value.tainted:
+            continue
+        seen.add(id(value))
+        op = value.producer
+        if op is None:
+            raise refuse(at, "scales the features by a value that depends on another input")
+        if op.name not in _SCALE_OPS:
+            raise refuse(at, f"scales the features by a value computed with `{op.name}` "
+                             f"({op.site})")
+        ops[op.index] = op
+        pending.extend(op.tainted_inputs)
+    slot_of, program = {id(source): 0}, []
+
+    def leaf(item: Any) -> Any:
+        if not isinstance(item, Value):
+            return item
+        return _Slot(slot_of[id(item)]) if item.tainted else item.tensor
+
+    for index in sorted(ops):
+        op = ops[index]
+        program.append((op.func, tree_map(leaf, op.args), tree_map(leaf, op.kwargs)))
+        for out in op.outputs:
+            slot_of[id(out)] = len(slot_of)
+    names = tuple(ops[i].name for i in sorted(ops))
+    return RecordedFunction(tuple(program), slot_of[id(target)], names)
+
+
+def sample_scale_step(op: Op, y: Value) -> tuple[HeadStep, Value]:
+    """``x * s`` or ``x / s`` where ``s`` (one value per sample) is computed from ``x`` itself:
+    the step and ``x``. Raises the refusal otherwise."""
+    first, second = op.args[0], op.arg(1, "other")
+    divide = op.name in _DIV
+    if divide and op.kwargs.get("rounding_mode") is not None:
+        raise refuse(op, "divides with rounding")
+    orders = [(first, second)] if divide else [(first, second), (second, first)]
+    error = None
+    for x, scale in orders:
+        if not (isinstance(x, Value) and isinstance(scale, Value)) or x.shape != y.shape or (
+            per_sample(scale.shape) != 1 or not scale.shape or scale.shape[0] != y.shape[0]
+        ):
+            continue
+        try:
+            function = recorded_function(x, scale, op)
+        except UnsupportedHeadError as refusal:
+            error = refusal
+            continue
+        computed = " -> ".join(function.names) or "the vector itself"
+        verb = "division" if divide else "multiplication"
+        return SampleScaleStep(
+            function, tuple(x.shape[1:]), divide,
+            f"{verb} by a per-sample scale ({computed}) in {op.site} (frozen per sample)",
+        ), x
+    raise error or refuse(
+        op, "combines 2 tensors that depend on the input (an input-dependent multiplier that "
+            "is not one scale per sample computed from the features)")

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from models import SUPPORTED, UNSUPPORTED, build, images
+from models import (
+    SUPPORTED,
+    UNSUPPORTED,
+    AttentionTokenNet,
+    Case,
+    ViTLike,
+    build,
+    images,
+    randomize_norms,
+)
 from tolerances import assert_close
 from torch import nn
 
+import camplug
 from camplug.discovery.fold import fold_head
 from camplug.discovery.heads import find_head
 from camplug.errors import UnsupportedHeadError
@@ -23,7 +35,8 @@ FEATURE_SHAPES = {
     "linear_chain": (10, 16, 16), "conv_classifier": (10, 16, 16), "timm_style": (12, 8, 8),
     "timm_head": (12, 16, 16), "vit": (12, 4, 4), "mean_pool": (10, 16, 16),
     "flatten_mean": (10, 16, 16), "token_mean": (12, 4, 4), "shared_pool": (10, 16, 16),
-    "mutating": (10, 16, 16),
+    "mutating": (10, 16, 16), "levit": (12, 4, 4), "functional_rms": (10, 16, 16),
+    "attention_tokens": (16, 4, 4),
 }
 
 # The affine steps between pooling and logits, in forward order (description prefixes).
@@ -39,6 +52,11 @@ FOLDED = {
     "vit": ["layer_norm in `fc_norm`", "linear 12 -> 7 in `head`"],
     "efficientnet": ["linear 16 -> 7 in `classifier.1`"],
     "timm_head": ["linear 12 -> 7 in `head.fc`"],
+    "levit": ["sum of 2 branches in LeViTLike.forward: [batch_norm in `head.bn`",
+              "division by a constant in LeViTLike.forward"],
+    "functional_rms": ["multiplication by a per-sample scale (pow -> mean -> add -> rsqrt) in "
+                       "FunctionalRMSHeadNet.forward", "scaling by a constant",
+                       "linear 10 -> 7 in `fc`"],
 }
 
 CAPTURE_KINDS = {
@@ -112,7 +130,7 @@ def test_models_without_exact_cam_are_refused_naming_the_blocker(name, blocker):
         find_head(build(case), images(1, case.size))
     assert blocker in str(error.value)
     assert isinstance(error.value, ValueError)
-    assert "LayerGradCam" in str(error.value)
+    assert "method='gradcam'" in str(error.value)
 
 
 class _Head(nn.Module):
@@ -171,7 +189,7 @@ def test_no_global_pooling_is_explained():
     no_pool = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
     with pytest.raises(UnsupportedHeadError, match="no global average pooling found") as error:
         find_head(no_pool, torch.randn(1, 3, 4, 4))
-    assert "LayerGradCam" in str(error.value)
+    assert "method='gradcam'" in str(error.value)
 
 
 def test_avg_pool2d_covering_the_map_and_mean_over_nhwc():
@@ -325,3 +343,144 @@ def test_constant_arithmetic_and_matmul_fold():
     assert_close(weights, expected_w, torch.float32, "arithmetic weights")
     assert_close(bias, expected_b, torch.float32, "arithmetic bias")
     assert_close((weights * p[:, None]).sum(-1) + bias, logits, torch.float32, "arithmetic logits")
+
+
+# ----------------------------------------------------------------------------- branch sums, scales
+def _captured_identity(model: nn.Module, x: torch.Tensor) -> None:
+    """mean(map) + b == logit through capture.class_weights, for every class."""
+    with camplug.attach(model) as capture, torch.no_grad():
+        logits = model(x)
+        targets = torch.arange(logits.shape[1]).expand(len(x), -1)
+        weights, bias = capture.class_weights(targets)
+        maps = torch.einsum("bck,bkhw->bchw", weights.double(), capture.features.double())
+    assert_close(maps.mean(dim=(2, 3)) + bias, logits, torch.float32, "mean(map) + b vs logits")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mean_of_the_map_plus_bias_is_the_logit(name):
+    case = CASES[name]
+    _captured_identity(build(case), images(3, case.size))
+
+
+REFERENCED = sorted(name for name, case in CASES.items()
+                    if hasattr(case.build, "cam_reference"))
+
+
+@pytest.mark.parametrize("name", REFERENCED)
+def test_folded_weights_equal_the_models_own_reference(name):
+    """Features, effective weights and biases against fp64 explicit matrices (cam_reference)."""
+    case = CASES[name]
+    model, x = build(case), images(3, case.size)
+    with torch.no_grad():
+        a, expected_w, expected_b = copy.deepcopy(model).double().cam_reference(x.double())
+    with camplug.attach(model) as capture, torch.no_grad():
+        model(x)
+        targets = torch.arange(7).expand(3, -1)
+        weights, bias = capture.class_weights(targets)
+        assert_close(capture.features, a, torch.float32, f"{name} features")
+    assert_close(weights, expected_w, torch.float32, f"{name} effective weights")
+    assert_close(bias, expected_b, torch.float32, f"{name} effective bias")
+
+
+def test_sum_of_affine_branches_folds_exactly():
+    """(bn1(p) W1 + b1) - 0.5 (bn2(p) W2 + b2) (alpha), then / 3: explicit fp64 matrices."""
+    torch.manual_seed(0)
+    branches = [nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 5)).double().eval()
+                for _ in range(2)]
+    for branch in branches:
+        randomize_norms(branch)
+
+    def fn(m: nn.Module, p: torch.Tensor) -> torch.Tensor:
+        return torch.sub(branches[0](p), branches[1](p), alpha=0.5) / 3.0
+
+    net = _Head(fn=fn).double().eval()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    explicit = []
+    for bn, fc in branches:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        explicit.append((fc.weight @ torch.diag(scale),
+                         fc.weight @ (bn.bias - bn.running_mean * scale) + fc.bias))
+    expected_w = (explicit[0][0] - 0.5 * explicit[1][0]) / 3.0
+    expected_b = (explicit[0][1] - 0.5 * explicit[1][1]) / 3.0
+    info = find_head(net, x)
+    assert info.folded[0].startswith("difference of 2 branches in _Head.forward")
+    with torch.no_grad():
+        p = net.features(x).mean(dim=(2, 3))
+        weights, bias = fold_head(info.steps, tuple(s.state() for s in info.steps),
+                                  torch.arange(5).expand(4, -1), p.float(), 5)
+        logits = net(x)
+    assert_close(weights, expected_w.expand(4, -1, -1), torch.float32, "branch-sum weights")
+    assert_close(bias, expected_b.expand(4, -1), torch.float32, "branch-sum bias")
+    assert_close((weights.double() * p[:, None]).sum(-1) + bias, logits, torch.float32, "logits")
+
+
+def test_per_sample_scale_from_the_vector_folds_exactly():
+    """An L2 normalization written functionally: W diag(1 / ||p_i||) per sample."""
+    matrix = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    net = _Head(fn=lambda m, p: p / p.pow(2).sum(1, keepdim=True).sqrt() @ matrix).double()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    info = find_head(net.eval(), x)
+    assert info.folded[0].startswith("division by a per-sample scale (pow -> sum -> sqrt)")
+    with torch.no_grad():
+        p = net.features(x).mean(dim=(2, 3))
+        weights, bias = fold_head(info.steps, (None,) * len(info.steps),
+                                  torch.arange(4).expand(3, -1), p.float(), 4)
+    expected = torch.stack([matrix.t() / p[i].norm() for i in range(3)])
+    assert_close(weights, expected, torch.float32, "L2-normalized head weights")
+    assert_close(bias, torch.zeros(3, 4), torch.float32, "L2-normalized head bias")
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda m, p: p * torch.sigmoid(p), "not one scale per sample"),  # a gate per feature
+        (lambda m, p: p * p.sum(1, keepdim=True).relu(), "computed with `relu`"),
+        (lambda m, p: p.relu() + p, "`relu`"),  # one branch is not affine
+        (lambda m, p: p[:, :3] @ torch.ones(3, 2) + p[:, 3:] @ torch.ones(3, 2),
+         "reorders or selects"),
+    ],
+)
+def test_non_affine_joins_are_refused(fn, message):
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedHeadError, match=message):
+        find_head(_Head(fn=fn).eval(), torch.randn(2, 3, 8, 8))
+
+
+# ----------------------------------------------------------------------------- patch grids
+@pytest.mark.parametrize(("dim", "probe"), [(16, (32, 32)), (24, (32, 48))])
+def test_patch_grid_comes_from_the_patch_embedding_when_width_equals_tokens(dim, probe):
+    """The attention's [B, N, heads, head_dim] has as many positions as the patch grid; the grid
+    must still be the patch embedding's, for the probe size and for other input sizes."""
+    model = build(Case("wide", lambda: AttentionTokenNet(dim=dim)))
+    info = find_head(model, torch.randn(1, 3, *probe))
+    assert info.token_grid == (probe[0] // 8, probe[1] // 8)
+    with camplug.attach(model) as capture, torch.no_grad():
+        for size in (probe, (32, 48), (48, 32), (16, 40)):
+            x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(size[1]))
+            model(x)
+            expected, _, _ = model.cam_reference(x)
+            assert_close(capture.features, expected, torch.float32, f"features at {size}")
+
+
+def test_patch_grid_from_an_unfold_patch_embedding():
+    class UnfoldTokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(3 * 16, 8)
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            patches = F.unfold(x, kernel_size=4, stride=4).transpose(1, 2)  # [B, L, 3 * 16]
+            return self.head(self.embed(patches).mean(1))
+
+    info = find_head(UnfoldTokens().eval(), torch.randn(1, 3, 16, 24))
+    assert info.token_grid == (4, 6) and info.layout == "nlc"
+
+
+def test_pooling_part_of_the_patch_tokens_is_refused():
+    class HalfPool(ViTLike):
+        def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x[:, 3:11].mean(dim=1))
+
+    with pytest.raises(UnsupportedHeadError, match="are 8 of the 16 patch tokens"):
+        find_head(build(Case("half", HalfPool)), images(1))
