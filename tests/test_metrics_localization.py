@@ -631,3 +631,22 @@ def test_pointing_game_tolerance_matches_reference():
         want = [ref.pointing_game(cams[i].numpy(), masks[i].numpy(), tolerance)
                 for i in range(n)]
         assert hits.tolist() == want, tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_pixel_counts_equal_searchsorted_on_dense_grids_and_exact_hits(dtype):
+    # Many thresholds inside one fine bucket, scores equal to thresholds, 0 and 1.
+    rng = np.random.default_rng(25)
+    grid = torch.from_numpy(np.unique(np.concatenate([rng.random(300) * 0.01, [0.5, 1.0],
+                                                      rng.random(50)])))
+    values = torch.cat([grid.to(dtype), torch.rand(500).to(dtype), torch.tensor([0.0, 1.0],
+                                                                                 dtype=dtype)])
+    cams = values.reshape(1, 1, -1)
+    masks = torch.from_numpy(rng.random(cams.shape) < 0.4)
+    tp, fp, fn = metrics.pixel_pr_counts(cams, masks, grid)
+    passed = torch.searchsorted(grid, values.double(), right=True)
+    for j in range(grid.numel()):
+        predicted = passed > j
+        assert tp[0, j] == int((predicted & masks.reshape(-1)).sum())
+        assert fp[0, j] == int((predicted & ~masks.reshape(-1)).sum())
+    assert bool((tp + fn == int(masks.sum())).all())
