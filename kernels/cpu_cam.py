@@ -2,13 +2,16 @@
 
 1. Low-res maps [B, C, h*w] = W [B, C, K] @ A [B, K, h*w] in fp32 (one bmm; per-position
    weights use an einsum), then ReLU and min-max normalization on these small maps.
-2. Bilinear resize as two matrix products with interpolation matrices: ``rows = Mh @ map``
-   [B, C, H, w], then one GEMM ``[B*C*H, w] @ [w, W]`` writes the output once. The matrices are
+2. Bilinear resize as two matrix products with interpolation matrices: ``rows = Mh @ maps``
+   [B*C, H, w] (one small GEMM), then one GEMM ``[B*C*H, w] @ [w, W]`` writes the output
+   once. The matrices are
    F.interpolate(mode="linear", align_corners=False) applied to an identity, so they hold
    PyTorch's own source indices and weights; they are built once per (in, out) size and cached.
 3. uint8: the 255 scale goes into the small ``rows`` and the +0.5 of round-half-up into an
-   extra column of ones, so the GEMM yields ``255 * v + 0.5`` and a cast (truncation) finishes
-   ``floor(255 * v + 0.5)`` with no further pass over the output.
+   extra column, so the GEMM yields ``255 * v + 0.5`` and a cast (truncation) finishes
+   ``floor(255 * v + 0.5)``: no scale, offset, floor or clamp pass over the output. A narrow
+   output (uint8, fp16, bf16) is made in blocks of rows whose fp32 GEMM result stays in cache
+   (not while tracing: the compiler fuses the cast itself).
 
 Finite maps match F.interpolate to fp32 rounding. A NaN or infinity in a raw map
 (``normalize=False``) makes the whole resized map NaN, where F.interpolate spreads it to the
@@ -25,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .semantics import min_max_normalize, non_finite_maps
+
+_CAST_BLOCK_BYTES = 2**19  # fp32 GEMM result per block when casting to a narrower out_dtype
 
 
 def _build_interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -78,16 +83,40 @@ def resize_and_cast(
     if (h, w) == (out_h, out_w):
         out = maps + 0.5 if to_bytes else maps
     else:
-        rows = torch.matmul(interpolation_matrix(h, out_h).t(), maps)  # [B, C, H, w]
+        # Rows first, as one GEMM over all maps: [H, h] @ [h, B*C*w] -> [B*C, H, w].
+        by_row = maps.permute(2, 0, 1, 3).reshape(h, -1)
+        rows = (interpolation_matrix(h, out_h).t() @ by_row).view(out_h, -1, w).transpose(0, 1)
         cols = interpolation_matrix(w, out_w)  # [w, W]
         if to_bytes:  # an extra input column of 0.5 with weight 1: the GEMM adds the 0.5
             rows = torch.cat([rows, rows.new_full((*rows.shape[:-1], 1), 0.5)], dim=-1)
             cols = torch.cat([cols, cols.new_ones(1, out_w)])
-        out = torch.mm(rows.reshape(-1, rows.shape[-1]), cols)
-    out = out.reshape(batch, classes, out_h, out_w)
-    if out_dtype is None or out_dtype == torch.float32:
-        return out.contiguous()
-    return out.to(out_dtype).contiguous()  # uint8: truncation of 255 * v + 0.5 >= 0
+        out = _gemm_and_cast(rows.reshape(-1, rows.shape[-1]), cols, out_dtype)
+    return _cast(out, out_dtype).reshape(batch, classes, out_h, out_w).contiguous()
+
+
+def _cast(maps: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
+    """fp32 -> out_dtype; for uint8 ``maps`` hold 255 * v + 0.5 in [0.5, 256), so truncation is
+    the floor. Through int16: the direct fp32 -> uint8 cast is not vectorized (3x slower)."""
+    if out_dtype is None or maps.dtype == out_dtype:
+        return maps
+    if out_dtype == torch.uint8:
+        return maps.to(torch.int16).to(torch.uint8)
+    return maps.to(out_dtype)
+
+
+def _gemm_and_cast(
+    rows: torch.Tensor, cols: torch.Tensor, out_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """``rows @ cols`` [N, W] in ``out_dtype``. A narrow output is made in blocks of rows whose
+    fp32 product stays in cache, so only the narrow result travels to memory."""
+    block = max(1, _CAST_BLOCK_BYTES // (4 * cols.shape[1]))
+    narrow = out_dtype not in (None, torch.float32)
+    if not narrow or rows.shape[0] <= block or torch.compiler.is_compiling():
+        return torch.mm(rows, cols)
+    out = rows.new_empty((rows.shape[0], cols.shape[1]), dtype=out_dtype)
+    for start in range(0, rows.shape[0], block):
+        out[start : start + block] = _cast(torch.mm(rows[start : start + block], cols), out_dtype)
+    return out
 
 
 def cam_cpu(

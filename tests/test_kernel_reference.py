@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from camplug.kernels import cam
+from camplug.kernels import cam, cpu_cam
 from camplug.kernels.checks import normalize_size
 from camplug.kernels.cpu_cam import cam_cpu, interpolation_matrix
 from camplug.kernels.reference import cam_reference
@@ -428,3 +428,13 @@ def test_torch_export_matches_eager():
     for got, want in zip(exported.module()(*inputs), _three_outputs(*inputs), strict=True):
         assert got.dtype == want.dtype
         assert_close(got, want, torch.uint8 if got.dtype == torch.uint8 else torch.float32)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.uint8, torch.float16, torch.bfloat16], ids=str)
+def test_narrow_outputs_made_in_blocks_match_oracle(out_dtype):
+    """2 x 3 maps of 224 rows: the fast path casts its GEMM result in blocks of rows, the last
+    one partial."""
+    rows_per_block = cpu_cam._CAST_BLOCK_BYTES // (4 * 224)
+    assert rows_per_block < 2 * 3 * 224 and (2 * 3 * 224) % rows_per_block != 0
+    features, weights = make_inputs(2, 16, 7, 7, 3, channels_last=True, seed=21)
+    check_impl("cpu_fast", features, weights, 224, relu=True, normalize=True, out_dtype=out_dtype)
