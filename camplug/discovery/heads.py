@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ _FEATURE_PATH_OPS = frozenset({
 })
 
 _probing = threading.local()
+
+
+class DegenerateMapWarning(UserWarning):
+    """The exact CAM exists but is useless: the feature map feeding the pooling is 1x1 (the
+    message names the nearest earlier layer with spatial extent)."""
 
 
 def probing() -> bool:
@@ -135,6 +141,7 @@ class HeadInfo:
     capture: CapturePoint = field(repr=False)
     steps: tuple[HeadStep, ...] = field(repr=False)
     probe_input_size: tuple[int, int] | None = field(default=None, repr=False)
+    spatial_warning: str | None = None  # why the maps are useless (a 1x1 map), else None
 
     @property
     def num_features(self) -> int:
@@ -154,6 +161,8 @@ class HeadInfo:
             "head      : " + ("\n            ".join(self.folded) if self.folded else "identity"),
             f"capture   : {self.capture.describe()}",
         ]
+        if self.spatial_warning:
+            lines.append(f"warning   : {self.spatial_warning}")
         return "\n".join(lines)
 
 
@@ -314,7 +323,10 @@ def find_head(
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     kwargs = dict(example_kwargs or {})
     recorder, logits = record_forward(model, args, kwargs, output)
-    return analyze(recorder, logits, name, input_size_of(args, kwargs))
+    info = analyze(recorder, logits, name, input_size_of(args, kwargs))
+    if info.spatial_warning is not None:
+        warnings.warn(DegenerateMapWarning(info.spatial_warning), stacklevel=2)
+    return info
 
 
 def _walk_head(logits: Value) -> tuple[Op, Value, list[HeadStep]]:
@@ -578,7 +590,41 @@ def analyze(
         capture=point,
         steps=all_steps,
         probe_input_size=input_size,
+        spatial_warning=_spatial_warning(captured, feature_shape, input_size),
     )
+
+
+def nearest_spatial_map(value: Value) -> Value | None:
+    """The latest 4-D value with more than one position that ``value`` was computed from
+    (following the input computed first at each join), or None."""
+    while value.producer is not None:
+        inputs = value.producer.tainted_inputs
+        if not inputs:
+            return None
+        value = min(inputs, key=lambda v: v.producer.index if v.producer else -1)
+        if len(value.shape) == 4 and value.shape[2] * value.shape[3] > 1:
+            return value
+    return None
+
+
+def _spatial_warning(captured: Value, feature_shape: tuple[int, ...],
+                     input_size: tuple[int, int] | None) -> str | None:
+    """The text of the DegenerateMapWarning for a 1x1 feature map, else None."""
+    if feature_shape[1] * feature_shape[2] != 1:
+        return None
+    at = f" for a {input_size[0]}x{input_size[1]} input" if input_size else ""
+    text = (f"the feature map feeding the global pooling is 1x1{at}: every class activation "
+            "map is constant (space was collapsed before the pooling).")
+    earlier = nearest_spatial_map(captured)
+    if earlier is None:
+        return text + " No earlier layer with spatial extent was found."
+    call = _outermost_output(earlier)
+    layer = f"`{call.name}`" if call is not None and call.name else None
+    where = f"the output of {call.label}" if layer else _describe_source(earlier)
+    hint = f" (layer={layer.strip('`')!r})" if layer else ""
+    return (f"{text} The nearest earlier layer with spatial extent is {where}, "
+            f"[B, {', '.join(str(s) for s in earlier.shape[1:])}]: use a gradient method on "
+            f"it{hint}.")
 
 
 def token_grid(info: HeadInfo, tokens: int, input_size: tuple[int, int] | None) -> tuple[int, int]:

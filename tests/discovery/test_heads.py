@@ -12,6 +12,7 @@ from models import (
     UNSUPPORTED,
     AttentionTokenNet,
     Case,
+    CollapsingHeadNet,
     ViTLike,
     build,
     images,
@@ -22,7 +23,7 @@ from torch import nn
 
 import camplug
 from camplug.discovery.fold import fold_head
-from camplug.discovery.heads import find_head
+from camplug.discovery.heads import DegenerateMapWarning, find_head
 from camplug.errors import UnsupportedHeadError
 
 CASES = {case.name: case for case in SUPPORTED}
@@ -484,3 +485,23 @@ def test_pooling_part_of_the_patch_tokens_is_refused():
 
     with pytest.raises(UnsupportedHeadError, match="are 8 of the 16 patch tokens"):
         find_head(build(Case("half", HalfPool)), images(1))
+
+
+# ----------------------------------------------------------------------------- degenerate maps
+def test_a_one_by_one_feature_map_warns_naming_the_nearest_spatial_layer():
+    model = build(Case("collapsing", CollapsingHeadNet))
+    with pytest.warns(DegenerateMapWarning, match=r"1x1 for a 32x32 input") as caught:
+        info = find_head(model, images(1))
+    assert len(caught) == 1 and issubclass(DegenerateMapWarning, UserWarning)
+    assert info.feature_shape == (12, 1, 1)
+    assert "output of `features` (Sequential), [B, 8, 8, 8]" in info.spatial_warning
+    assert "layer='features'" in info.spatial_warning
+    assert f"warning   : {info.spatial_warning}" in info.describe()
+    with pytest.warns(DegenerateMapWarning):  # the capture's discovery warns too
+        _captured_identity(model, images(2))  # still exact, only constant
+
+
+def test_spatial_maps_do_not_warn(recwarn):
+    for case in SUPPORTED:
+        assert find_head(build(case), images(1, case.size)).spatial_warning is None, case.name
+    assert not [w for w in recwarn if issubclass(w.category, DegenerateMapWarning)]
