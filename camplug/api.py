@@ -8,8 +8,9 @@ from typing import Any, NamedTuple, TextIO
 import torch
 from torch import nn
 
-from .capture import CamCapture, SizeSpec
+from .capture import CamCapture
 from .discovery.heads import HeadInfo, LayerSpec, OutputSelector, find_head
+from .options import SizeSpec
 
 DECORATION_ATTRIBUTE = "cam"
 
@@ -20,6 +21,7 @@ class CamResult(NamedTuple):
     logits: torch.Tensor  # [B, N] the selected model output
     maps: torch.Tensor  # [B, C, H, W]
     targets: torch.Tensor  # int64 [B, C] the classes of the maps
+    method: str  # the method that made the maps (what "auto" chose)
 
 
 def attach(
@@ -58,26 +60,39 @@ def explain(
     x: torch.Tensor,
     target: Any = None,
     *,
+    method: str = "cam",
     topk: int | None = None,
     layer: LayerSpec = None,
     output: OutputSelector = None,
     backend: str = "auto",
     size: SizeSpec = "input",
-    relu: bool = False,
+    relu: bool | None = None,
     normalize: bool = True,
     out_dtype: torch.dtype | None = None,
 ) -> CamResult:
-    """One call: run ``model(x)`` without gradients under a temporary capture and return the
-    logits, the maps [B, C, H, W] of ``target`` (see ``CamCapture.maps``) and the classes.
+    """One call: run ``model(x)`` under a temporary capture and return the logits, the maps
+    [B, C, H, W] of ``target`` made by ``method`` (see ``CamCapture.maps``), the classes and
+    the method that ran.
 
-    The model runs in its current mode: call ``model.eval()`` first for inference behaviour.
+    The forward records autograd only when the method needs a real backward (a gradient method
+    on a model without an exact CAM head; then also under ``torch.inference_mode``, and for
+    frozen models: the gradient is taken with respect to the captured activation). Otherwise it
+    runs without gradients. The model runs in its current mode: call ``model.eval()`` first
+    for inference behaviour.
     """
-    with attach(model, layer, backend=backend, output=output) as capture, torch.no_grad():
-        model(x)
+    with attach(model, layer, backend=backend, output=output) as capture:
+        capture.discover(x)
+        chosen = capture.resolve_method(method)
+        if chosen.uses_gradients and not capture.exact_head:
+            with torch.inference_mode(False), torch.enable_grad(), capture.tracking_gradients():
+                model(x.clone() if x.is_inference() else x)
+        else:
+            with torch.no_grad():
+                model(x)
         targets = capture.resolve_targets(target, topk)
-        maps = capture.maps(targets, size=size, relu=relu, normalize=normalize,
-                            out_dtype=out_dtype)
-        return CamResult(capture.logits, maps, targets)
+        maps = capture.maps(targets, method=chosen.name, size=size, relu=relu,
+                            normalize=normalize, out_dtype=out_dtype)
+        return CamResult(capture.logits, maps, targets, chosen.name)
 
 
 def decorate(

@@ -12,16 +12,18 @@ as without the capture.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Callable
-from contextlib import ExitStack, suppress
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from . import methods
 from .discovery.cache import HEAD_CACHE
 from .discovery.fold import fold_head
 from .discovery.heads import (
@@ -42,10 +44,12 @@ from .discovery.heads import (
 from .discovery.recorder import first_tensor, func_name, tensors_in
 from .errors import UnsupportedHeadError
 from .kernels import cam
+from .methods.gradients import batched_gradients, head_jacobian
+from .options import SizeSpec, check_backend, resolve_size
 from .targets import check_targets, resolve_targets
 
-SizeSpec = Any  # "input", "features", an int or a pair (H, W)
-
+if TYPE_CHECKING:
+    from .discovery import layers
 
 class _Interceptor(TorchFunctionMode):
     """Takes the first tensor argument of the ``index``-th call of the torch function ``name``
@@ -80,11 +84,45 @@ def _single_sample(args: tuple, kwargs: dict) -> bool:
     return len(found) == 1 and found[0].dim() > 0 and found[0].shape[0] >= 1
 
 
+class _Forward:
+    """What one completed forward left, in the thread that ran it."""
+
+    __slots__ = ("captured", "head_stamp", "input_size", "inputs", "live_captured",
+                 "live_logits", "logits", "states")
+
+    def __init__(self) -> None:
+        self.logits: torch.Tensor | None = None  # [B, N] detached copy
+        self.captured: torch.Tensor | None = None  # the raw captured tensor, detached copy
+        self.live_logits: torch.Tensor | None = None  # in the autograd graph (layer mode only)
+        self.live_captured: torch.Tensor | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.inputs: tuple[tuple, dict] | None = None  # references to the forward's arguments
+        self.states: tuple[object, ...] = ()
+        self.head_stamp: tuple[tuple[torch.Tensor, int], ...] = ()
+
+
+class _ThreadState:
+    """Per-thread capture state: a model called from several threads keeps one last forward
+    per thread, and hooks of one thread's forward never see another's tensors."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None
+        self.pending_live: torch.Tensor | None = None
+        self.calls: Counter[str] = Counter()
+        self.window: _Interceptor | None = None
+        self.replaying = False
+        self.tracking = False
+        self.current = _Forward()
+        self.last: _Forward | None = None
+        self.error: Exception | None = None
+
+
 class CamCapture:
     """Class activation maps of the last forward of ``model`` (see ``camplug.attach``).
 
     Use as a context manager (hooks removed on exit, also on exceptions) or call ``close()``.
-    The tensors of the last completed forward stay readable after closing.
+    The tensors of the last completed forward stay readable after closing. Each thread sees
+    the last forward it ran itself.
     """
 
     def __init__(
@@ -97,8 +135,7 @@ class CamCapture:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+        check_backend(backend)
         check_output_selector(output)
         reason = compiled_module_reason(model)
         if reason is not None:
@@ -114,22 +151,29 @@ class CamCapture:
         self.output = output
         self._layer = layer_name(model, layer)
         self._names = dict(model.named_modules())
+        self._lock = threading.Lock()
         self._head: HeadInfo | None = None
-        self._head_error: Exception | None = None
+        self._feature_layer: layers.FeatureLayer | None = None
+        self._head_error: Exception | None = None  # why there is no exact CAM (or no map)
+        self._structure: tuple[int, ...] = ()
+        self._point_handles: list[RemovableHandle] = []
         self._handles: list[RemovableHandle] = []
         self._closed = False
-        self._forward_error: Exception | None = None
-        self._logits: torch.Tensor | None = None
-        self._captured: torch.Tensor | None = None
-        self._input_size: tuple[int, int] | None = None
-        self._states: tuple[object, ...] = ()
-        self._pending: torch.Tensor | None = None
-        self._calls: Counter[str] = Counter()
-        self._window: _Interceptor | None = None
+        self._threads: dict[int, _ThreadState] = {}
         self._handles.append(
             model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         )
         self._handles.append(model.register_forward_hook(self._after_forward, always_call=True))
+
+    @property
+    def _thread(self) -> _ThreadState:
+        """This thread's state (kept in a plain dict keyed by thread id, which torch.compile
+        traces through, unlike ``threading.local``)."""
+        key = threading.get_ident()
+        state = self._threads.get(key)
+        if state is None:
+            state = self._threads[key] = _ThreadState()
+        return state
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> CamCapture:
@@ -141,10 +185,11 @@ class CamCapture:
     def close(self) -> None:
         """Remove every hook (idempotent). The last forward's results stay readable."""
         self._close_window()
-        for handle in self._handles:
+        for handle in (*self._handles, *self._point_handles):
             handle.remove()
         self._handles.clear()
-        self._pending = None
+        self._point_handles.clear()
+        self._thread.pending = self._thread.pending_live = None
         self._closed = True
 
     @property
@@ -154,36 +199,94 @@ class CamCapture:
     @property
     def head(self) -> HeadInfo:
         """What head discovery found (available after the first forward)."""
-        if self._head_error is not None:
+        if self._head_error is not None and self._feature_layer is None:
             raise self._head_error
         if self._head is None:
+            if self._feature_layer is not None:
+                raise self._head_error
             raise RuntimeError("the head is discovered on the first forward: call model(x) first")
         return self._head
 
+    @property
+    def feature_layer(self) -> layers.FeatureLayer | None:
+        """The layer whose output the gradient methods use when the model has no exact CAM
+        head (None on exact heads, or before the first forward)."""
+        return self._feature_layer
+
+    @property
+    def exact_head(self) -> bool:
+        """Whether the model's head allows exact CAM (GAP + foldable affine head); known after
+        the first forward or :meth:`discover`."""
+        if self._head is None and self._feature_layer is None:
+            if self._head_error is not None:
+                raise self._head_error
+            raise RuntimeError("the head is discovered on the first forward: call model(x) first")
+        return self._head is not None
+
+    def discover(self, *args: Any, **kwargs: Any) -> None:
+        """Discover the head (or, without an exact CAM, the feature layer) for a call
+        ``model(*args, **kwargs)`` now, by its probe forward, instead of on the first forward;
+        nothing is captured. Raises the discovery error, if any."""
+        with self._lock:
+            if self._head is None and self._feature_layer is None and not isinstance(
+                self._head_error, ValueError
+            ):
+                self._discover(args, kwargs)
+        self.exact_head  # noqa: B018  (raises when nothing usable was found)
+
+    @contextmanager
+    def tracking_gradients(self) -> Iterator[None]:
+        """Within this block, a feature layer output that does not require grad (a frozen
+        model) is replaced by a leaf that does, so gradients can be taken with respect to it
+        (used by ``camplug.explain`` for its own forward)."""
+        self._thread.tracking = True
+        try:
+            yield
+        finally:
+            self._thread.tracking = False
+
     # ------------------------------------------------------------------ hooks
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if probing():
+        state = self._thread
+        if probing() or state.replaying:
             return
         self._close_window()
-        self._logits = self._captured = self._pending = None
-        self._forward_error = None
-        self._input_size = input_size_of(args, kwargs)
-        self._calls.clear()
-        if self._head is None and not isinstance(self._head_error, ValueError):
-            # A head error (ValueError) is final; any other failure (e.g. a forward on a bad
-            # input) is retried on the next forward.
-            self._discover(args, kwargs)
+        state.pending = state.pending_live = None
+        state.error = None
+        state.current = _Forward()
+        state.current.input_size = input_size_of(args, kwargs)
+        state.current.inputs = (args, kwargs)
+        state.last = None  # a forward that fails leaves no results
+        state.calls.clear()
+        with self._lock:
+            if self._structure and self._structure != _structure_of(self.model):
+                self._forget_discovery()  # modules or parameters were replaced: discover again
+            if self._head is None and self._feature_layer is None and not isinstance(
+                self._head_error, ValueError
+            ):
+                # A head error (ValueError) is final; any other failure (e.g. a forward on a
+                # bad input) is retried on the next forward.
+                self._discover(args, kwargs)
         point = self._head.capture if self._head is not None else None
         if point is not None and point.kind == "function" and not point.module and (
             point.anchor is None
         ):
             self._open_window(point)  # the pooling runs in the model's own forward
 
+    def _forget_discovery(self) -> None:
+        for handle in self._point_handles:
+            handle.remove()
+        self._point_handles.clear()
+        self._names = dict(self.model.named_modules())
+        self._head = self._feature_layer = self._head_error = None
+
     def _discover(self, args: tuple, kwargs: dict) -> None:
         """The head cached for this unchanged model and call signature (see
-        ``camplug.discovery.cache``), else a probe on the first sample; if that fails for another
-        reason than the head itself (a model that needs the whole batch), on the whole batch.
-        Only a head found by the first attempt is cached."""
+        ``camplug.discovery.cache``), else a probe on the first sample; if that fails for
+        another reason than the head itself (a model that needs the whole batch), on the whole
+        batch. Only a head found by the first attempt is cached. A model without an exact CAM
+        head gets the feature layer for the gradient methods instead."""
+        self._structure = _structure_of(self.model)
         first = _first_sample(args, kwargs)
         key = HEAD_CACHE.key(self.model, args, kwargs, layer=self._layer, output=self.output,
                              single_sample=_single_sample(args, kwargs))
@@ -199,6 +302,7 @@ class CamCapture:
                                  example_kwargs=probe_kwargs)
             except UnsupportedHeadError as error:
                 self._head_error = error
+                self._discover_feature_layer(probe_args, probe_kwargs)
                 return
             except Exception as error:  # kept and raised by the accessors
                 self._head_error = error
@@ -210,44 +314,60 @@ class CamCapture:
                 HEAD_CACHE.put(self.model, key, head)
             return
 
+    def _discover_feature_layer(self, args: tuple, kwargs: dict) -> None:
+        """No exact CAM: find the layer for the gradient methods (kept refusal otherwise)."""
+        try:
+            from .discovery import layers
+
+            found = layers.find_feature_layer(self.model, args, layer=self._layer,
+                                              output=self.output, example_kwargs=kwargs)
+        except (ImportError, ValueError, RuntimeError):
+            return  # the head's refusal stays the error raised by the accessors
+        self._feature_layer = found
+        self._point_handles.append(self._names[found.module].register_forward_hook(
+            self._counted(f"{found.module}:post", found.call, self._store_layer_output)))
+
     def _install(self, point: CapturePoint) -> None:
         module = self._names[point.module]
+        add = self._point_handles.append
         if point.kind == "module_input":
             hook = self._counted(f"{point.module}:pre", point.call, self._store_input)
-            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            add(module.register_forward_pre_hook(hook, with_kwargs=True))
         elif point.kind == "module_output":
-            self._handles.append(module.register_forward_hook(
+            add(module.register_forward_hook(
                 self._counted(f"{point.module}:post", point.call, self._store_output)))
         elif point.module:  # function window inside a submodule
             if point.anchor is None:
-                self._handles.append(module.register_forward_pre_hook(
+                add(module.register_forward_pre_hook(
                     self._counted(f"{point.module}:pre", point.call,
-                              lambda *_: self._open_window(point))))
+                                  lambda *_: self._open_window(point))))
             else:
-                self._handles.append(self._names[point.anchor].register_forward_hook(
+                add(self._names[point.anchor].register_forward_hook(
                     self._counted(f"{point.anchor}:post", point.anchor_call,
                                   lambda *_: self._open_window(point))))
-            self._handles.append(module.register_forward_hook(
-                lambda *_: self._close_window(), always_call=True))
+            add(module.register_forward_hook(lambda *_: self._close_window(), always_call=True))
         elif point.anchor is not None:  # window inside the model's own forward
-            self._handles.append(self._names[point.anchor].register_forward_hook(
+            add(self._names[point.anchor].register_forward_hook(
                 self._counted(f"{point.anchor}:post", point.anchor_call,
                               lambda *_: self._open_window(point))))
 
     def _counted(self, key: str, wanted: int, action: Callable[..., None]) -> Callable[..., None]:
         def hook(*hook_args: Any) -> None:
-            if probing():
+            state = self._thread
+            if probing() or state.replaying:
                 return
-            seen = self._calls[key]
-            self._calls[key] = seen + 1
-            if seen == wanted:
-                action(*hook_args)
+            seen = state.calls[key]
+            state.calls[key] = seen + 1
+            return action(*hook_args) if seen == wanted else None
 
         return hook
 
     def _store(self, tensor: object) -> None:
         if isinstance(tensor, torch.Tensor):
-            self._pending = tensor.detach().clone()
+            state = self._thread
+            state.pending = tensor.detach().clone()
+            keep_graph = self._feature_layer is not None and tensor.requires_grad
+            state.pending_live = tensor if keep_graph else None
 
     def _store_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._store(first_tensor(args, kwargs))
@@ -255,103 +375,229 @@ class CamCapture:
     def _store_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._store(output)
 
+    def _store_layer_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """The feature layer's output; under :meth:`tracking_gradients` a frozen model's
+        output becomes a leaf requiring grad (the model goes on with a copy of it)."""
+        if (self._thread.tracking and isinstance(output, torch.Tensor)
+                and torch.is_grad_enabled() and not output.requires_grad):
+            leaf = output.detach().requires_grad_(True)
+            self._store(leaf)
+            return leaf.clone()
+        self._store(output)
+        return None
+
     def _open_window(self, point: CapturePoint) -> None:
-        if self._window is None:
-            self._window = _Interceptor(point.func_name, point.op_index, self._store)
-            self._window.__enter__()
+        if self._thread.window is None:
+            window = _Interceptor(point.func_name, point.op_index, self._store)
+            self._thread.window = window
+            window.__enter__()
 
     def _close_window(self) -> None:
-        if self._window is not None:
-            window, self._window = self._window, None
+        window, self._thread.window = self._thread.window, None
+        if window is not None:
             window.__exit__(None, None, None)
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if probing():
+        state = self._thread
+        if probing() or state.replaying:
             return
         self._close_window()
-        pending, self._pending = self._pending, None
-        if self._head is None or output is None:
+        pending, state.pending = state.pending, None
+        pending_live, state.pending_live = state.pending_live, None
+        if (self._head is None and self._feature_layer is None) or output is None:
             return
         try:
             logits = select_output(output, self.output)
         except ValueError as error:
-            self._forward_error = error
+            state.error = error
             return
+        where = (self._head.capture.describe() if self._head is not None
+                 else f"forward hook on `{self._feature_layer.module}`")
         if pending is None:
-            self._forward_error = RuntimeError(
-                "the features were not captured during the last forward (the hook "
-                f"'{self._head.capture.describe()}' did not run): was the model changed, "
-                "compiled with torch.compile after attaching, or run on a different path?"
+            state.error = RuntimeError(
+                f"the features were not captured during the last forward (the hook '{where}' "
+                "did not run): was the model changed, compiled with torch.compile after "
+                "attaching, or run on a different path?"
             )
             return
         if pending.shape[0] != logits.shape[0]:
-            self._forward_error = RuntimeError(
+            state.error = RuntimeError(
                 f"the captured features have batch size {pending.shape[0]} but the logits "
                 f"{logits.shape[0]}: the hooked module did not see the whole batch"
             )
             return
-        self._logits = logits.detach().clone()
-        self._captured = pending
-        self._states = tuple(step.state() for step in self._head.steps)
+        forward = state.current
+        forward.logits = logits.detach().clone()
+        forward.captured = pending
+        if pending_live is not None and logits.requires_grad:
+            forward.live_captured, forward.live_logits = pending_live, logits
+        if self._head is not None:
+            forward.states = tuple(step.state() for step in self._head.steps)
+            forward.head_stamp = _head_stamp(self._head)
+        state.last = forward
 
     # ------------------------------------------------------------------ results
-    def _ready(self) -> HeadInfo:
-        """The head, once a forward has completed without problems; raises otherwise."""
-        if self._head_error is not None:
+    def _ready(self) -> _Forward:
+        """The last completed forward of this thread; raises if there is none or it failed."""
+        state = self._thread
+        if self._head is None and self._feature_layer is None and self._head_error is not None:
             raise self._head_error
-        if self._forward_error is not None:
-            raise self._forward_error
-        if self._head is None or self._logits is None:
+        if state.error is not None:
+            raise state.error
+        if state.last is None:
             raise RuntimeError(
                 "no forward has been captured yet: call model(x) while the capture is attached, "
                 "then read logits, features or maps"
+            )
+        return state.last
+
+    def _exact_head(self) -> HeadInfo:
+        """The exact head, checked to be the one (with the weights) the last forward used."""
+        forward = self._ready()
+        if self._head is None:
+            raise UnsupportedHeadError(
+                f"{self._head_error} (method='cam' needs an exact head: use method='gradcam', "
+                "or method='auto' to pick CAM where possible)"
+            )
+        changed = [t for t, version in forward.head_stamp if t._version != version]
+        if changed:
+            raise RuntimeError(
+                f"{len(changed)} head tensor(s) of shape(s) "
+                f"{sorted({tuple(t.shape) for t in changed})} changed in place since the "
+                "forward that produced these features (e.g. optimizer.step() or a weight "
+                "update): compute the maps before updating the weights, or run the forward again"
             )
         return self._head
 
     @property
     def logits(self) -> torch.Tensor:
         """The last forward's selected logits [B, N] (a detached copy)."""
-        self._ready()
-        return self._logits
+        return self._ready().logits
 
     @property
     def features(self) -> torch.Tensor:
-        """The tensor that fed the global pooling in the last forward, [B, K, h, w] (tokens
-        arranged on the patch grid; a detached copy, dtype and memory format as in the model)."""
-        head = self._ready()
-        return to_feature_map(head, self._captured, self._input_size)
+        """The map the methods weight, [B, K, h, w]: the tensor that fed the global pooling in
+        the last forward (or, without an exact head, the output of ``feature_layer``); tokens
+        arranged on the patch grid; a detached copy, dtype and memory format as in the model."""
+        forward = self._ready()
+        if self._head is not None:
+            return to_feature_map(self._head, forward.captured, forward.input_size)
+        from .discovery import layers
+
+        return layers.to_grid(self._feature_layer, forward.captured, forward.input_size)
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) of the last forward's input (the last two dims of its first 3-D+ tensor)."""
-        self._ready()
-        if self._input_size is None:
+        forward = self._ready()
+        if forward.input_size is None:
             raise RuntimeError("the last forward had no image-like input tensor (3 or more dims)")
-        return self._input_size
+        return forward.input_size
+
+    @property
+    def input(self) -> torch.Tensor:
+        """The last forward's input tensor [B, ...] (for methods that run extra forwards)."""
+        forward = self._ready()
+        args, kwargs = forward.inputs
+        found = list(tensors_in((args, kwargs)))
+        if len(found) != 1:
+            raise ValueError(
+                f"this method re-runs the model on modified inputs, which needs a model called "
+                f"with exactly one tensor argument; the last forward had {len(found)}"
+            )
+        return found[0]
 
     def resolve_targets(self, target: Any = None, topk: int | None = None) -> torch.Tensor:
         """Class indices int64 [B, C] (see ``camplug.targets.resolve_targets``)."""
         return resolve_targets(self.logits, target, topk)
 
+    def resolve_method(self, method: str = "cam") -> methods.Method:
+        """The method ``maps(method=...)`` runs (``"auto"``: CAM on an exact head, else
+        Grad-CAM); known once the head is discovered."""
+        return methods.resolve(method, self.exact_head)
+
     def class_weights(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Effective weights fp32 [B, C, K] and biases fp32 [B, C] of classes ``targets`` [B, C]:
         ``logits[i, targets[i, c]] == (features[i].mean((1, 2)) * W[i, c]).sum() + b[i, c]``."""
-        head = self._ready()
-        targets = check_targets(targets, self._logits.shape[0], head.num_classes)
+        head = self._exact_head()
+        forward = self._ready()
+        targets = check_targets(targets, forward.logits.shape[0], head.num_classes)
         features = self.features
+        if features.shape[1] != head.num_features:
+            raise RuntimeError(
+                f"the captured features have {features.shape[1]} channels but the head folds "
+                f"{head.num_features}: the model changed since discovery; attach again"
+            )
         with torch.no_grad(), _no_autocast(features.device):
             needs_pool = any(step.needs_input for step in head.steps)
             pooled = pooled_vector(features) if needs_pool else None
-            return fold_head(head.steps, self._states, targets.to(features.device), pooled,
+            return fold_head(head.steps, forward.states, targets.to(features.device), pooled,
                              head.num_classes)
 
+    # ------------------------------------------------------------------ MapSource
+    def head_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """CAM weights fp32 [B, C, K] (see ``camplug.methods.MapSource``)."""
+        return self.class_weights(targets)[0]
+
+    def gradients(self, targets: torch.Tensor) -> torch.Tensor:
+        """d logit[b, targets[b, c]] / d A[b], fp32 [B, C, K, h, w] ([B, C, K, 1, 1] on exact
+        heads, where it is constant over space and needs no backward pass)."""
+        forward = self._ready()
+        targets = check_targets(targets, forward.logits.shape[0], forward.logits.shape[1])
+        features = self.features
+        if self._head is not None:
+            head = self._exact_head()
+            with _no_autocast(features.device):
+                jacobian = head_jacobian(head.steps, forward.states, pooled_vector(features),
+                                         targets.to(features.device), head.num_classes)
+            return (jacobian / (features.shape[-2] * features.shape[-1]))[..., None, None]
+        if forward.live_logits is None:
+            raise RuntimeError(
+                "gradient methods on a model without an exact CAM head need the autograd graph "
+                "of the forward, and the last forward recorded none (it ran under no_grad or "
+                "inference_mode, or nothing before the feature layer requires grad). Use "
+                "camplug.explain(model, x, method=...), which runs its own forward"
+            )
+        try:
+            grads = batched_gradients(forward.live_logits, forward.live_captured,
+                                      targets.to(forward.live_logits.device))
+        except RuntimeError as error:
+            if "backward through the graph a second time" not in str(error):
+                raise
+            raise RuntimeError(
+                "the autograd graph of the last forward was already freed (by a backward "
+                "call): compute gradient maps before loss.backward(), or use "
+                "camplug.explain(model, x, method=...)"
+            ) from error
+        from .discovery import layers
+
+        b, c = grads.shape[:2]
+        grid = layers.to_grid(self._feature_layer, grads.flatten(0, 1), forward.input_size)
+        return grid.unflatten(0, (b, c))
+
+    def class_scores(self, inputs: torch.Tensor, samples: torch.Tensor,
+                     targets: torch.Tensor) -> torch.Tensor:
+        """Logits fp32 [M, C] of each row of ``inputs`` [M, ...] (a variant of the last
+        forward's sample ``samples[m]``) for that sample's classes ``targets`` [B, C]; the
+        model runs without gradients and this capture ignores these forwards."""
+        state = self._thread
+        state.replaying = True
+        try:
+            with torch.no_grad():
+                logits = select_output(self.model(inputs), self.output)
+        finally:
+            state.replaying = False
+        return logits.float().gather(1, targets.to(logits.device)[samples.to(logits.device)])
+
+    # ------------------------------------------------------------------ maps
     def maps(
         self,
         target: Any = None,
         *,
+        method: str = "cam",
         topk: int | None = None,
         size: SizeSpec = "input",
-        relu: bool = False,
+        relu: bool | None = None,
         normalize: bool = True,
         out_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
@@ -359,27 +605,37 @@ class CamCapture:
 
         target: None (each sample's predicted class), an int, one class per sample (sequence
         or 1-D tensor of length B), or several per sample ([B, C] tensor or list of lists);
-        topk=k: the k best classes. size: "input" (the input's H, W), "features" (h, w), an
-        int or (H, W). relu, normalize, out_dtype: as ``camplug.kernels.cam``.
+        topk=k: the k best classes. method: a name from ``camplug.methods.available()`` or
+        "auto" (CAM on exact heads, else Grad-CAM). size: "input" (the input's H, W),
+        "features" (h, w), an int or (H, W). relu: None applies the method's paper convention
+        (CAM: none; the Grad-CAM family: ReLU). normalize, out_dtype: as
+        ``camplug.kernels.cam``.
         """
+        self._ready()
+        chosen = self.resolve_method(method)
         targets = self.resolve_targets(target, topk)
         features = self.features
-        out_size = self._out_size(size, features)
-        weights, _ = self.class_weights(targets)
+        out_size = resolve_size(size, self._ready().input_size)
+        with _no_autocast(features.device):
+            weights = chosen.weights(self, targets)
+        if weights.dim() == 5 and weights.shape[-2:] == (1, 1):
+            weights = weights[..., 0, 0]  # per-position weights constant over space
         with torch.no_grad(), _no_autocast(features.device):
-            return cam(features, weights, out_size, relu=relu, normalize=normalize,
+            return cam(features, weights.detach(), out_size,
+                       relu=chosen.relu if relu is None else relu, normalize=normalize,
                        out_dtype=out_dtype, backend=self.backend)
 
-    def _out_size(self, size: SizeSpec, features: torch.Tensor) -> Any:
-        if isinstance(size, str):
-            if size == "input":
-                return self.input_size
-            if size == "features":
-                return None
-            raise ValueError(f"size must be 'input', 'features', an int or (H, W); got {size!r}")
-        if isinstance(size, bool) or size is None:
-            raise ValueError(f"size must be 'input', 'features', an int or (H, W); got {size!r}")
-        return size
+
+def _structure_of(model: nn.Module) -> tuple[int, ...]:
+    """Identities of the model's modules, parameters and buffers: changes when one of them is
+    replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates."""
+    return (*map(id, model.modules()), *map(id, model.parameters()), *map(id, model.buffers()))
+
+
+def _head_stamp(head: HeadInfo) -> tuple[tuple[torch.Tensor, int], ...]:
+    """Each tensor the head's steps fold with, and its in-place version counter now."""
+    return tuple((value, value._version) for step in head.steps for value in vars(step).values()
+                 if isinstance(value, torch.Tensor))
 
 
 def _no_autocast(device: torch.device) -> Any:

@@ -8,11 +8,11 @@ class UnsupportedHeadError(ValueError):
     affine operations lies between the features and the logits (a nonlinearity, max pooling, ...).
 
     The message names the blocking operation and the module it runs in, and points to Grad-CAM
-    (``captum.attr.LayerGradCam``), which needs no particular head.
+    (``method="gradcam"``), which needs no particular head.
     """
 
 
 GRAD_CAM_HINT = (
-    "Grad-CAM needs no particular head: captum.attr.LayerGradCam(model, <last conv block>)"
-    ".attribute(x, target=c)"
+    "Grad-CAM needs no particular head: camplug.explain(model, x, method='gradcam') (or "
+    "method='auto', which picks CAM where the head allows it)"
 )

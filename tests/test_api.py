@@ -31,7 +31,8 @@ def test_explain_equals_an_attached_capture(resnet):
     x = images(3)
     result = camplug.explain(resnet, x, topk=2, size="features", normalize=False)
     assert isinstance(result, camplug.CamResult)
-    logits, maps, targets = result
+    logits, maps, targets, method = result
+    assert method == "cam"
     with camplug.attach(resnet) as capture:
         expected_logits = resnet(x)
         expected = capture.maps(topk=2, size="features", normalize=False)
@@ -264,7 +265,7 @@ def test_unsupported_model_error_at_maps_names_module_and_grad_cam():
     with camplug.attach(model) as capture:
         out = model(images(2))
         assert out.shape == (2, 7)
-        with pytest.raises(camplug.UnsupportedHeadError, match="LayerGradCam") as error:
+        with pytest.raises(camplug.UnsupportedHeadError, match="method=.gradcam.") as error:
             capture.maps()
     assert "`classifier.1` (ReLU)" in str(error.value)
     with pytest.raises(camplug.UnsupportedHeadError):
