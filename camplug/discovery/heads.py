@@ -253,34 +253,80 @@ def probe_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def synthesize_input(model: nn.Module) -> torch.Tensor:
-    """A random image batch [1, C, H, W] the model should accept (for a probe forward)."""
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is None:
-        raise ValueError("cannot guess an input for this model (no Conv2d): pass example_input")
-    size = 224
-    for holder in (model, getattr(model, "patch_embed", None)):
-        for attr in ("img_size", "image_size"):
+def _declared(holders: list[object], names: tuple[str, ...]) -> tuple[object, str] | None:
+    for holder in holders:
+        for attr in names:
             value = getattr(holder, attr, None)
-            if isinstance(value, int) or (isinstance(value, (tuple, list)) and len(value) == 2):
-                size = value
+            if isinstance(value, int) or (isinstance(value, (tuple, list)) and len(value) == 2
+                                          and all(isinstance(v, int) for v in value)):
+                owner = "model" if holder is holders[0] else "model.patch_embed"
+                return value, f"{owner}.{attr} = {value!r}"
+    return None
+
+
+def synthesize_input(model: nn.Module) -> tuple[torch.Tensor, str]:
+    """A random image batch [1, C, H, W] for a probe forward, and where C, H, W came from.
+
+    The model's declared input configuration comes first (timm's ``pretrained_cfg`` /
+    ``default_cfg`` ``input_size``, then ``in_chans`` / ``in_channels`` and ``img_size`` /
+    ``image_size`` on the model or its ``patch_embed``); otherwise C is the first Conv2d's input
+    channels and H = W = 224. Raises ValueError when nothing gives the channels.
+    """
+    holders = [model, getattr(model, "patch_embed", None)]
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(cfg, dict) and len(cfg.get("input_size", ())) == 3:
-        size = tuple(cfg["input_size"][1:])
-    h, w = (size, size) if isinstance(size, int) else size
-    weight = first_conv.weight
+    cfg_size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(cfg_size, (tuple, list)) and len(cfg_size) == 3:
+        channels, height, width = (int(v) for v in cfg_size)
+        source = f"the model's pretrained_cfg input_size {tuple(cfg_size)}"
+    else:
+        declared = _declared(holders, ("in_chans", "in_channels", "num_channels"))
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if declared is not None:
+            channels, channel_source = int(declared[0]), declared[1]  # type: ignore[arg-type]
+        elif first_conv is not None:
+            channels = first_conv.in_channels
+            channel_source = f"{channels} channels guessed from the first Conv2d"
+        else:
+            raise ValueError(
+                "cannot build a probe input for this model (no declared input configuration "
+                "such as pretrained_cfg['input_size'] or in_chans, and no Conv2d to guess the "
+                "channels from): pass example_input, e.g. torch.randn(1, 3, 224, 224)"
+            )
+        size = _declared(holders, ("img_size", "image_size"))
+        value = size[0] if size is not None else 224
+        height, width = (value, value) if isinstance(value, int) else value  # type: ignore[misc]
+        size_source = size[1] if size is not None else "224x224 guessed"
+        source = f"{channel_source}, {size_source}"
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, first_conv.in_channels, h, w, generator=generator)
-    return x.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+    x = torch.randn(1, channels, height, width, generator=generator)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    return x, source
 
 
 def record_forward(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: OutputSelector
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: OutputSelector,
+    synthesized: str | None = None,
 ) -> tuple[ForwardRecorder, Value]:
-    """Run a probe forward under the recorder; return it and the Value of the logits."""
+    """Run a probe forward under the recorder; return it and the Value of the logits.
+
+    synthesized: where a synthesized input came from; the model's own failure on it is then
+    raised as a ValueError asking for an example input."""
     with probe_mode(model), ForwardRecorder(model) as recorder:
         recorder.mark_inputs((args, kwargs))
-        result = model(*args, **kwargs)
+        try:
+            result = model(*args, **kwargs)
+        except Exception as error:
+            if synthesized is None:
+                raise
+            shape = list(args[0].shape)
+            raise ValueError(
+                f"the model failed on the probe input camplug built for it, a random {shape} "
+                f"image ({synthesized}): {type(error).__name__}: {error}. Pass example_input "
+                "(a tensor, or a tuple of the model's positional arguments) with the shape the "
+                "model expects"
+            ) from error
         logits = select_output(result, output)
         value = recorder.value_if_known(logits)
     if value is None or not value.tainted:
@@ -307,7 +353,8 @@ def find_head(
     """Discover the CAM head of ``model`` with one probe forward.
 
     example_input: a tensor or a tuple of positional arguments for ``model``; None builds a
-    random [1, C, H, W] image from the first Conv2d and the model's declared image size.
+    random [1, C, H, W] image from the model's declared input configuration (see
+    :func:`synthesize_input`); a model failing on it raises a ValueError asking for one.
     layer: use this module's output as the features (name or module) instead of searching.
     output: selects the logits from a tuple/dict output (index, key or callable).
     The model's parameters, buffers and train/eval flags are unchanged, and no hook is left.
@@ -318,11 +365,12 @@ def find_head(
     reason = compiled_module_reason(model)
     if reason is not None:
         raise ValueError(reason)
+    synthesized = None
     if example_input is None:
-        example_input = synthesize_input(model)
+        example_input, synthesized = synthesize_input(model)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     kwargs = dict(example_kwargs or {})
-    recorder, logits = record_forward(model, args, kwargs, output)
+    recorder, logits = record_forward(model, args, kwargs, output, synthesized)
     info = analyze(recorder, logits, name, input_size_of(args, kwargs))
     if info.spatial_warning is not None:
         warnings.warn(DegenerateMapWarning(info.spatial_warning), stacklevel=2)

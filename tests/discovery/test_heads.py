@@ -505,3 +505,43 @@ def test_spatial_maps_do_not_warn(recwarn):
     for case in SUPPORTED:
         assert find_head(build(case), images(1, case.size)).spatial_warning is None, case.name
     assert not [w for w in recwarn if issubclass(w.category, DegenerateMapWarning)]
+
+
+# ----------------------------------------------------------------------------- probe input
+class SpaceToDepthNet(nn.Module):
+    """A space-to-depth stem (TResNet-style): pixel_unshuffle(4) then a Conv2d on 48 channels,
+    so the first Conv2d's in_channels is not the image's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(48, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.stem(F.pixel_unshuffle(x, 4)).relu()).flatten(1))
+
+
+def test_undeclared_input_that_fails_asks_for_example_input():
+    with pytest.raises(ValueError, match="Pass example_input") as error:
+        find_head(SpaceToDepthNet().eval())
+    text = str(error.value)
+    assert "[1, 48, 224, 224]" in text and "guessed from the first Conv2d" in text
+    assert isinstance(error.value.__cause__, RuntimeError)
+    with pytest.raises(ValueError, match="pass example_input"):
+        find_head(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))  # nothing to guess from
+
+
+@pytest.mark.parametrize(
+    ("declare", "size"),
+    [(lambda m: setattr(m, "pretrained_cfg", {"input_size": (3, 64, 48)}), (64, 48)),
+     (lambda m: setattr(m, "default_cfg", {"input_size": (3, 32, 32)}), (32, 32)),
+     (lambda m: (setattr(m, "in_chans", 3), setattr(m, "img_size", (40, 56))), (40, 56))],
+)
+def test_declared_input_configuration_is_preferred(declare, size):
+    model = SpaceToDepthNet().eval()
+    declare(model)
+    info = find_head(model)
+    assert info.probe_input_size == size
+    assert info.feature_shape == (8, size[0] // 4, size[1] // 4)
+    assert camplug.describe(model, quiet=True).probe_input_size == size
