@@ -25,6 +25,7 @@ from captum.attr import LayerAttribution
 from captum.log import log_usage
 from torch import nn
 
+from .. import methods
 from ..api import attach
 from ..discovery.heads import layer_name
 from ..kernels import Backend, cam
@@ -152,6 +153,9 @@ class ClassActivationMap(LayerAttribution):
     weights. device_ids: accepted for Captum's signature; a multi-device DataParallel model is
     refused. output: selects the logits when the model returns a tuple or dict (as in
     ``camplug.attach``). backend: the ``camplug.kernels.cam`` backend ("auto": Triton on CUDA).
+    method: a ``camplug.methods`` name (default "cam"; "gradcam", "gradcam++", ... and "auto",
+    CAM where the head allows it, else Grad-CAM). CAM maps are divided by h*w, so that without
+    relu/interpolate/normalize they equal LayerGradCam's on the same layer, as Grad-CAM's do.
     """
 
     def __init__(
@@ -163,7 +167,9 @@ class ClassActivationMap(LayerAttribution):
         model: nn.Module | None = None,
         output: Any = None,
         backend: Backend = "auto",
+        method: str = "cam",
     ) -> None:
+        methods.get(method) if method != methods.AUTO else None  # unknown names fail here
         self.model = find_model(forward_func, model)
         if layer is not None:
             layer = dict(self.model.named_modules())[layer_name(self.model, layer)]
@@ -171,9 +177,11 @@ class ClassActivationMap(LayerAttribution):
         LayerAttribution.__init__(self, forward_func, layer, device_ids)  # type: ignore[arg-type]
         self.output = output
         self.backend = backend
+        self.method = method
 
     def has_convergence_delta(self) -> bool:
-        return True
+        """Completeness holds for CAM only (sum of the map = logit - bias)."""
+        return self.method == "cam"
 
     @classmethod
     def get_name(cls) -> str:
@@ -212,17 +220,19 @@ class ClassActivationMap(LayerAttribution):
         Without relu/interpolate/normalize the result equals LayerGradCam's on the same layer.
         The model's hooks are attached for this call only and always removed.
         """
+        if return_convergence_delta and not self.has_convergence_delta():
+            raise ValueError(f"return_convergence_delta=True needs method='cam' (completeness "
+                             f"holds for CAM only), got method={self.method!r}")
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = _as_input_tuple(inputs)
         size = _output_size(interpolate, inputs_tuple[0])
+        features, weights, bias, logits, classes = self._forward(
+            inputs_tuple, target, additional_forward_args, attribute_to_layer_input
+        )
         with torch.no_grad():
-            features, weights, bias, logits, classes = self._forward(
-                inputs_tuple, target, additional_forward_args, attribute_to_layer_input
-            )
-            hw = features.shape[-2] * features.shape[-1]
             maps = cam(
                 features,
-                weights / hw,
+                weights,
                 size,
                 relu=relu_attributions,
                 normalize=normalize,
@@ -248,6 +258,9 @@ class ClassActivationMap(LayerAttribution):
         interpolated, ReLU'd or normalized maps are not additive and give a nonzero residual.
         A tuple of attributions is summed over all its tensors.
         """
+        if not self.has_convergence_delta():
+            raise ValueError(f"the convergence delta is defined for method='cam' only (got "
+                             f"method={self.method!r})")
         parts = _as_input_tuple(attributions, "attributions")
         inputs_tuple = _as_input_tuple(inputs)
         with torch.no_grad():
@@ -279,18 +292,28 @@ class ClassActivationMap(LayerAttribution):
         additional_forward_args: Any,
         attribute_to_layer_input: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One hooked forward: features [N,K,h,w], W [N,1,K], bias [N], logits, classes [N]."""
+        """One hooked forward: features [N,K,h,w], the method's weights W [N,1,K] (or per
+        position [N,1,K,h,w]; CAM's divided by h*w), the CAM bias [N] (None for other
+        methods), logits, classes [N]."""
         extra = _as_forward_args(additional_forward_args)
         if attribute_to_layer_input and self.layer is None:
             raise ValueError("attribute_to_layer_input=True needs a layer (got layer=None)")
         hooked_layer = None if attribute_to_layer_input else self.layer
         watched = self.layer if attribute_to_layer_input else None
+        needs_graph = self.method != "cam" and (
+            self.method == methods.AUTO or methods.get(self.method).uses_gradients
+        )
         with (
             attach(self.model, hooked_layer, output=self.output, backend=self.backend) as capture,
             _first_inputs(self.model) as model_inputs,
             _first_inputs(watched) as layer_inputs,
         ):
-            self._call_forward_func(inputs, extra)
+            if needs_graph:  # a model without an exact head differentiates the forward
+                with torch.enable_grad(), capture.tracking_gradients():
+                    self._call_forward_func(inputs, extra)
+            else:
+                with torch.no_grad():
+                    self._call_forward_func(inputs, extra)
             if not model_inputs:
                 raise RuntimeError(
                     f"forward_func {_short_name(self.forward_func)} did not call the model through "
@@ -302,8 +325,15 @@ class ClassActivationMap(LayerAttribution):
                 _check_is_pooling_input(layer_inputs[-1:], features, self.layer)
             logits = capture.logits
             classes = to_class_indices(target, logits)
-            weights, bias = capture.class_weights(classes[:, None])
-        return features, weights, bias[:, 0], logits, classes
+            chosen = capture.resolve_method(self.method)
+            if chosen.name == "cam":
+                weights, bias = capture.class_weights(classes[:, None])
+                return (features, weights / (features.shape[-2] * features.shape[-1]),
+                        bias[:, 0], logits, classes)
+            weights = chosen.weights(capture, classes[:, None]).detach()
+            if weights.dim() == 5 and weights.shape[-2:] == (1, 1):
+                weights = weights[..., 0, 0]
+        return features, weights, None, logits, classes
 
 
 @contextmanager

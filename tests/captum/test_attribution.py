@@ -512,3 +512,28 @@ def test_importing_camplug_does_not_import_captum():
 
     code = "import sys, camplug; camplug.compare; assert 'captum' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ------------------------------------------------------------------ method=
+@pytest.mark.parametrize("name", ["resnet", "layernorm_head", "rmsnorm_head", "convnext"])
+def test_gradcam_method_equals_layer_grad_cam_also_on_per_sample_heads(name):
+    """method="gradcam" is the true gradient (closed form, no backward): it equals
+    LayerGradCam even where the head normalizes per sample and CAM does not."""
+    model, layer = model_and_layer(name)
+    x = images(2, 32, seed=4)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    expected = LayerGradCam(model, layer).attribute(x, target=target).detach()
+    got = ClassActivationMap(model, method="gradcam").attribute(x, target=target)
+    torch.testing.assert_close(got, expected, **EXACT)
+    assert no_hooks_left(model)
+
+
+def test_unknown_method_and_delta_of_other_methods_are_refused():
+    model, _ = model_and_layer("resnet")
+    with pytest.raises(ValueError, match="unknown method 'gradcan'.*available: auto, cam"):
+        ClassActivationMap(model, method="gradcan")
+    explainer = ClassActivationMap(model, method="gradcam")
+    assert not explainer.has_convergence_delta()
+    with pytest.raises(ValueError, match="needs method='cam'"):
+        explainer.attribute(images(2, 32), target=0, return_convergence_delta=True)
