@@ -351,9 +351,6 @@ def _print_summary(summary, *, main: bool = True) -> None:
         return
     print(summary.to_markdown())
     print()
-    speed = getattr(summary, "images_per_second", None)
-    if speed is not None:
-        print(f"speed:   {speed:.1f} images/s")
     print(f"results: {summary.db_path}")
     if summary.report_path is not None:
         print(f"report:  {summary.report_path}")
