@@ -34,10 +34,15 @@ class MapSource(Protocol):
         """d logit[b, targets[b, c]] / d A[b] as fp32 [B, C, K, h, w]. On an exact head it is
         constant over space and returned as [B, C, K, 1, 1] without a backward pass."""
 
-    def class_scores(self, inputs: torch.Tensor, targets: torch.Tensor,
-                     batch_size: int) -> torch.Tensor:
-        """Re-run the model on ``inputs`` [N, B, ...] (N variants of each of the last forward's
-        B inputs) without gradients; fp32 logits of ``targets`` [N, B, C]."""
+    @property
+    def input(self) -> torch.Tensor:
+        """The last forward's input tensor [B, ...] (for methods that run extra forwards)."""
+
+    def class_scores(self, inputs: torch.Tensor, samples: torch.Tensor,
+                     targets: torch.Tensor) -> torch.Tensor:
+        """Re-run the model on ``inputs`` [M, ...] (row m a variant of the last forward's
+        sample ``samples[m]``, int64 [M]) without gradients; fp32 logits [M, C] of that
+        sample's classes ``targets[samples[m]]`` (``targets`` int64 [B, C])."""
 
 
 class Method:
