@@ -621,6 +621,17 @@ class CachedBiasAttention(nn.Module):
         return self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, width))
 
 
+class Residual(nn.Module):
+    """LeViT's residual wrapper: ``x + m(x)``."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.m(x)
+
+
 class NormLinear(nn.Module):
     """LeViT's classifier: BatchNorm1d -> Dropout -> Linear."""
 
@@ -649,15 +660,14 @@ class LeViTLike(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, dim, 3, stride=2, padding=1), nn.Hardswish(),
                                   nn.Conv2d(dim, dim, 3, stride=4, padding=1))
-        self.attn = CachedBiasAttention(dim, resolution=4)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Hardswish(), nn.Linear(2 * dim, dim))
+        mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Hardswish(), nn.Linear(2 * dim, dim))
+        self.blocks = nn.Sequential(Residual(CachedBiasAttention(dim, resolution=4)),
+                                    Residual(mlp))
         self.head = NormLinear(dim, num_classes)
         self.head_dist = NormLinear(dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x).flatten(2).transpose(1, 2)
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+        return self.blocks(self.stem(x).flatten(2).transpose(1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = self.forward_features(x).mean(1)
@@ -795,7 +805,7 @@ SUPPORTED = [
     Case("token_mean", TokenMeanNet, feature_module=None),
     Case("shared_pool", SharedPoolNet, feature_module="stage2"),
     Case("mutating", MutatingNet, feature_module="features"),
-    Case("levit", LeViTLike),
+    Case("levit", LeViTLike, feature_layer=("blocks", 0, "tokens", 0)),
     Case("functional_rms", FunctionalRMSHeadNet, feature_module="features"),
     Case("attention_tokens", AttentionTokenNet),
 ]

@@ -39,7 +39,7 @@ from .ops import (
     refuse,
     sample_scale_step,
 )
-from .recorder import ForwardRecorder, ModuleCall, Op, Value, first_tensor
+from .recorder import ForwardRecorder, ModuleCall, Op, Value, ancestors, first_tensor
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
 LayerSpec = str | nn.Module | None
@@ -342,6 +342,27 @@ def input_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, i
     return (int(first.shape[-2]), int(first.shape[-1])) if first is not None else None
 
 
+def probe(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[Any, ...] | None,
+    output: OutputSelector,
+    example_kwargs: dict[str, Any] | None,
+) -> tuple[ForwardRecorder, Value, tuple[int, int] | None]:
+    """The recorded probe forward shared by :func:`find_head` and
+    :func:`camplug.discovery.layers.find_feature_layer`: (recorder, logits, input (H, W))."""
+    check_output_selector(output)
+    reason = compiled_module_reason(model)
+    if reason is not None:
+        raise ValueError(reason)
+    synthesized = None
+    if example_input is None:
+        example_input, synthesized = synthesize_input(model)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    kwargs = dict(example_kwargs or {})
+    recorder, logits = record_forward(model, args, kwargs, output, synthesized)
+    return recorder, logits, input_size_of(args, kwargs)
+
+
 def find_head(
     model: nn.Module,
     example_input: torch.Tensor | tuple[Any, ...] | None = None,
@@ -360,18 +381,9 @@ def find_head(
     The model's parameters, buffers and train/eval flags are unchanged, and no hook is left.
     Raises UnsupportedHeadError (naming the blocking module) when no exact CAM exists.
     """
-    check_output_selector(output)
     name = layer_name(model, layer)
-    reason = compiled_module_reason(model)
-    if reason is not None:
-        raise ValueError(reason)
-    synthesized = None
-    if example_input is None:
-        example_input, synthesized = synthesize_input(model)
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    kwargs = dict(example_kwargs or {})
-    recorder, logits = record_forward(model, args, kwargs, output, synthesized)
-    info = analyze(recorder, logits, name, input_size_of(args, kwargs))
+    recorder, logits, input_size = probe(model, example_input, output, example_kwargs)
+    info = analyze(recorder, logits, name, input_size)
     if info.spatial_warning is not None:
         warnings.warn(DegenerateMapWarning(info.spatial_warning), stacklevel=2)
     return info
@@ -445,22 +457,13 @@ def _join_step(op: Op, y: Value) -> tuple[HeadStep, Value]:
 
 def _fork(first: Value, second: Value) -> Value | None:
     """The latest value both depend on (through input-dependent operations)."""
-    def ancestors(value: Value) -> dict[int, Value]:
-        found, pending = {}, [value]
-        while pending:
-            item = pending.pop()
-            if id(item) not in found:
-                found[id(item)] = item
-                pending.extend(item.producer.tainted_inputs if item.producer else ())
-        return found
-
     mine, theirs = ancestors(first), ancestors(second)
     common = [value for key, value in mine.items() if key in theirs]
     order = lambda v: v.producer.index if v.producer is not None else -1  # noqa: E731
     return max(common, key=order, default=None)
 
 
-def _outermost_output(value: Value, name: str | None = None) -> ModuleCall | None:
+def outermost_output(value: Value, name: str | None = None) -> ModuleCall | None:
     calls = [c for c in value.module_outputs if name is None or c.name == name]
     return calls[-1] if calls else None
 
@@ -473,7 +476,7 @@ def _feature_path(
     value, convs, path = pool_input, [], []
     while True:
         if layer is not None:
-            call = _outermost_output(value, layer)
+            call = outermost_output(value, layer)
             if call is not None:
                 return value, convs[::-1], path[::-1], call
         op = value.producer
@@ -529,9 +532,9 @@ def _capture_point(
     )
 
 
-def _describe_source(value: Value) -> str:
+def describe_source(value: Value) -> str:
     """``output of `layer4` (Sequential)``, ``relu (in Net.forward) of output of ...``."""
-    call = _outermost_output(value)
+    call = outermost_output(value)
     if call is not None and call.name:
         return f"output of {call.label}"
     op = value.producer
@@ -539,7 +542,7 @@ def _describe_source(value: Value) -> str:
         return "the model input"
     upstream = next(iter(op.tainted_inputs), None)
     text = _index_text(op.args[1]) if op.name == "__getitem__" else op.name
-    source = f" of {_describe_source(upstream)}" if upstream is not None else ""
+    source = f" of {describe_source(upstream)}" if upstream is not None else ""
     return f"{text} (in {op.site}){source}"
 
 
@@ -621,9 +624,9 @@ def analyze(
             "and no classifier was found between them; expected a Linear (or 1x1 conv) "
             f"classifier after the global average pooling. {GRAD_CAM_HINT}"
         )
-    feature_call = _outermost_output(captured)
+    feature_call = outermost_output(captured)
     return HeadInfo(
-        feature_source=_describe_source(captured) if not path else (
+        feature_source=describe_source(captured) if not path else (
             f"output of `{layer_call.name}`" + "".join(f" -> {op.name}" for op in path)),
         feature_module=(feature_call.name if feature_call is not None and not path
                         and layout == "nchw" else None),
@@ -666,9 +669,9 @@ def _spatial_warning(captured: Value, feature_shape: tuple[int, ...],
     earlier = nearest_spatial_map(captured)
     if earlier is None:
         return text + " No earlier layer with spatial extent was found."
-    call = _outermost_output(earlier)
+    call = outermost_output(earlier)
     layer = f"`{call.name}`" if call is not None and call.name else None
-    where = f"the output of {call.label}" if layer else _describe_source(earlier)
+    where = f"the output of {call.label}" if layer else describe_source(earlier)
     hint = f" (layer={layer.strip('`')!r})" if layer else ""
     return (f"{text} The nearest earlier layer with spatial extent is {where}, "
             f"[B, {', '.join(str(s) for s in earlier.shape[1:])}]: use a gradient method on "

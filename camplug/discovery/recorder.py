@@ -100,6 +100,18 @@ class Op:
         return self.kwargs.get(name, default)
 
 
+def ancestors(value: Value) -> dict[int, Value]:
+    """``value`` and every input-dependent value it was computed from, by ``id``."""
+    found: dict[int, Value] = {}
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if id(item) not in found:
+            found[id(item)] = item
+            pending.extend(item.producer.tainted_inputs if item.producer else ())
+    return found
+
+
 def func_name(func: Callable[..., Any]) -> str:
     """``mean`` for torch.mean and Tensor.mean, ``__getitem__`` for indexing, etc."""
     return getattr(func, "__name__", type(func).__name__)
