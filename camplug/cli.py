@@ -17,7 +17,8 @@ from camplug.version import __version__
 DEMO_SEED = 2  # the shipped model trained on seed 0 and validated on seed 1: 2 is unseen
 DEMO_SIZE = 512
 DEFAULT_AUDIT_METHOD = "cam"
-PROTOCOLS = ("camplug", "wsolevaluation")  # localization protocols; the first is the default
+# camplug.metrics' box protocols, the default first (spelled out: the parser imports no torch)
+PROTOCOLS = ("camplug", "wsolevaluation")
 
 
 class UserError(Exception):
@@ -172,8 +173,10 @@ def _add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
     parser.add_argument("--method", default=DEFAULT_AUDIT_METHOD,
                         help="the attribution method audited (default %(default)s)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
-                        help="localization protocol: camplug's, or wsolevaluation's (Choe et "
-                        "al. 2020) reference implementation (default %(default)s)")
+                        help="box protocol of MaxBoxAcc: 'camplug' (tight boxes of the "
+                        "8-connected foreground components) or 'wsolevaluation' (Choe et al.'s "
+                        "code exactly: OpenCV box ends, one pixel past the last) (default "
+                        "%(default)s)")
     parser.add_argument("--batch-size", type=_positive, default=64)
     parser.add_argument("--workers", type=_non_negative, default=0,
                         help="DataLoader worker processes (default 0: load in this process)")

@@ -384,6 +384,13 @@ def fake_summary() -> SimpleNamespace:
                            report_path=None)
 
 
+def test_protocol_choices_are_the_metrics_protocols():
+    from camplug.metrics import DEFAULT_PROTOCOL, PROTOCOLS
+
+    assert set(camplug.cli.PROTOCOLS) == set(PROTOCOLS)
+    assert camplug.cli.PROTOCOLS[0] == DEFAULT_PROTOCOL
+
+
 def test_method_and_protocol_reach_an_audit_that_accepts_them(tmp_path, monkeypatch, capsys):
     received = {}
 
