@@ -17,7 +17,11 @@ recorded in its forward), as every capture's HeadInfo does.
 
 from __future__ import annotations
 
+import copy
 import enum
+import functools
+import itertools
+import operator
 import threading
 import types
 import weakref
@@ -32,7 +36,8 @@ from torch.nn.modules import module as module_globals
 
 from .heads import HeadInfo, OutputSelector
 
-MAX_HEADS_PER_MODEL = 8  # call signatures kept per model (e.g. several input sizes)
+MAX_HEADS_PER_MODEL = 8  # call signatures kept per model state (e.g. several input sizes)
+MAX_STATES_PER_MODEL = 4  # states kept per model (e.g. a cache of its own empty and filled)
 _MAX_ITEMS = 200_000  # a fingerprint larger than this is not worth computing: no caching
 _MAX_DEPTH = 3  # how deep plain attributes (config objects, lists) are followed
 _STRUCTURAL = frozenset({"_parameters", "_buffers", "_modules", "training"})
@@ -55,15 +60,22 @@ class Fingerprint:
     refs: tuple[weakref.ref, ...] = field(repr=False, compare=False)
 
     def matches(self, other: Fingerprint) -> bool:
-        return self.value == other.value and all(ref() is not None for ref in self.refs)
+        return self.value == other.value and self.alive()
+
+    def alive(self) -> bool:
+        """Whether every object whose id the description holds still exists (else the state it
+        describes can never be seen again)."""
+        return all(ref() is not None for ref in self.refs)
 
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What a cached head is looked up by (see :meth:`HeadCache.key`)."""
+    """What a cached head is looked up by (see :meth:`HeadCache.key`): the model's state (its
+    fingerprint, and the fast plan that recognises that state again) and the call's."""
 
     model: Fingerprint
     call: Fingerprint
+    plan: _Plan | None = field(default=None, repr=False, compare=False)
 
 
 class _Freezer:
@@ -143,6 +155,150 @@ class _Freezer:
         return tuple((name, None if t is None else self.tensor(t)) for name, t in tensors.items())
 
 
+_STRUCTURES = ("_modules", "_parameters", "_buffers")
+_ids = functools.partial(map, id)
+_tensor_meta = operator.attrgetter("_version", "shape", "dtype", "device", "layout")
+
+
+def _plain(value: object) -> bool:
+    """An immutable value that cannot refer to a model (compared by value, kept alive)."""
+    if isinstance(value, _VALUES) or _is_builtin_function(value):
+        return True
+    return type(value) is tuple and all(_plain(item) for item in value)
+
+
+class _Plan:
+    """A fast test that a model is still in the state its :func:`model_fingerprint` described.
+
+    It holds weak references to the modules and tensors, the ids of every module attribute
+    (immutable values kept alive so that their ids cannot be reused), the contents of the
+    module/parameter/buffer dicts, each tensor's version and metadata, and, for attributes that
+    are containers or objects, their fingerprint (recomputed at each test). Mostly C-level
+    comparisons: a cached attach does not pay for a full fingerprint. ``matches`` is True only
+    when :func:`model_fingerprint` would give the same value; a False only means "fingerprint
+    again". Train/eval flags are ignored, as by the fingerprint.
+    """
+
+    @classmethod
+    def build(cls, model: nn.Module) -> _Plan | None:
+        """The plan of ``model``'s current state, or None if it cannot be tested fast."""
+        try:
+            return cls(model)
+        except (RuntimeError, TypeError, _Uncacheable):  # sparse tensors, storage-less ones
+            return None
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = [module for _, module in model.named_modules()]
+        dicts = [module.__dict__ for module in modules]
+        self.modules = [weakref.ref(module) for module in modules]
+        self.types = list(map(type, modules))
+        self.forwards = {kind: kind.forward for kind in set(self.types)}
+        self.keys = list(map(tuple, dicts))
+        self.ids = list(map(tuple, map(_ids, map(dict.values, dicts))))
+        self.structures = [self._structure(dicts, name) for name in _STRUCTURES]
+        self.pins: list[object] = []
+        self.loose: list[frozenset[int]] = []  # per module: attribute positions whose id may vary
+        self.copies: tuple[list[tuple[int, str]], list[object]] = ([], [])
+        self.deep: list[tuple[int, str, Hashable]] = []
+        freezer = _Freezer()
+        tensors: list[torch.Tensor] = []
+        for index, attributes in enumerate(dicts):
+            self.loose.append(frozenset(
+                position for position, (key, value) in enumerate(attributes.items())
+                if self._classify(index, key, value, freezer, tensors)))
+        self.deep_refs = tuple(freezer.refs.values())
+        tensors += [t for module in modules for group in (module._parameters, module._buffers)
+                    for t in group.values() if t is not None]
+        self.tensors = [weakref.ref(t) for t in tensors]
+        self.tensor_state = self._tensor_state(tensors)
+        self.hooks = self._hooks(dicts)
+
+    def _classify(self, index: int, key: str, value: object, freezer: _Freezer,
+                  tensors: list[torch.Tensor]) -> bool:
+        """Record how attribute ``key`` of module ``index`` is tested; True when its id may
+        change without changing the fingerprint (compared by content or ignored)."""
+        if key == "training" or (key not in _STRUCTURAL and "hook" in key):
+            return True
+        if key in _STRUCTURAL:
+            return False
+        if _plain(value):
+            self.pins.append(value)
+            return False
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+            return False
+        if isinstance(value, (dict, list, set, frozenset, tuple)) and _plain(
+            tuple(value.items()) if isinstance(value, dict) else tuple(value)
+        ):
+            self.copies[0].append((index, key))
+            self.copies[1].append((type(value), copy.copy(value)))
+            return True
+        self.deep.append((index, key, freezer.value(value)))
+        return True
+
+    @staticmethod
+    def _structure(dicts: list[dict], name: str) -> tuple[list, list]:
+        inner = list(map(operator.itemgetter(name), dicts))
+        return list(map(tuple, inner)), list(map(tuple, map(_ids, map(dict.values, inner))))
+
+    @staticmethod
+    def _tensor_state(tensors: list[torch.Tensor]) -> tuple[list, ...]:
+        return (list(map(type, tensors)), list(map(_tensor_meta, tensors)),
+                list(map(torch.Tensor.data_ptr, tensors)), list(map(torch.Tensor.stride, tensors)))
+
+    @staticmethod
+    def _hooks(dicts: list[dict]) -> tuple[list[int], list[Hashable]]:
+        """Modules with forward hooks (by position) and their user hooks; global user hooks."""
+        counts = map(operator.add, *(map(len, map(operator.itemgetter(name), dicts))
+                                     for name in _FORWARD_HOOKS))
+        hooked = list(itertools.compress(itertools.count(), counts))
+        users = [tuple(user_hooks(dicts[i][name]) for name in _FORWARD_HOOKS) for i in hooked]
+        users.append(tuple(user_hooks(getattr(module_globals, name))
+                           for name in _GLOBAL_FORWARD_HOOKS))
+        return hooked, users
+
+    def matches(self, model: nn.Module) -> bool:
+        """Whether ``model`` is certainly still in the planned state (see the class docstring)."""
+        modules = [ref() for ref in self.modules]
+        if modules[0] is not model or None in modules or list(map(type, modules)) != self.types:
+            return False
+        if any(kind.forward is not forward for kind, forward in self.forwards.items()):
+            return False
+        dicts = list(map(operator.attrgetter("__dict__"), modules))
+        if list(map(tuple, dicts)) != self.keys:
+            return False
+        ids = list(map(tuple, map(_ids, map(dict.values, dicts))))
+        if ids != self.ids and not self._only_loose_ids_changed(ids):
+            return False
+        if any(self._structure(dicts, name) != planned
+               for name, planned in zip(_STRUCTURES, self.structures, strict=True)):
+            return False
+        places, copies = self.copies
+        if [(type(v), v) for v in (dicts[i][key] for i, key in places)] != copies:
+            return False
+        freezer = _Freezer()
+        if any(freezer.value(dicts[i][key]) != frozen for i, key, frozen in self.deep) or not all(
+            ref() is not None for ref in self.deep_refs
+        ):
+            return False
+        tensors = [ref() for ref in self.tensors]
+        if None in tensors or self._tensor_state(tensors) != self.tensor_state:
+            return False
+        return self._hooks(dicts) == self.hooks
+
+    def _only_loose_ids_changed(self, ids: list[tuple[int, ...]]) -> bool:
+        """Ids differ only where the content is compared separately (or a train/eval flag):
+        then remember the new ids."""
+        for index, (now, planned) in enumerate(zip(ids, self.ids, strict=True)):
+            if now != planned and any(
+                a != b for position, (a, b) in enumerate(zip(now, planned, strict=True))
+                if position not in self.loose[index]
+            ):
+                return False
+        self.ids = ids
+        return True
+
+
 def _is_builtin_function(value: object) -> bool:
     """A C function of a Python module (``torch.relu``): immortal, compared by identity."""
     return isinstance(value, types.BuiltinFunctionType) and (
@@ -201,10 +357,19 @@ def _drop_batch(frozen: Hashable) -> Hashable:
 
 
 @dataclass
+class _State:
+    """One state of a model (its fingerprint and fast plan) and the heads found in it."""
+
+    fingerprint: Fingerprint
+    plan: _Plan | None
+    heads: OrderedDict[Hashable, tuple[Fingerprint, HeadInfo]] = field(
+        default_factory=OrderedDict)
+
+
+@dataclass
 class _Entry:
     model: weakref.ref
-    fingerprint: Fingerprint
-    heads: OrderedDict[Hashable, tuple[Fingerprint, HeadInfo]]
+    states: list[_State]  # most recently used last
 
 
 class HeadCache:
@@ -229,51 +394,96 @@ class HeadCache:
         self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,
         layer: str | None, output: OutputSelector, single_sample: bool,
     ) -> CacheKey | None:
-        """The key of a discovery on ``model`` with these arguments; None if not cacheable."""
+        """The key of a discovery on ``model`` with these arguments; None if not cacheable.
+
+        A state of the model seen before is recognised by its fast plan (no full fingerprint);
+        otherwise the model is fingerprinted."""
         try:
-            return CacheKey(model_fingerprint(model),
-                            call_fingerprint(args, kwargs, layer, output, single_sample))
+            call = call_fingerprint(args, kwargs, layer, output, single_sample)
+            with self._lock:
+                state = self._known_state(model)
+            if state is not None:
+                return CacheKey(state.fingerprint, call, state.plan)
+            fingerprint, plan = model_fingerprint(model), _Plan.build(model)
         except _Uncacheable:
             return None
+        with self._lock:  # a state fingerprinted again (its plan had gone stale): renew it
+            entry = self._entry(model)
+            for state in entry.states if entry is not None else ():
+                if state.fingerprint.matches(fingerprint):
+                    state.plan = plan
+                    return CacheKey(state.fingerprint, call, plan)
+        return CacheKey(fingerprint, call, plan)
+
+    def _entry(self, model: nn.Module) -> _Entry | None:
+        entry = self._entries.get(id(model))
+        return entry if entry is not None and entry.model() is model else None
+
+    def _known_state(self, model: nn.Module) -> _State | None:
+        """The cached state the model is in, by fast plan (most recently used first)."""
+        entry = self._entry(model)
+        if entry is None:
+            return None
+        entry.states = [s for s in entry.states if s.fingerprint.alive()]
+        for state in reversed(entry.states):
+            try:
+                if state.plan is not None and state.plan.matches(model):
+                    return state
+            except (RuntimeError, TypeError, _Uncacheable):  # e.g. a tensor turned sparse
+                state.plan = None
+        return None
 
     def get(self, model: nn.Module, key: CacheKey) -> HeadInfo | None:
-        """The head cached for ``key``, if ``model`` is unchanged since it was stored.
-
-        A changed model drops every head cached for it."""
+        """The head cached for ``key``, if ``model`` is (again) in the state it describes."""
         with self._lock:
-            entry = self._entries.get(id(model))
-            if entry is None or entry.model() is not model:
+            entry = self._entry(model)
+            state = self._state(entry, key.model) if entry is not None else None
+            if state is None:
                 return None
-            if not entry.fingerprint.matches(key.model):
-                del self._entries[id(model)]
-                return None
-            found = entry.heads.get(key.call.value)
+            found = state.heads.get(key.call.value)
             if found is None or not found[0].matches(key.call):
                 return None
-            entry.heads.move_to_end(key.call.value)
+            state.heads.move_to_end(key.call.value)
             return found[1]
 
+    @staticmethod
+    def _state(entry: _Entry, fingerprint: Fingerprint) -> _State | None:
+        for state in entry.states:
+            if state.fingerprint is fingerprint or state.fingerprint.matches(fingerprint):
+                entry.states.remove(state)
+                entry.states.append(state)
+                return state
+        return None
+
     def put(self, model: nn.Module, key: CacheKey, head: HeadInfo) -> bool:
-        """Cache ``head``, found from the state ``key`` describes, if the probe left the model
-        in that state (a forward that changes its own attributes is never cached) and the head
-        does not refer to the model itself. Returns whether it was stored."""
+        """Cache ``head``, found by a probe from the state ``key`` describes, under that state
+        and under the state the probe left (a forward that fills a cache of its own changes its
+        model). Not when the head refers to the model itself. Returns whether it was stored."""
+        if _refers_to(head, model):
+            return False
         try:
-            unchanged = model_fingerprint(model).matches(key.model)
+            after = model_fingerprint(model)
+            after_plan = _Plan.build(model) if not after.matches(key.model) else None
         except _Uncacheable:
-            return False
-        if not unchanged or _refers_to(head, model):
-            return False
+            after = None
         with self._lock:
-            entry = self._entries.get(id(model))
-            if (entry is None or entry.model() is not model
-                    or not entry.fingerprint.matches(key.model)):
-                entry = _Entry(weakref.ref(model, self._forget_callback(id(model))),
-                               key.model, OrderedDict())
+            entry = self._entry(model)
+            if entry is None:
+                entry = _Entry(weakref.ref(model, self._forget_callback(id(model))), [])
                 self._entries[id(model)] = entry
-            entry.heads[key.call.value] = (key.call, head)
-            entry.heads.move_to_end(key.call.value)
-            while len(entry.heads) > MAX_HEADS_PER_MODEL:
-                entry.heads.popitem(last=False)
+            states = [(key.model, key.plan)]
+            if after is not None and after_plan is not None:
+                states.append((after, after_plan))
+            for fingerprint, plan in states:
+                state = self._state(entry, fingerprint)
+                if state is None:
+                    state = _State(fingerprint, plan)
+                    entry.states.append(state)
+                    del entry.states[:-MAX_STATES_PER_MODEL]
+                state.heads[key.call.value] = (key.call, head)
+                state.heads.move_to_end(key.call.value)
+                while len(state.heads) > MAX_HEADS_PER_MODEL:
+                    state.heads.popitem(last=False)
         return True
 
     def _forget_callback(self, key: int) -> Any:

@@ -13,7 +13,7 @@ from torch import nn
 
 import camplug
 from camplug.captum.attribution import ClassActivationMap
-from camplug.discovery.cache import HEAD_CACHE
+from camplug.discovery.cache import HEAD_CACHE, _Plan, model_fingerprint
 from camplug.discovery.heads import probing
 
 CASES = {case.name: case for case in SUPPORTED}
@@ -159,7 +159,9 @@ def test_attribute_and_hook_changes_rediscover():
     maps_of(model, x)
     handle = model.head.register_forward_hook(lambda m, args, out: out * 2.0)
     doubled = maps_of(model, x)
-    assert counter.probes == 4  # start, attribute, attribute back (dropped entry), hook
+    # start, the changed attribute (head refused, then the gradient layer found: 2 probes), the
+    # attribute back (its first state is still cached), the hook
+    assert counter.probes == 4
     with camplug.attach(model) as capture, torch.no_grad():
         model(x)
         assert any("scaling" in step for step in capture.head.folded)
@@ -222,3 +224,69 @@ def test_a_cached_attach_leaves_the_model_as_it_was():
 def _fresh(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     HEAD_CACHE.clear()
     return maps_of(model, x)
+
+
+def test_a_model_whose_mode_switch_changes_its_state_hits_the_cache():
+    """LeViT clears its attention-bias cache in train() and fills it in eval forwards: the
+    states with the cache empty and filled are both cached, so the cycle probes twice at most."""
+    model, x = build(CASES["levit"]), images(2)
+    counter = ProbeCounter(model)
+    expected = maps_of(model, x)
+    for _ in range(4):
+        model.train()
+        model.eval()
+        assert torch.equal(maps_of(model, x), expected)
+    maps_of(model, x)  # the cache filled by the last forward
+    assert counter.probes <= 2
+
+
+class Config:
+    def __init__(self) -> None:
+        self.scale = 1.0
+
+
+def _mutations() -> list[tuple[str, object]]:
+    def transpose(m):  # same storage, version and shape: only the strides change
+        m.fc.weight.data = m.fc.weight.data.t()
+
+    def nested(m):
+        m.config.scale = 2.0
+
+    def replace_buffer(m):
+        m.bn1.running_mean = m.bn1.running_mean.clone()
+
+    def monkeypatch(m):
+        type(m.layer1[0]).forward = lambda self, x: x
+
+    return [
+        ("nothing", lambda m: None),
+        ("mode flags", lambda m: m.train()),
+        ("in-place weight", lambda m: m.fc.weight.detach().mul_(2.0)),  # shares the version
+        ("weight .data transposed", transpose),
+        ("int attribute", lambda m: setattr(m.conv1, "groups", 2)),
+        ("nested object attribute", nested),
+        ("list attribute in place", lambda m: m.names.append("x")),
+        ("dict attribute in place", lambda m: m.table.update(b=2)),
+        ("replaced submodule", lambda m: setattr(m, "fc", nn.Linear(16, 7))),
+        ("replaced buffer", replace_buffer),
+        ("new attribute", lambda m: setattr(m.layer2, "extra", 3)),
+        ("user hook", lambda m: m.fc.register_forward_hook(lambda *a: None)),
+        ("class forward", monkeypatch),
+    ]
+
+
+@pytest.mark.parametrize(("what", "change"), _mutations(), ids=[w for w, _ in _mutations()])
+def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change):
+    class Bottleneck(type(build(CASES["resnet"]).layer1[0])):  # a class of its own to patch
+        pass
+
+    model = build(CASES["resnet"])
+    model.layer1[0].__class__ = Bottleneck
+    model.config, model.names, model.table = Config(), ["a"], {"a": 1}
+    before = model_fingerprint(model)
+    plan = _Plan.build(model)
+    assert plan is not None and plan.matches(model)
+    change(model)
+    same = model_fingerprint(model).matches(before)
+    assert same == (what in ("nothing", "mode flags"))
+    assert plan.matches(model) == same
