@@ -401,50 +401,70 @@ def pixel_pr_counts(
     grid = default_pixel_thresholds() if thresholds is None else as_thresholds(thresholds)
     if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("thresholds for pixel counts must be strictly increasing")
-    n, t = cams.shape[0], grid.numel()
+    n = cams.shape[0]
     grid = grid.to(cams.device)
-    # One histogram of (image, category, passed): category 0 background, 1 foreground,
-    # 2 ignored background; images in chunks of about _PIXELS_PER_CHUNK pixels (in cache).
-    category = masks.reshape(n, -1).to(device=cams.device, dtype=torch.int64)
-    if ignore is not None:
-        category = category.masked_fill(ignore.reshape(n, -1).to(cams.device) & (category == 0), 2)
-    scores = cams.reshape(n, -1)
-    step = max(1, _PIXELS_PER_CHUNK // scores.shape[1])
-    hist = []
-    for begin in range(0, n, step):
-        passed = _thresholds_at_or_below(grid, scores[begin : begin + step])
-        image = torch.arange(passed.shape[0], device=cams.device)[:, None]
-        key = (image * 3 + category[begin : begin + step]) * (t + 1) + passed
-        hist.append(torch.bincount(key.reshape(-1), minlength=passed.shape[0] * 3 * (t + 1)))
-    hist = torch.cat(hist).reshape(n, 3, t + 1)
+    step = max(1, _PIXELS_PER_CHUNK // (cams.shape[1] * cams.shape[2]))
+    hist = torch.cat([
+        _pass_histogram(
+            grid,
+            cams[begin : begin + step],
+            masks[begin : begin + step].to(cams.device),
+            None if ignore is None else ignore[begin : begin + step].to(cams.device),
+        )
+        for begin in range(0, n, step)
+    ])
     at_or_above = hist.flip(2).cumsum(2).flip(2)[:, :, 1:]  # [..., j]: pixels passing j
     tp, fp = at_or_above[:, 1], at_or_above[:, 0]
     fn = hist[:, 1].sum(1, keepdim=True) - tp
     return tp, fp, fn
 
 
-_FINE_BUCKETS = 1 << 10  # a power of two: score * _FINE_BUCKETS is exact in float64
+_FINE_BUCKETS = 1 << 10  # a power of two: score * _FINE_BUCKETS is exact in any float dtype
 
 
-def _thresholds_at_or_below(grid: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """How many of the sorted float64 ``grid`` values are <= each score in [0, 1] -> int64.
+def _pass_histogram(grid, cams, masks, ignore) -> torch.Tensor:
+    """Pixels of each map by category and by how many thresholds they pass -> int64
+    [n, 3, T + 1]; category 0 background, 1 foreground, 2 ignored background.
 
-    Equals ``searchsorted(grid, scores.double(), right=True)`` (comparisons in float64),
-    several times faster: a table over
-    fine buckets [b / 1024, (b + 1) / 1024) gives the count at each bucket's start, then the
-    few thresholds inside the score's bucket are stepped over.
+    ``passed = searchsorted(grid, score, right=True)`` (comparisons in float64) without a
+    binary search per pixel: scores fall in fine buckets [b / 1024, (b + 1) / 1024); in a
+    bucket with no threshold strictly inside, every score passes the thresholds <= b / 1024,
+    so whole buckets are counted at once; only scores in the other buckets are compared
+    with the thresholds one by one.
     """
-    # Exact in any float dtype (a power-of-two scale): bucket / 1024 <= score.
-    bucket = torch.floor(scores * _FINE_BUCKETS).to(torch.int64)
-    starts = torch.arange(_FINE_BUCKETS + 1, device=grid.device, dtype=torch.float64)
-    table = torch.searchsorted(grid, starts / _FINE_BUCKETS, right=True)
-    count = table.index_select(0, bucket.reshape(-1)).view(bucket.shape)
+    n = cams.shape[0]
+    t = grid.numel()
+    device = cams.device
+    starts = torch.arange(_FINE_BUCKETS + 1, device=device, dtype=torch.float64) / _FINE_BUCKETS
+    at_start = torch.searchsorted(grid, starts, right=True)  # thresholds <= b / 1024
+    mixed = torch.searchsorted(grid, starts, right=False)[1:] > at_start[:-1]
+    mixed = torch.cat([mixed, mixed.new_zeros(1)])  # score 1.0: bucket 1024, never mixed
+    scores = cams.reshape(n, -1)
+    small = torch.int32 if n * 3 * (_FINE_BUCKETS + 1) < 1 << 31 else torch.int64
+    bucket = (scores * _FINE_BUCKETS).to(small)  # truncation is floor: scores >= 0
+    category = masks.reshape(n, -1).to(small)
+    if ignore is not None:
+        category.masked_fill_(ignore.reshape(n, -1) & (category == 0), 2)
+    group = torch.arange(n, device=device, dtype=small)[:, None] * 3 + category  # [n, HW]
+    buckets = _FINE_BUCKETS + 1
+    key = group.mul_(buckets).add_(bucket).reshape(-1)
+    counts = torch.bincount(key, minlength=n * 3 * buckets)
+    counts = counts.view(n * 3, buckets).masked_fill(mixed, 0)
+    hist = torch.zeros(n * 3, t + 1, dtype=torch.int64, device=device)
+    hist.index_add_(1, at_start, counts)
+    # Scores in mixed buckets: step over the thresholds inside the bucket.
+    exact = mixed.index_select(0, bucket.reshape(-1)).nonzero().squeeze(1)
+    score = scores.reshape(-1).index_select(0, exact)
+    passed = at_start.index_select(0, bucket.reshape(-1).index_select(0, exact))
     padded = torch.cat([grid, grid.new_full((1,), math.inf)])
     while True:
-        step = padded.index_select(0, count.reshape(-1)).view(count.shape) <= scores
-        if not bool(step.any()):
-            return count
-        count += step
+        above = padded.index_select(0, passed) <= score
+        if not bool(above.any()):
+            break
+        passed += above
+    rows = key.index_select(0, exact).to(torch.int64) // buckets
+    hist.view(-1).index_add_(0, rows * (t + 1) + passed, torch.ones_like(passed))
+    return hist.view(n, 3, t + 1)
 
 
 def pxap_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,9 +22,9 @@ def check_cams(cams: torch.Tensor, name: str = "cams") -> None:
         raise ValueError(f"{name} must have shape [N, H, W], got {tuple(cams.shape)}")
     if cams.shape[0] == 0 or cams.shape[1] == 0 or cams.shape[2] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(cams.shape)}")
-    if not bool(torch.isfinite(cams).all()):
+    low, high = (float(v) for v in torch.aminmax(cams))  # one pass; NaN propagates
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name} contain NaN or infinite values")
-    low, high = float(cams.min()), float(cams.max())
     if low < 0.0 or high > 1.0:
         raise ValueError(
             f"{name} must lie in [0, 1] (min-max normalized maps), got values in "
