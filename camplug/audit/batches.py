@@ -50,6 +50,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.indices) + len(self.errors)
 
+    def singles(self) -> list[Batch]:
+        """Each good sample as a batch of its own (the errors left out)."""
+        assert self.images is not None and self.labels is not None
+        return [
+            Batch([index], [self.sample_ids[k]], self.images[k:k + 1], self.labels[k:k + 1],
+                  [self.boxes[k]], [self.masks[k]])
+            for k, index in enumerate(self.indices)
+        ]
+
 
 def canonical_sample(index: int, item: Any) -> Sample:
     """Validate a dataset item (a dict with ``image``, ``label``, ``box`` [4] or ``boxes``

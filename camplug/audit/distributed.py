@@ -39,6 +39,14 @@ class DistContext:
         if self.is_distributed:
             dist.barrier()
 
+    def broadcast(self, message: str | None) -> str | None:
+        """Rank 0's ``message`` on every rank (a collective: every rank must call it)."""
+        if not self.is_distributed:
+            return message
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

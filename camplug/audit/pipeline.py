@@ -11,8 +11,11 @@ and rank 0 merges them (see ``distributed``).
 from __future__ import annotations
 
 import platform
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +23,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.specs import TORCHSCRIPT_REFUSAL
 from ..version import __version__
 from . import distributed
-from .batches import GuardedDataset, collate
+from .batches import Batch, GuardedDataset, collate
+from .errors import AuditError, AuditInterrupted, UnsupportedModelError
+from .lock import OutputLock
 from .metric_table import scalar_summary
 from .progress import Progress
 from .report.gallery import build_report
 from .run import DB_NAME, REPORT_NAME, AuditRun, RunConfig, RunOptions
-from .scoring import score_batch
-from .store import ResultStore, RunRecord, utc_now
+from .scoring import error_rows, score_batch
+from .store import ResultStore, RunRecord, SampleRow, utc_now
 from .summary import AuditSummary, FlagThresholds, summarize
 
 __all__ = ["DB_NAME", "REPORT_NAME", "load_summary", "run_audit"]
@@ -78,14 +84,7 @@ def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
-        raise TypeError(
-            "TorchScript modules cannot be audited: PyTorch does not run Python forward hooks "
-            "on ScriptModules ('register_forward_hook is not supported on ScriptModules'), and "
-            "CAM needs the features that feed global pooling. Workaround: audit the Python "
-            "model with its weights, e.g. save them with "
-            "torch.save(torch.jit.load('model.pt').state_dict(), 'weights.pt') and run "
-            "`camplug audit --model package.module:factory --checkpoint weights.pt ...`"
-        )
+        raise UnsupportedModelError(TORCHSCRIPT_REFUSAL)
 
 
 def run_audit(
@@ -120,7 +119,8 @@ def run_audit(
     adds deletion / insertion AUC (``faithfulness_steps`` forwards each per batch). ``fresh``
     discards a stored run with the same configuration instead of resuming it. ``progress``:
     None draws the bar only on a terminal. ``device``: default the model's GPU, else a GPU
-    when present, else the CPU. ``method``: the map method recorded with the run (``"cam"``).
+    when present, else the CPU. ``method``: the map method (``camplug.methods.available()`` or
+    ``"auto"``; part of the run's identity).
     Writes ``audit.sqlite`` and (``report``) ``report.html`` under ``out_dir``. The model's
     modes, device and hooks are restored.
 
@@ -146,15 +146,48 @@ def run_audit(
         ctx.close()
 
 
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises ``AuditInterrupted`` (main thread only; the previous
+    handler is restored afterwards), so a stopped run is marked ``interrupted``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise AuditInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def execute(run: AuditRun) -> AuditSummary:
-    """Open (or resume) the run, score its pending samples, and on rank 0 merge, summarize and
-    write the report. The run is marked ``complete``, or ``failed`` when anything raises."""
+    """Lock the output folder, open (or resume) the run, score its pending samples, and on
+    rank 0 merge, summarize and write the report. The run ends ``complete``, ``interrupted``
+    (SIGTERM, Ctrl-C) or ``failed``."""
+    with ExitStack() as stack, sigterm_raises():
+        error = None
+        if run.ctx.is_main:
+            try:
+                stack.enter_context(OutputLock(run.out_dir))
+                open_run(run)
+            except Exception as failure:  # every rank must hear of it before raising
+                error = failure
+        message = run.ctx.broadcast(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise AuditError(f"rank 0 could not start the run: {message}")
+        return _execute_open_run(run)
+
+
+def _execute_open_run(run: AuditRun) -> AuditSummary:
     from ..api import attach
 
     ctx = run.ctx
-    if ctx.is_main:
-        open_run(run)
-    ctx.barrier()
     with ResultStore(run.db_path) as store:
         done = store.done_indices(run.run_id)
     state = ModelState(run.model)
@@ -176,6 +209,9 @@ def execute(run: AuditRun) -> AuditSummary:
             status = "complete"
         ctx.barrier()
         return summary if summary is not None else load_summary(run.db_path, run.run_id)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         state.restore()
         if ctx.is_main and status != "complete":
@@ -214,10 +250,49 @@ def score_pending(run: AuditRun, capture, done: set[int]) -> None:
     total = len(pending) if ctx.is_distributed else run.n_samples
     bar = Progress(total, done=0 if ctx.is_distributed else len(done),
                    enabled=run.options.progress if ctx.is_main else False)
+    scored_any = False
     with ResultStore(run.writer_path) as writer, bar:
         for batch in loader:
-            writer.write_rows(score_batch(run, capture, batch))
+            rows, scored = score_isolating(run, capture, batch, scored_any)
+            scored_any = scored_any or scored
+            writer.write_rows(rows)
             bar.update(len(batch))
+
+
+def score_isolating(run: AuditRun, capture, batch: Batch,
+                    scored_before: bool) -> tuple[list[SampleRow], bool]:
+    """``score_batch``; when it raises (e.g. out of memory on one huge image), each sample is
+    scored alone and those failing alone become error rows. The error is raised instead when
+    no sample of the batch succeeds alone and none succeeded before (``scored_before``): then
+    the model or the settings are at fault, not a sample. Returns the rows and whether any
+    sample was scored."""
+    try:
+        return score_batch(run, capture, batch), bool(batch.indices)
+    except Exception as batch_error:
+        _release_memory(run.device)
+        rows = error_rows(run.run_id, batch)
+        failures = []
+        for single in batch.singles() if batch.indices else []:
+            try:
+                rows += score_batch(run, capture, single)
+            except Exception as error:
+                _release_memory(run.device)
+                failures.append(SampleRow(
+                    run.run_id, single.indices[0], single.sample_ids[0],
+                    label=int(single.labels[0]), error=_one_line(error)))
+        if len(failures) == len(batch.indices) and not scored_before:
+            raise batch_error
+        return rows + failures, len(failures) < len(batch.indices)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def finish(run: AuditRun, capture, images_per_second: float | None) -> AuditSummary:

@@ -27,7 +27,6 @@ DB_NAME = "audit.sqlite"
 REPORT_NAME = "report.html"
 SHARD_DIR = "shards"
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.0, 1.0, 0.01), 2))  # Choe
-METHODS = ("cam",)  # map methods the audit can run (see RunConfig.method)
 DISPLAY_ONLY = ("model", "dataset")  # names as the user gave them: not part of the identity
 
 
@@ -57,7 +56,8 @@ def _output_name(output: int | str | Callable | None) -> Any:
 class RunConfig:
     """Everything that determines a run's results. ``model`` / ``dataset``: display names;
     the identity (``run_id``) uses the fingerprints instead (model: weights and code; dataset:
-    its ``fingerprint()``, or its description). ``method``: the map method (``"cam"``)."""
+    its ``fingerprint()``, or its description). ``method``: the map method, a
+    ``camplug.methods`` name or ``"auto"`` (CAM on exact heads, else Grad-CAM)."""
 
     model: str
     model_fingerprint: str
@@ -90,8 +90,9 @@ class RunConfig:
             raise ValueError(f"iou_thresholds must be values in (0, 1], got {iou_thresholds}")
         if faithfulness and faithfulness_steps < 1:
             raise ValueError(f"faithfulness_steps must be >= 1, got {faithfulness_steps}")
-        if method not in METHODS:
-            raise ValueError(f"method {method!r}: the audit computes {', '.join(METHODS)} maps")
+        from camplug import methods
+
+        methods.resolve(method, exact_head=True)  # an unknown name raises, listing the names
         return cls(
             model=model_name, model_fingerprint=model_fingerprint(model),
             dataset=describe_dataset(data), dataset_fingerprint=dataset_fingerprint(data),
@@ -100,7 +101,8 @@ class RunConfig:
             thresholds=tuple(float(t) for t in grid),
             iou_thresholds=tuple(float(d) for d in iou_thresholds), flags=flags,
             faithfulness=faithfulness,
-            faithfulness_steps=faithfulness_steps if faithfulness else None, method=method,
+            faithfulness_steps=faithfulness_steps if faithfulness else None,
+            method=method.lower(),
         )
 
     def to_dict(self) -> dict[str, Any]:

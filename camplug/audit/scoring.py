@@ -1,4 +1,4 @@
-"""Score one batch: forward pass, CAMs of the labelled class, per-sample metrics and flags."""
+"""Score one batch: forward pass, maps of the labelled class, per-sample metrics and flags."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from camplug import metrics
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 class ScoringSettings:
     """``thresholds``: float64 [T] CAM thresholds in [0, 1) for MaxBoxAcc (PxAP uses them
     followed by 1.0); ``faithfulness``: also compute deletion / insertion AUC (``steps`` model
-    forwards each); ``method``: the map method (``"cam"``)."""
+    forwards each); ``method``: the map method (a ``camplug.methods`` name or ``"auto"``)."""
 
     thresholds: torch.Tensor
     flags: FlagThresholds
@@ -53,13 +54,29 @@ def error_rows(run_id: str, batch: Batch) -> list[SampleRow]:
     return [SampleRow(run_id, e.index, e.sample_id, error=e.message) for e in batch.errors]
 
 
+def needs_autograd(method: str) -> bool:
+    """Whether the forward must record autograd for ``method``'s maps: a gradient method on a
+    head without a closed form (``"auto"`` counts as Grad-CAM)."""
+    from camplug import methods
+
+    return methods.resolve(method, exact_head=False).uses_gradients
+
+
+def forward(model: nn.Module, capture, images: torch.Tensor, method: str) -> torch.Tensor:
+    """Run ``model`` on ``images`` under its capture (recording autograd only when ``method``
+    needs it); the selected logits, detached float32 [N, classes]."""
+    with torch.set_grad_enabled(needs_autograd(method)):
+        model(images)
+    return capture.logits.detach().float()
+
+
 def label_maps(capture, targets: torch.Tensor, method: str) -> torch.Tensor:
-    """The maps of the last forward for one class per sample (``targets`` int64 [N]), at the
-    input size, min-max normalized: float32 [N, H, W] in [0, 1]. ``method``: ``"cam"``."""
-    if method != "cam":
-        raise ValueError(f"method {method!r}: the audit computes only 'cam' maps")
-    maps = capture.maps(target=targets.unsqueeze(1), size="input", normalize=True)
-    return maps[:, 0].float().clamp(0.0, 1.0)
+    """``method``'s maps of the last forward for one class per sample (``targets`` int64 [N]),
+    at the input size, min-max normalized, with the method's own ReLU convention: float32
+    [N, H, W] in [0, 1]."""
+    maps = capture.maps(target=targets.unsqueeze(1), method=method, size="input",
+                        normalize=True)
+    return maps[:, 0].detach().float().clamp(0.0, 1.0)
 
 
 def score_batch(run: AuditRun, capture, batch: Batch) -> list[SampleRow]:
@@ -71,14 +88,11 @@ def score_batch(run: AuditRun, capture, batch: Batch) -> list[SampleRow]:
         return rows
     images = batch.images.to(device, non_blocking=True)
     labels = batch.labels.to(device, non_blocking=True)
-    with torch.no_grad():
-        model(images)
-        logits = capture.logits.float()
-        probs = logits.softmax(dim=1)
-        n_classes = probs.shape[1]
-        valid = (labels >= 0) & (labels < n_classes)
-        targets = labels.clamp(0, n_classes - 1)
-        cams = label_maps(capture, targets, settings.method)
+    probs = forward(model, capture, images, settings.method).softmax(dim=1)
+    n_classes = probs.shape[1]
+    valid = (labels >= 0) & (labels < n_classes)
+    targets = labels.clamp(0, n_classes - 1)
+    cams = label_maps(capture, targets, settings.method)
     for i in (~valid).nonzero().flatten().tolist():
         rows.append(SampleRow(
             run_id, batch.indices[i], batch.sample_ids[i], label=int(batch.labels[i]),

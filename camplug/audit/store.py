@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import AuditError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id          TEXT PRIMARY KEY,
@@ -151,7 +153,7 @@ JSON_RUN_COLUMNS = ("config", "summary")
 ADDED_RUN_COLUMNS = {"images_per_second": "REAL", "summary": "TEXT"}  # absent in older files
 
 
-class StoreError(ValueError):
+class StoreError(AuditError):
     """The results file cannot be used (not SQLite, or another program's database)."""
 
 

@@ -147,8 +147,8 @@ def summarize(
 ) -> AuditSummary:
     """Aggregate a run's rows (errors excluded from every metric, counted separately)."""
     ok = [r for r in rows if r.error is None]
-    inputs = metric_table.SummaryInputs(ok, torch.as_tensor(np.asarray(thresholds, dtype=np.float64)),
-                           tuple(iou_thresholds))
+    grid = torch.as_tensor(np.asarray(thresholds, dtype=np.float64))
+    inputs = metric_table.SummaryInputs(ok, grid, tuple(iou_thresholds))
     return AuditSummary(
         run_id=run_id, db_path=db_path, model=model, dataset=dataset,
         thresholds=np.asarray(thresholds), iou_thresholds=tuple(iou_thresholds),

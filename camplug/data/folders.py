@@ -7,10 +7,12 @@
   ``filename`` / ``file`` are paths relative to the image folder. Box corners are inclusive
   pixel coordinates in the original image (x to the right, y down); boxes reaching past the
   image are clipped to it. A ``label`` is a class index, or a class name when ``class_names``
-  is given. Images are converted to RGB, resized to ``image_size`` (boxes scaled with them;
-  None keeps the original size) and normalized with ``mean`` / ``std`` (ImageNet's by
-  default). A file that is missing, truncated or not an image raises ``OSError`` when its item
-  is read; the audit records it as an error row and goes on.
+  is given. Images of any mode are converted to RGB in [0, 1] (16-bit grayscale scaled by
+  its range: ``image_pixels``), resized to ``image_size`` (boxes scaled with them; None keeps
+  the original size) and normalized with ``mean`` / ``std`` (ImageNet's by default). Only
+  regular files inside the image folder are read. A CSV may start with a UTF-8 byte order
+  mark (as Excel writes it). A file that is missing, truncated or not an image raises
+  ``OSError`` when its item is read; the audit records it as an error row and goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +85,7 @@ def read_csv_annotations(
 ) -> list[ImageRecord]:
     """Records from a ``filename,label,x0,y0,x1,y1`` CSV, grouped by file in first-seen order."""
     path = Path(path)
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # accepts Excel's BOM
         reader = csv.DictReader(handle)
         header = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -117,7 +120,7 @@ def read_json_annotations(
     """Records from a JSON list of ``{"file", "label", "boxes", "mask"?}`` objects."""
     path = Path(path)
     try:
-        items = json.loads(path.read_text())
+        items = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise SpecError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(items, list) or not items:
@@ -151,13 +154,19 @@ def read_annotations(
 ) -> list[ImageRecord]:
     """Dispatch on the suffix: ``.csv`` or ``.json``."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(f"annotation file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        return read_csv_annotations(path, class_names)
-    if path.suffix.lower() == ".json":
-        return read_json_annotations(path, class_names)
-    raise SpecError(f"annotation file {path}: expected a .csv or .json file")
+    if not path.is_file():
+        raise SpecError(f"annotation file {path} is not a regular file")
+    readers = {".csv": read_csv_annotations, ".json": read_json_annotations}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise SpecError(f"annotation file {path}: expected a .csv or .json file")
+    try:
+        return reader(path, class_names)
+    except UnicodeDecodeError as error:
+        raise SpecError(f"annotation file {path} is not UTF-8 text ({error.reason} at byte "
+                        f"{error.start})") from None
 
 
 def scale_box(
@@ -175,11 +184,77 @@ def scale_box(
     return (float(nx0), float(ny0), float(max(nx1, nx0)), float(max(ny1, ny0)))
 
 
+HIGH_DEPTH_RANGE = 65535.0  # "I;16*" and "I" images: 16-bit grey levels
+SIGNATURE_BYTES = 64 * 1024  # a file's identity: size, mtime and a hash of its ends
+
+
+def image_pixels(image: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A Pillow image as float32 [H, W, 3] in [0, 1], resized (bilinear) to ``size`` (H, W)
+    when given. 8-bit modes (RGB, grayscale, RGBA, palette, CMYK, ...) go through Pillow's RGB
+    conversion (alpha dropped, as torchvision's loader does); 16-bit and 32-bit integer
+    grayscale ("I;16", "I;16B", "I") are scaled by the 16-bit range 0..65535 (Pillow's own
+    conversion would clip them to 255, making them white); float grayscale ("F") is taken as
+    [0, 1]. Values outside the range are clipped."""
+    from PIL import Image
+
+    if image.mode.startswith("I") or image.mode == "F":
+        scale = 1.0 if image.mode == "F" else HIGH_DEPTH_RANGE
+        grey = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) / scale, 0.0, 1.0))
+        if size is not None and size != (grey.height, grey.width):
+            grey = grey.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return np.repeat(np.asarray(grey, dtype=np.float32)[..., None], 3, axis=2)
+    rgb = image.convert("RGB")
+    if size is not None and size != (rgb.height, rgb.width):
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.float32) / 255.0
+
+
+def mask_pixels(image: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask image as bool [H, W] (object where any channel is non-zero, any bit depth),
+    resized (nearest) to ``size`` (H, W) when given."""
+    from PIL import Image
+
+    values = np.asarray(image)
+    mask = (values != 0).any(axis=-1) if values.ndim == 3 else values != 0
+    if size is not None and size != mask.shape:
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+            (size[1], size[0]), Image.Resampling.NEAREST)
+        mask = np.asarray(resized) > 0
+    return mask
+
+
+def file_signature(path: Path) -> bytes:
+    """What identifies a file's content cheaply: size, modification time and a hash of its first
+    and last 64 KiB; a marker instead for a missing or non-regular file (never opened, so a
+    named pipe cannot block)."""
+    import hashlib
+
+    try:
+        info = path.stat()
+    except OSError:
+        return b"missing"
+    if not stat.S_ISREG(info.st_mode):
+        return b"not a regular file"
+    digest = hashlib.sha256(f"{info.st_size}:{info.st_mtime_ns}".encode())
+    try:
+        with path.open("rb") as handle:
+            digest.update(handle.read(SIGNATURE_BYTES))
+            if info.st_size > SIGNATURE_BYTES:
+                handle.seek(max(SIGNATURE_BYTES, info.st_size - SIGNATURE_BYTES))
+                digest.update(handle.read(SIGNATURE_BYTES))
+    except OSError:
+        return b"unreadable"
+    return digest.digest()
+
+
 class AnnotatedImageFolder(torch.utils.data.Dataset):
     """Images under ``root`` annotated by a CSV or JSON file (format: module docstring).
 
     ``ds[i]`` -> {"image": float32 [3, H, W] normalized, "label": int, "boxes": float32 [M, 4],
-    "mask": bool [H, W] (only when the record names one), "id": the file name}.
+    "mask": bool [H, W] (only when the record names one), "id": the file name}. Only regular
+    files inside ``root`` are read: a file or mask path leaving it (``../``, an absolute path,
+    a symbolic link pointing out) or naming a non-regular file (a named pipe, a device) makes
+    that item fail with a message saying so.
     """
 
     def __init__(
@@ -209,24 +284,35 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def path(self, name: str, what: str = "image") -> Path:
+        """The file ``name`` of an annotation, checked: inside the folder and a regular file
+        (``ValueError`` / ``FileNotFoundError`` / ``OSError`` saying which is not so)."""
+        root = self.root.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"{what} path {name!r} leads outside the image folder {root}; "
+                             "only files inside it are read")
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {name} does not exist under {root}")
+        if not path.is_file():
+            raise OSError(f"{what} {name} is not a regular file")
+        return path
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         from PIL import Image
 
         record = self.records[index]
-        with Image.open(self.root / record.file) as opened:
+        with Image.open(self.path(record.file)) as opened:
             opened.load()  # decode now, so a truncated file fails here
-            image = opened.convert("RGB")
-        old_size = (image.height, image.width)
-        for box in record.boxes:
-            if box[0] >= old_size[1] or box[1] >= old_size[0]:
-                raise ValueError(
-                    f"box {list(box)} of {record.file} lies outside the image "
-                    f"({old_size[1]}x{old_size[0]} pixels)"
-                )
-        new_size = self.image_size or old_size
-        if new_size != old_size:
-            image = image.resize((new_size[1], new_size[0]), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+            old_size = (opened.height, opened.width)
+            for box in record.boxes:
+                if box[0] >= old_size[1] or box[1] >= old_size[0]:
+                    raise ValueError(
+                        f"box {list(box)} of {record.file} lies outside the image "
+                        f"({old_size[1]}x{old_size[0]} pixels)"
+                    )
+            new_size = self.image_size or old_size
+            pixels = torch.from_numpy(image_pixels(opened, new_size)).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         boxes = [scale_box(b, old_size, new_size) for b in record.boxes]
@@ -237,17 +323,14 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
             "id": record.file,
         }
         if record.mask is not None:
-            with Image.open(self.root / record.mask) as opened:
+            with Image.open(self.path(record.mask, "mask")) as opened:
                 opened.load()
-                mask = opened.convert("L")
-            if (mask.height, mask.width) != old_size:
-                raise OSError(
-                    f"mask {record.mask} is {mask.width}x{mask.height}, its image "
-                    f"{record.file} is {old_size[1]}x{old_size[0]}"
-                )
-            if new_size != old_size:
-                mask = mask.resize((new_size[1], new_size[0]), Image.Resampling.NEAREST)
-            item["mask"] = torch.from_numpy(np.asarray(mask) > 0)
+                if (opened.height, opened.width) != old_size:
+                    raise OSError(
+                        f"mask {record.mask} is {opened.width}x{opened.height}, its image "
+                        f"{record.file} is {old_size[1]}x{old_size[0]}"
+                    )
+                item["mask"] = torch.from_numpy(mask_pixels(opened, new_size))
         return item
 
     def describe(self) -> str:
@@ -255,12 +338,19 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
         return f"{self.annotations} ({len(self)} images under {self.root})"
 
     def fingerprint(self) -> str:
-        """A digest of the annotations and the loading options (for the run's identity)."""
+        """A digest of the annotations, the loading options and every image and mask file's
+        ``file_signature`` (for the run's identity: changed images make another run)."""
         import hashlib
 
+        root = self.root.resolve()
         digest = hashlib.sha256(self.annotations.read_bytes())
-        digest.update(repr((str(self.root.resolve()), self.image_size, self.mean, self.std))
-                      .encode())
+        digest.update(repr((str(root), self.image_size, self.mean, self.std)).encode())
+        names = sorted({r.file for r in self.records}
+                       | {r.mask for r in self.records if r.mask is not None})
+        for name in names:
+            path = (root / name).resolve()
+            digest.update(name.encode() + b"\0")
+            digest.update(file_signature(path) if path.is_relative_to(root) else b"outside")
         return digest.hexdigest()[:16]
 
 

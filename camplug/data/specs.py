@@ -3,9 +3,10 @@
 Model specs (``load_model``):
   - ``demo`` (or ``demo:hard``): the shipped demo model (``camplug.zoo.load_demo_model``);
   - ``package.module:factory`` or ``path/to/file.py:factory``: a callable returning an
-    ``nn.Module`` (called with no arguments);
-  - a TorchScript file (``torch.jit.save`` / ``torch.jit.trace`` output), loaded with
-    ``torch.jit.load``.
+    ``nn.Module`` (called with no arguments). This imports and runs that Python code, with
+    the permissions of the user running camplug.
+  TorchScript files are refused: PyTorch runs no Python forward hooks on ScriptModules, so no
+  map can be captured from them.
   ``checkpoint``: a state dict file (or a dict holding one under ``state_dict``, ``model`` or
   ``model_state_dict``) loaded with ``torch.load(weights_only=True)`` into the model, strictly.
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,11 @@ class SpecError(ValueError):
 
 
 # models -----------------------------------------------------------------------------------
+# The source of the file a factory came from, per model built by ``load_model`` (weakly held):
+# part of ``model_fingerprint``, so a changed factory file makes another run.
+_FACTORY_SOURCES: weakref.WeakKeyDictionary[nn.Module, bytes] = weakref.WeakKeyDictionary()
+
+
 def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
     """The model named by ``spec`` (see module docstring), with ``checkpoint`` loaded, in eval
     mode on the CPU."""
@@ -40,7 +48,7 @@ def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
 
         model = zoo.load_demo_model(spec.partition(":")[2] or "easy")
     elif Path(spec).is_file():
-        model = _load_torchscript(Path(spec))
+        raise SpecError(_file_spec_message(Path(spec)))
     elif ":" in spec:
         try:
             model = _call_factory(spec)
@@ -52,23 +60,36 @@ def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
             raise
     else:
         raise SpecError(
-            f"model spec {spec!r} is neither 'demo', an existing TorchScript file, nor "
-            "'package.module:factory'"
+            f"model spec {spec!r} is neither 'demo', 'package.module:factory' nor "
+            "'file.py:factory'"
         )
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
 
 
-def _load_torchscript(path: Path) -> nn.Module:
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError as error:
-        raise SpecError(
-            f"{path} is not a TorchScript archive ({str(error).splitlines()[0]}). To audit a "
-            "state dict, name the model class: --model package.module:factory --checkpoint "
-            f"{path}"
-        ) from None
+TORCHSCRIPT_REFUSAL = (
+    "TorchScript models cannot be audited or explained: PyTorch does not run Python forward "
+    "hooks on ScriptModules, and a map needs the features that feed the global pooling. "
+    "Workaround: use the Python model with the scripted weights, e.g. "
+    "torch.save(torch.jit.load('model.pt').state_dict(), 'weights.pt'), then "
+    "--model package.module:factory --checkpoint weights.pt"
+)
+
+
+def _file_spec_message(path: Path) -> str:
+    """Why a model spec naming a file is refused: TorchScript, or weights without a model."""
+    import zipfile
+
+    names: list[str] = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+        return f"{path} is a TorchScript archive. {TORCHSCRIPT_REFUSAL}"
+    return (f"model spec {path} is a file, not a model: name the model's code, "
+            f"--model package.module:factory or file.py:factory, and pass the weights with "
+            f"--checkpoint {path}")
 
 
 def _call_factory(spec: str) -> nn.Module:
@@ -84,21 +105,41 @@ def _call_factory(spec: str) -> nn.Module:
             raise SpecError(
                 f"model spec {spec!r}: cannot import {module_name!r}: {error}"
             ) from None
+        except Exception as error:  # the user's module failed while importing
+            raise SpecError(f"model spec {spec!r}: importing {module_name!r} raised "
+                            f"{type(error).__name__}: {error}") from None
     factory = module
     for part in attribute.split("."):
         if not hasattr(factory, part):
             raise SpecError(f"model spec {spec!r}: {module_name!r} has no attribute {attribute!r}")
         factory = getattr(factory, part)
     if isinstance(factory, nn.Module):
-        return factory
-    if not callable(factory):
+        model = factory
+    elif not callable(factory):
         raise SpecError(f"model spec {spec!r}: {attribute!r} is not callable")
-    model = factory()
+    else:
+        try:
+            model = factory()
+        except Exception as error:  # any failure of the user's factory
+            raise SpecError(f"model spec {spec!r}: the factory raised "
+                            f"{type(error).__name__}: {error}") from None
     if not isinstance(model, nn.Module):
         raise SpecError(
             f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
         )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise SpecError(f"model spec {spec!r} returned a ScriptModule. {TORCHSCRIPT_REFUSAL}")
+    _FACTORY_SOURCES[model] = _module_source(module)
     return model
+
+
+def _module_source(module: Any) -> bytes:
+    """The bytes of the file a module was loaded from (empty when it has none)."""
+    try:
+        source_file = inspect.getsourcefile(module)
+        return Path(source_file).read_bytes() if source_file else b""
+    except (OSError, TypeError):
+        return b""
 
 
 def _import_file(path: Path) -> Any:
@@ -109,7 +150,12 @@ def _import_file(path: Path) -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file failed while running
+        del sys.modules[name]
+        raise SpecError(f"model spec: running {path} raised {type(error).__name__}: "
+                        f"{error}") from None
     return module
 
 
@@ -162,8 +208,10 @@ def _state_dict_mismatch(model: nn.Module, state: dict) -> tuple[list[str], list
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A hex digest of the model's class name and state (parameter and buffer values), used to
-    refuse resuming a run with a different model."""
+    """A hex digest of the model's state (parameter and buffer values) and code: the source of
+    every module class in it (``inspect``, when available; the class's name otherwise) and, for
+    a model built by ``load_model`` from a factory, the factory's file. Used as the model's part
+    of a run's identity, so other weights or changed code never resume an old run."""
     import hashlib
 
     digest = hashlib.sha256(type(model).__name__.encode())
@@ -172,4 +220,17 @@ def model_fingerprint(model: nn.Module) -> str:
         data = tensor.detach().cpu().contiguous()
         digest.update(str(data.dtype).encode() + str(tuple(data.shape)).encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    # by qualified name and source, not module name: a file imported by path gets a module
+    # name that differs between processes
+    sources = sorted({(t.__qualname__, _class_source(t)) for t in map(type, model.modules())})
+    for name, source in sources:
+        digest.update(name.encode() + b"\0" + source)
+    digest.update(_FACTORY_SOURCES.get(model, b""))
     return digest.hexdigest()[:16]
+
+
+def _class_source(cls: type) -> bytes:
+    try:
+        return inspect.getsource(cls).encode()
+    except (OSError, TypeError):  # defined interactively, or a built-in
+        return b"<no source>"

@@ -97,8 +97,31 @@ def test_the_run_records_its_method_and_throughput(tmp_path):
     again = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False)
     assert again.run_id == first.run_id
     assert again.images_per_second == pytest.approx(first.images_per_second)
-    with pytest.raises(ValueError, match="method 'gradcam'"):
-        run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, method="gradcam")
+    with pytest.raises(ValueError, match="unknown method 'nosuchcam'"):
+        run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, method="nosuchcam")
+
+
+def test_the_method_is_passed_to_the_maps_and_is_part_of_the_identity(tmp_path):
+    import camplug
+    from camplug import metrics
+
+    model = TinyNet()
+    ds = SyntheticLocalization(n=4, image_size=32, seed=8)
+    cam = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False)
+    grad = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
+                     method="GradCAM")
+    assert grad.run_id != cam.run_id
+    with ResultStore(tmp_path / "audit.sqlite") as store:
+        assert store.get_run(grad.run_id).config["method"] == "gradcam"
+        rows = store.rows(grad.run_id)
+    items = [ds[i] for i in range(4)]
+    images = torch.stack([it["image"] for it in items])
+    labels = torch.tensor([it["label"] for it in items])
+    boxes = torch.stack([it["box"] for it in items])
+    maps = camplug.explain(model, images, target=labels, method="gradcam").maps[:, 0]
+    _, ious_v2 = metrics.box_ious_v1_v2(maps.clamp(0, 1), boxes, GRID)
+    for row, expected in zip(rows, ious_v2, strict=True):
+        np.testing.assert_array_equal(row.box_ious, expected.numpy())
 
 
 def test_metric_definitions_are_unique_and_documented():

@@ -140,3 +140,140 @@ def test_open_dataset_specs(tmp_path):
     folder = open_dataset(str(tmp_path), image_size=0)
     assert folder[0]["label"] == 1 and folder[0]["image"].shape == (3, 20, 30)
     assert sources.DEFAULT_ANNOTATIONS[-1] == "boxes.csv"
+
+
+# any image mode, files only inside the folder, regular files only -------------------------
+def _folder(tmp_path, files: dict[str, str | None], size=(6, 8)):
+    """An annotation CSV (or JSON with masks) over ``files`` (file -> mask or None)."""
+    items = [{"file": f, "label": 0, "boxes": [[0, 0, size[1] - 1, size[0] - 1]],
+              **({"mask": m} if m else {})} for f, m in files.items()]
+    (tmp_path / "ann.json").write_text(json.dumps(items))
+    return AnnotatedImageFolder(tmp_path, tmp_path / "ann.json", image_size=None,
+                                mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def test_16_bit_images_are_scaled_by_their_range_not_clipped(tmp_path):
+    grey = np.array([[0, 1000, 30000, 65535]] * 3, dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert opened.mode.startswith("I")  # Pillow's 16-bit modes: "I;16" or "I"
+    image = _folder(tmp_path, {"deep.png": None}, size=(3, 4))[0]["image"]
+    expected = torch.from_numpy(grey / 65535.0).float().expand(3, -1, -1)
+    torch.testing.assert_close(image, expected)  # Pillow's own convert("RGB") gives 255s
+    # resized in float, not in 8 bits
+    folder = AnnotatedImageFolder(tmp_path, tmp_path / "ann.json", image_size=(6, 8),
+                                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    resized = folder[0]["image"]
+    reference = Image.fromarray((grey / 65535.0).astype(np.float32)).resize(
+        (8, 6), Image.Resampling.BILINEAR)
+    torch.testing.assert_close(resized[0], torch.from_numpy(np.array(reference)))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1", "I;16B", "F"])
+def test_every_image_mode_gives_rgb_in_the_unit_range(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8))
+    if mode == "I;16B":
+        values = (rng.random((6, 8)) * 65535).astype(">u2")
+        image = Image.frombytes("I;16B", (8, 6), values.tobytes())
+        expected = values.astype(np.float64)[..., None].repeat(3, 2) / 65535
+        image.save(tmp_path / "x.tif")
+        name = "x.tif"
+    elif mode == "F":
+        values = rng.random((6, 8)).astype(np.float32)
+        image = Image.fromarray(values)
+        expected = values.astype(np.float64)[..., None].repeat(3, 2)
+        image.save(tmp_path / "x.tif")
+        name = "x.tif"
+    else:
+        image = rgb.convert(mode)
+        name = "x.tif" if mode == "CMYK" else "x.png"
+        image.save(tmp_path / name)
+        with Image.open(tmp_path / name) as back:
+            expected = np.asarray(back.convert("RGB"), dtype=np.float64) / 255
+    got = _folder(tmp_path, {name: None})[0]["image"].permute(1, 2, 0).double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_16_bit_masks_keep_their_objects(tmp_path):
+    _write_png(tmp_path / "a.png", (6, 8))
+    mask = np.zeros((6, 8), np.uint16)
+    mask[1:3, 2:5] = 300  # every non-zero 16-bit level is object
+    mask[4, 6] = 256
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    item = _folder(tmp_path, {"a.png": "m.png"})[0]
+    np.testing.assert_array_equal(item["mask"].numpy(), mask != 0)
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "{abs}", "link.png"])
+def test_paths_leaving_the_folder_are_not_read(tmp_path, name):
+    root = tmp_path / "images"
+    root.mkdir()
+    _write_png(tmp_path / "outside.png")
+    _write_png(root / "inside.png")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    name = name.format(abs=tmp_path / "outside.png")
+    ds = _folder(root, {name: None, "inside.png": None}, size=(20, 30))
+    with pytest.raises(ValueError, match="leads outside the image folder"):
+        ds[0]
+    assert ds[1]["image"].shape == (3, 20, 30)
+    ds.fingerprint()  # never reads the outside file either
+    masked = _folder(root, {"inside.png": name}, size=(20, 30))
+    with pytest.raises(ValueError, match="mask path .* leads outside the image folder"):
+        masked[0]
+
+
+def test_a_named_pipe_fails_at_once_instead_of_blocking(tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pipe.png")
+    _write_png(tmp_path / "a.png")
+    ds = _folder(tmp_path, {"pipe.png": None, "a.png": "pipe.png"}, size=(20, 30))
+    outcome = {}
+
+    def read():
+        for index in (0, 1):
+            try:
+                ds[index]
+            except OSError as error:
+                outcome[index] = str(error)
+        outcome["fingerprint"] = ds.fingerprint()
+
+    worker = threading.Thread(target=read, daemon=True)  # a blocked open would hang here
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "reading a named pipe blocked"
+    assert "pipe.png is not a regular file" in outcome[0]
+    assert "mask pipe.png is not a regular file" in outcome[1]
+    fifo_annotations = tmp_path / "fifo.csv"
+    os.mkfifo(fifo_annotations)
+    with pytest.raises(SpecError, match="is not a regular file"):
+        read_annotations(fifo_annotations)
+
+
+def test_a_csv_with_excels_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbffilename,label,x0,y0,x1,y1\r\na.png,1,0,0,3,3\r\n")
+    (record,) = read_annotations(path)
+    assert (record.file, record.label, record.boxes) == ("a.png", 1, ((0, 0, 3, 3),))
+    path.write_bytes("filename,label,x0,y0,x1,y1\na.png,1,0,0,3,3\n".encode("utf-16"))
+    with pytest.raises(SpecError, match="is not UTF-8 text"):
+        read_annotations(path)
+
+
+def test_the_fingerprint_covers_the_images(tmp_path):
+    import os
+
+    _write_png(tmp_path / "a.png", colour=(10, 20, 30))
+    ds = _folder(tmp_path, {"a.png": None}, size=(20, 30))
+    first = ds.fingerprint()
+    assert ds.fingerprint() == first
+    stat = (tmp_path / "a.png").stat()
+    _write_png(tmp_path / "a.png", colour=(10, 20, 31))  # same size, other pixels
+    os.utime(tmp_path / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime
+    assert (tmp_path / "a.png").stat().st_size == stat.st_size
+    changed = ds.fingerprint()
+    assert changed != first
+    os.utime(tmp_path / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert ds.fingerprint() not in (first, changed)  # touched: mtime counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import textwrap
 
@@ -101,14 +102,84 @@ def test_checkpoint_is_loaded_strictly_with_weights_only(model_module, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_torchscript_file_loads_and_a_state_dict_file_is_explained(tmp_path):
-    net = TinyNet().eval()
+def test_torchscript_is_refused_and_a_state_dict_file_is_explained(tmp_path, model_module):
     scripted = tmp_path / "net.pt"
-    torch.jit.script(net).save(str(scripted))
-    loaded = load_model(str(scripted))
-    x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(loaded(x), net(x))
+    torch.jit.script(TinyNet().eval()).save(str(scripted))
+    with pytest.raises(SpecError, match="TorchScript archive.*forward hooks.*Workaround"):
+        load_model(str(scripted))
     plain = tmp_path / "state.pt"
-    torch.save(net.state_dict(), plain)
-    with pytest.raises(SpecError, match="not a TorchScript archive.*--checkpoint"):
+    torch.save(TinyNet().state_dict(), plain)
+    with pytest.raises(SpecError, match="is a file, not a model.*--checkpoint"):
         load_model(str(plain))
+    (tmp_path / "scripted_factory.py").write_text(textwrap.dedent(f"""
+        import torch
+        def make():
+            return torch.jit.load({str(scripted)!r})
+    """))
+    with pytest.raises(SpecError, match="returned a ScriptModule.*forward hooks"):
+        load_model(f"{tmp_path / 'scripted_factory.py'}:make")
+
+
+def test_failing_user_code_is_a_spec_error(tmp_path, model_module):
+    broken = tmp_path / "broken_models.py"
+    broken.write_text("def make():\n    raise RuntimeError('no GPU here')\n")
+    with pytest.raises(SpecError, match="the factory raised RuntimeError: no GPU here"):
+        load_model(f"{broken}:make")
+    crashing = tmp_path / "crashing_models.py"
+    crashing.write_text("import torch\nraise ImportError('needs timm')\n")
+    with pytest.raises(SpecError, match="running .*crashing_models.py raised ImportError"):
+        load_model(f"{crashing}:make")
+    (tmp_path / "raising_module.py").write_text("x = 1 / 0\n")
+    with pytest.raises(SpecError, match="importing 'raising_module' raised ZeroDivisionError"):
+        load_model("raising_module:make")
+
+
+def test_the_fingerprint_covers_the_models_code(tmp_path, monkeypatch):
+    """Same weights, changed forward (class source) or changed factory file: another
+    fingerprint, so an audit never resumes a run of other code."""
+    source = textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+                self.fc = nn.Linear(4, 3)
+
+            def forward(self, x):
+                return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+        def make():
+            return Net()
+    """)
+    path = tmp_path / "coded_models.py"
+    path.write_text(source)
+    first = model_fingerprint(load_model(f"{path}:make"))
+    assert model_fingerprint(load_model(f"{path}:make")) == first  # deterministic
+    path.write_text(source.replace("torch.relu(self.conv(x))", "self.conv(x).abs()"))
+    changed_forward = model_fingerprint(load_model(f"{path}:make"))
+    path.write_text(source + "\nSCALE = 2  # the factory's file changed, the class did not\n")
+    changed_file = model_fingerprint(load_model(f"{path}:make"))
+    assert len({first, changed_forward, changed_file}) == 3
+    # without a factory file (a model built in-process): the class's own source counts
+    versions = []
+    for k, body in enumerate(("torch.relu(self.conv(x))", "self.conv(x).abs()")):
+        module_path = tmp_path / f"net_v{k}.py"
+        module_path.write_text(source.replace("torch.relu(self.conv(x))", body))
+        spec = importlib.util.spec_from_file_location(f"net_v{k}", module_path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, f"net_v{k}", module)  # as an import does
+        spec.loader.exec_module(module)
+        versions.append(module.Net())
+    assert versions[0].state_dict().keys() == versions[1].state_dict().keys()
+    assert model_fingerprint(versions[0]) != model_fingerprint(versions[1])
+    # a model built in this process: its class source counts, the weights too
+    net = TinyNet()
+    other = TinyNet()
+    other.load_state_dict(net.state_dict())
+    assert model_fingerprint(net) == model_fingerprint(other)
+    with torch.no_grad():
+        other.fc.bias.add_(1.0)
+    assert model_fingerprint(net) != model_fingerprint(other)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from camplug import metrics
 
 from ..batches import Sample, canonical_sample
-from ..scoring import label_maps
+from ..scoring import forward, label_maps
 from ..store import SampleRow
 from ..summary import AuditSummary
 from .html import (
@@ -98,9 +98,8 @@ def sample_cams(samples: Sequence[Sample], *, model: nn.Module, capture,
             chunk = group[start:start + batch_size]
             images = torch.stack([samples[k].image for k in chunk]).to(device)
             labels = torch.tensor([samples[k].label for k in chunk], device=device)
-            with torch.no_grad():
-                model(images)
-                maps = label_maps(capture, labels, method)
+            forward(model, capture, images, method)
+            maps = label_maps(capture, labels, method)
             for k, cam in zip(chunk, maps, strict=True):
                 cams[k] = cam
     return cams  # type: ignore[return-value]
