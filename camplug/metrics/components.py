@@ -211,8 +211,14 @@ def _saddles(rank: torch.Tensor, basin: torch.Tensor, num_basins: int, connectiv
     level = torch.minimum(flat_rank.index_select(0, here.index_select(0, keep)),
                           flat_rank.index_select(0, there.index_select(0, keep)))
     pair = torch.minimum(a, b) * num_basins + torch.maximum(a, b)
-    pairs, inverse = torch.unique(pair, return_inverse=True)
-    saddle = torch.zeros_like(pairs).scatter_reduce_(0, inverse, level, reduce="amax")
+    if num_basins * num_basins <= 4 * basin.numel():  # a dense table of pairs: no sort
+        table = torch.zeros(num_basins * num_basins, dtype=level.dtype, device=level.device)
+        table.scatter_reduce_(0, pair, level, reduce="amax")
+        pairs = table.nonzero().squeeze(1)  # every saddle is >= 1: both pixels have rank >= 1
+        saddle = table.index_select(0, pairs)
+    else:
+        pairs, inverse = torch.unique(pair, return_inverse=True)
+        saddle = torch.zeros_like(pairs).scatter_reduce_(0, inverse, level, reduce="amax")
     return pairs // num_basins, pairs % num_basins, saddle
 
 
