@@ -42,7 +42,8 @@ def _warn_nan_maps(nan_maps: torch.Tensor) -> None:
     more = f" and {len(pairs) - _NAN_PAIRS_SHOWN} more" if len(pairs) > _NAN_PAIRS_SHOWN else ""
     warnings.warn(
         f"cam: {len(pairs)} of {nan_maps.numel()} maps hold NaN or inf (from NaN or inf "
-        f"features or weights) and are 0 in the uint8 output, like a constant map; "
+        f"features or weights, or a range beyond fp32) and are 0 in the uint8 output, like a "
+        f"constant map; "
         f"(sample, class): {shown}{more}",
         RuntimeWarning,
         stacklevel=3,
@@ -102,9 +103,7 @@ def cam(
     if use_triton:
         from .triton_cam import cam_triton
 
-        result = cam_triton(features, weights, out_size, **kw)
-        # Until cam_triton returns (maps, nan_maps) everywhere, accept a bare tensor.
-        maps, nan_maps = result if isinstance(result, tuple) else (result, None)
+        maps, nan_maps = cam_triton(features, weights, out_size, **kw)
     elif features.device.type == "cpu":
         maps, nan_maps = cam_cpu(features, weights, out_size, **kw)
     else:
