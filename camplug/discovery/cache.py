@@ -160,6 +160,11 @@ _ids = functools.partial(map, id)
 _tensor_meta = operator.attrgetter("_version", "shape", "dtype", "device", "layout")
 
 
+def _any_none(items: list[object]) -> bool:
+    """``None in items`` by identity (``==`` on a tensor would run a comparison op)."""
+    return not all(map(operator.is_not, items, itertools.repeat(None)))
+
+
 def _plain(value: object) -> bool:
     """An immutable value that cannot refer to a model (compared by value, kept alive)."""
     if isinstance(value, _VALUES) or _is_builtin_function(value):
@@ -247,20 +252,22 @@ class _Plan:
                 list(map(torch.Tensor.data_ptr, tensors)), list(map(torch.Tensor.stride, tensors)))
 
     @staticmethod
-    def _hooks(dicts: list[dict]) -> tuple[list[int], list[Hashable]]:
-        """Modules with forward hooks (by position) and their user hooks; global user hooks."""
+    def _hooks(dicts: list[dict]) -> list[Hashable]:
+        """(position, user hooks) of the modules with user forward hooks, then the global user
+        hooks (camplug's own hooks, e.g. an attached capture's, are left out)."""
         counts = map(operator.add, *(map(len, map(operator.itemgetter(name), dicts))
                                      for name in _FORWARD_HOOKS))
-        hooked = list(itertools.compress(itertools.count(), counts))
-        users = [tuple(user_hooks(dicts[i][name]) for name in _FORWARD_HOOKS) for i in hooked]
+        hooked = [(i, tuple(user_hooks(dicts[i][name]) for name in _FORWARD_HOOKS))
+                  for i in itertools.compress(itertools.count(), counts)]
+        users: list[Hashable] = [(i, hooks) for i, hooks in hooked if any(hooks)]
         users.append(tuple(user_hooks(getattr(module_globals, name))
                            for name in _GLOBAL_FORWARD_HOOKS))
-        return hooked, users
+        return users
 
     def matches(self, model: nn.Module) -> bool:
         """Whether ``model`` is certainly still in the planned state (see the class docstring)."""
         modules = [ref() for ref in self.modules]
-        if modules[0] is not model or None in modules or list(map(type, modules)) != self.types:
+        if modules[0] is not model or _any_none(modules) or list(map(type, modules)) != self.types:
             return False
         if any(kind.forward is not forward for kind, forward in self.forwards.items()):
             return False
@@ -282,7 +289,7 @@ class _Plan:
         ):
             return False
         tensors = [ref() for ref in self.tensors]
-        if None in tensors or self._tensor_state(tensors) != self.tensor_state:
+        if _any_none(tensors) or self._tensor_state(tensors) != self.tensor_state:
             return False
         return self._hooks(dicts) == self.hooks
 

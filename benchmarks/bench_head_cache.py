@@ -1,0 +1,146 @@
+"""Cost of a cached attach: how long recognising an unchanged model takes before the probe is
+skipped, against a full fingerprint, on a ResNet-50-shaped model and on a LeViT look-alike whose
+train() clears an attention-bias cache that eval forwards fill.
+
+Per model, median over ``--repeats`` rounds (wall and process CPU time, milliseconds):
+- ``key_and_get``: ``HEAD_CACHE.key`` + ``HEAD_CACHE.get`` on a cached, unchanged model (what
+  the capture's discovery does on each attach);
+- ``full_fingerprint``: ``model_fingerprint`` (what every attach paid before the fast plan);
+- ``attach_overhead``: ``with attach(model): model(x)`` minus ``model(x)`` alone (the whole
+  plugin cost of a cached attach, hooks included);
+and, for LeViT, the probes run over ``--cycles`` rounds of ``train(); eval(); attach; forward``.
+
+Usage: python benchmarks/bench_head_cache.py [--repeats 200] [--device cpu] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_io import run_environment, write_report  # noqa: E402
+from models import resnet50_like  # noqa: E402
+
+import camplug  # noqa: E402
+from camplug.discovery.cache import HEAD_CACHE, model_fingerprint  # noqa: E402
+from camplug.discovery.heads import probing  # noqa: E402
+
+
+def _test_models():  # noqa: ANN202
+    """tests/models.py (the LeViT look-alike lives there, one copy)."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "models.py"
+    spec = importlib.util.spec_from_file_location("camplug_test_models", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    """Median wall and process-CPU milliseconds of ``fn`` over ``repeats`` calls."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
+    """The timings of the module docstring for one model (cached first)."""
+    with camplug.attach(model), torch.no_grad():
+        model(x)
+    args = (x,)
+
+    def key_and_get() -> None:
+        key = HEAD_CACHE.key(model, args, {}, layer=None, output=None, single_sample=True)
+        assert key is not None and HEAD_CACHE.get(model, key) is not None
+
+    def attached() -> None:
+        with camplug.attach(model), torch.no_grad():
+            model(x)
+
+    def plain() -> None:
+        with torch.no_grad():
+            model(x)
+
+    with_attach, forward = _timed(attached, repeats), _timed(plain, repeats)
+    return {
+        "modules": sum(1 for _ in model.modules()),
+        "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers()),
+        "key_and_get": _timed(key_and_get, repeats),
+        "full_fingerprint": _timed(lambda: model_fingerprint(model), max(repeats // 10, 3)),
+        "attach_overhead": {k: with_attach[k] - forward[k] for k in forward},
+        "forward": forward,
+    }
+
+
+def levit_probes(model: torch.nn.Module, x: torch.Tensor, cycles: int) -> int:
+    """Probes over ``cycles`` rounds of train(); eval(); attach; forward."""
+    count = [0]
+
+    def seen(module: torch.nn.Module, inputs: tuple) -> None:
+        count[0] += probing()
+
+    handle = model.register_forward_pre_hook(seen)
+    try:
+        for _ in range(cycles):
+            model.train()
+            model.eval()
+            with camplug.attach(model), torch.no_grad():
+                model(x)
+    finally:
+        handle.remove()
+    return count[0]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--cycles", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    tests = _test_models()
+    resnet = resnet50_like().eval().to(device)
+    levit = tests.build(next(c for c in tests.SUPPORTED if c.name == "levit")).to(device)
+    image = torch.randn(1, 3, 32, 32, device=device)
+    report = {
+        **run_environment(device, now),
+        "benchmark": "head_cache",
+        "repeats": args.repeats,
+        "resnet50_like_224": measure(resnet, torch.randn(1, 3, 224, 224, device=device),
+                                     args.repeats),
+        "levit_like_32": measure(levit, image, args.repeats),
+    }
+    HEAD_CACHE.clear()
+    report["levit_like_32"]["probes_over_cycles"] = {
+        "cycles": args.cycles, "probes": levit_probes(levit, image, args.cycles)}
+    path = write_report(report, "head_cache", now, args.out)
+    for name in ("resnet50_like_224", "levit_like_32"):
+        row = report[name]
+        print(f"{name}: key+get {row['key_and_get']['cpu_ms']:.3f} ms CPU "
+              f"({row['key_and_get']['wall_ms']:.3f} wall), full fingerprint "
+              f"{row['full_fingerprint']['cpu_ms']:.2f} ms CPU, attach overhead "
+              f"{row['attach_overhead']['cpu_ms']:.3f} ms CPU")
+    print(f"levit probes over {args.cycles} cycles: "
+          f"{report['levit_like_32']['probes_over_cycles']['probes']}; report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
