@@ -9,6 +9,11 @@ and buffer (identity, version counter, shape, dtype, device), the plain attribut
 submodule, an in-place update of a weight, a new hook, ``model.to(...)``) misses and the head is
 discovered again. The train/eval flags are left out: the probe always runs in eval.
 
+Each model keeps up to ``MAX_STATES_PER_MODEL`` states: the one a probe started from and the one
+it left (a model whose forward fills a cache of its own, or whose ``train()`` clears one, then
+hits in both). A known state is recognised by a fast :class:`_Plan` (identities, versions and
+C-level comparisons) instead of a full fingerprint; the full fingerprint decides when it fails.
+
 The cache never keeps a model alive: entries are keyed by ``id`` with a weak reference that
 drops the entry when the model is collected, and fingerprints hold ids, values and weak
 references only. The cached HeadInfo refers to the model's own parameters (and to constants
