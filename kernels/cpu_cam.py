@@ -9,9 +9,9 @@
    PyTorch's own source indices and weights; they are built once per (in, out) size and cached.
 3. uint8: the 255 scale goes into the small ``rows`` and the +0.5 of round-half-up into an
    extra column, so the GEMM yields ``255 * v + 0.5`` and a cast (truncation) finishes
-   ``floor(255 * v + 0.5)``: no scale, offset, floor or clamp pass over the output. A narrow
-   output (uint8, fp16, bf16) is made in blocks of rows whose fp32 GEMM result stays in cache
-   (not while tracing: the compiler fuses the cast itself).
+   ``floor(255 * v + 0.5)``: no scale, offset, floor or clamp pass over the output. The output
+   GEMM runs in blocks of rows; a narrow output's (uint8, fp16, bf16) fp32 block is cast while
+   in cache (not while tracing: the compiler fuses the cast itself).
 
 Finite maps match F.interpolate to fp32 rounding. A NaN or infinity in a raw map
 (``normalize=False``) makes the whole resized map NaN, where F.interpolate spreads it to the
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .semantics import min_max_normalize, non_finite_maps
 
-_CAST_BLOCK_BYTES = 2**19  # fp32 GEMM result per block when casting to a narrower out_dtype
+_GEMM_BLOCK_BYTES = 2**19  # fp32 result of one block of rows of the output GEMM
 
 
 def _build_interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -90,8 +90,10 @@ def resize_and_cast(
         if to_bytes:  # an extra input column of 0.5 with weight 1: the GEMM adds the 0.5
             rows = torch.cat([rows, rows.new_full((*rows.shape[:-1], 1), 0.5)], dim=-1)
             cols = torch.cat([cols, cols.new_ones(1, out_w)])
-        out = _gemm_and_cast(rows.reshape(-1, rows.shape[-1]), cols, out_dtype)
-    return _cast(out, out_dtype).reshape(batch, classes, out_h, out_w).contiguous()
+        return _gemm_and_cast(rows.reshape(-1, rows.shape[-1]), cols, out_dtype).view(
+            batch, classes, out_h, out_w
+        )
+    return _cast(out, out_dtype).contiguous()
 
 
 def _cast(maps: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
@@ -107,15 +109,19 @@ def _cast(maps: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
 def _gemm_and_cast(
     rows: torch.Tensor, cols: torch.Tensor, out_dtype: torch.dtype | None
 ) -> torch.Tensor:
-    """``rows @ cols`` [N, W] in ``out_dtype``. A narrow output is made in blocks of rows whose
-    fp32 product stays in cache, so only the narrow result travels to memory."""
-    block = max(1, _CAST_BLOCK_BYTES // (4 * cols.shape[1]))
-    narrow = out_dtype not in (None, torch.float32)
-    if not narrow or rows.shape[0] <= block or torch.compiler.is_compiling():
-        return torch.mm(rows, cols)
-    out = rows.new_empty((rows.shape[0], cols.shape[1]), dtype=out_dtype)
+    """``rows @ cols`` [N, W] in ``out_dtype``, made in blocks of rows: MKL's GEMM with a tiny
+    inner dimension slows down on tall outputs, and a narrow output's fp32 block stays in
+    cache until cast, so only the narrow result travels to memory."""
+    block = max(1, _GEMM_BLOCK_BYTES // (4 * cols.shape[1]))
+    if rows.shape[0] <= block or torch.compiler.is_compiling():
+        return _cast(torch.mm(rows, cols), out_dtype)
+    out = rows.new_empty((rows.shape[0], cols.shape[1]), dtype=out_dtype or torch.float32)
     for start in range(0, rows.shape[0], block):
-        out[start : start + block] = _cast(torch.mm(rows[start : start + block], cols), out_dtype)
+        part = slice(start, start + block)
+        if out.dtype == torch.float32:
+            torch.mm(rows[part], cols, out=out[part])
+        else:
+            out[part] = _cast(torch.mm(rows[part], cols), out_dtype)
     return out
 
 

@@ -430,11 +430,11 @@ def test_torch_export_matches_eager():
         assert_close(got, want, torch.uint8 if got.dtype == torch.uint8 else torch.float32)
 
 
-@pytest.mark.parametrize("out_dtype", [torch.uint8, torch.float16, torch.bfloat16], ids=str)
-def test_narrow_outputs_made_in_blocks_match_oracle(out_dtype):
-    """2 x 3 maps of 224 rows: the fast path casts its GEMM result in blocks of rows, the last
-    one partial."""
-    rows_per_block = cpu_cam._CAST_BLOCK_BYTES // (4 * 224)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+def test_output_gemm_in_blocks_matches_oracle(out_dtype):
+    """2 x 3 maps of 224 rows: the fast path makes its output GEMM (and a narrow dtype's cast)
+    in blocks of rows, the last one partial."""
+    rows_per_block = cpu_cam._GEMM_BLOCK_BYTES // (4 * 224)
     assert rows_per_block < 2 * 3 * 224 and (2 * 3 * 224) % rows_per_block != 0
     features, weights = make_inputs(2, 16, 7, 7, 3, channels_last=True, seed=21)
     check_impl("cpu_fast", features, weights, 224, relu=True, normalize=True, out_dtype=out_dtype)
