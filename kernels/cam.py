@@ -35,9 +35,9 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
 
 def _warn_nan_maps(nan_maps: torch.Tensor) -> None:
     """RuntimeWarning naming the (sample, class) pairs of ``nan_maps`` [B, C] that are True."""
-    pairs = nan_maps.nonzero().tolist()  # host sync: only for uint8 output
-    if not pairs:
+    if not nan_maps.any():  # host sync: only for uint8 output
         return
+    pairs = nan_maps.nonzero().tolist()
     shown = ", ".join(f"({b}, {c})" for b, c in pairs[:_NAN_PAIRS_SHOWN])
     more = f" and {len(pairs) - _NAN_PAIRS_SHOWN} more" if len(pairs) > _NAN_PAIRS_SHOWN else ""
     warnings.warn(

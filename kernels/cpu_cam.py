@@ -4,14 +4,14 @@
    weights use an einsum), then ReLU and min-max normalization on these small maps.
 2. Bilinear resize as two matrix products with interpolation matrices: ``rows = Mh @ maps``
    [B*C, H, w] (one small GEMM), then one GEMM ``[B*C*H, w] @ [w, W]`` writes the output
-   once. The matrices are
-   F.interpolate(mode="linear", align_corners=False) applied to an identity, so they hold
-   PyTorch's own source indices and weights; they are built once per (in, out) size and cached.
-3. uint8: the 255 scale goes into the small ``rows`` and the +0.5 of round-half-up into an
-   extra column, so the GEMM yields ``255 * v + 0.5`` and a cast (truncation) finishes
-   ``floor(255 * v + 0.5)``: no scale, offset, floor or clamp pass over the output. The output
-   GEMM runs in blocks of rows; a narrow output's (uint8, fp16, bf16) fp32 block is cast while
-   in cache (not while tracing: the compiler fuses the cast itself).
+   once, in blocks of rows. The matrices are F.interpolate(mode="linear",
+   align_corners=False) applied to an identity, so they hold PyTorch's own source indices and
+   weights; they are built once per (in, out) size and cached.
+3. uint8: the low-res maps become ``255 * v + 0.5`` (each output's bilinear weights sum to 1,
+   up to fp32 rounding), so the GEMM yields ``255 * v' + 0.5`` and a cast (truncation) gives
+   ``floor(255 * v' + 0.5)``: no scale, offset, floor or clamp pass over the output. A narrow
+   output's (uint8, fp16, bf16) fp32 GEMM block is cast while in cache (not while tracing:
+   the compiler fuses the cast itself).
 
 Finite maps match F.interpolate to fp32 rounding. A NaN or infinity in a raw map
 (``normalize=False``) makes the whole resized map NaN, where F.interpolate spreads it to the
@@ -77,23 +77,15 @@ def resize_and_cast(
     """
     batch, classes, h, w = maps.shape
     out_h, out_w = out_size
-    to_bytes = out_dtype == torch.uint8
-    if to_bytes:
-        maps = maps.nan_to_num(nan=0.0) * 255.0
+    if out_dtype == torch.uint8:  # on the small maps: resize(255 * v + 0.5) = 255 * v' + 0.5
+        maps = maps.nan_to_num(nan=0.0).mul_(255.0).add_(0.5)
     if (h, w) == (out_h, out_w):
-        out = maps + 0.5 if to_bytes else maps
-    else:
-        # Rows first, as one GEMM over all maps: [H, h] @ [h, B*C*w] -> [B*C, H, w].
-        by_row = maps.permute(2, 0, 1, 3).reshape(h, -1)
-        rows = (interpolation_matrix(h, out_h).t() @ by_row).view(out_h, -1, w).transpose(0, 1)
-        cols = interpolation_matrix(w, out_w)  # [w, W]
-        if to_bytes:  # an extra input column of 0.5 with weight 1: the GEMM adds the 0.5
-            rows = torch.cat([rows, rows.new_full((*rows.shape[:-1], 1), 0.5)], dim=-1)
-            cols = torch.cat([cols, cols.new_ones(1, out_w)])
-        return _gemm_and_cast(rows.reshape(-1, rows.shape[-1]), cols, out_dtype).view(
-            batch, classes, out_h, out_w
-        )
-    return _cast(out, out_dtype).contiguous()
+        return _cast(maps, out_dtype).contiguous()
+    # Rows first, as one GEMM over all maps: [H, h] @ [h, B*C*w] -> [B*C, H, w].
+    by_row = maps.permute(2, 0, 1, 3).reshape(h, -1)
+    rows = (interpolation_matrix(h, out_h).t() @ by_row).view(out_h, -1, w).transpose(0, 1)
+    out = _gemm_and_cast(rows.reshape(-1, w), interpolation_matrix(w, out_w), out_dtype)
+    return out.view(batch, classes, out_h, out_w)
 
 
 def _cast(maps: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
