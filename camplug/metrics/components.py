@@ -9,11 +9,12 @@ Method (a component tree built from ascent basins):
 1. Ranks. A pixel's rank r is the number of cuts below its level: it is foreground at cut
    index t exactly when t < r. Pixels of rank 0 are never foreground and take no part.
 2. Basins. Every pixel points at the neighbour (or itself) with the largest key
-   r * H * W + raster index; keys grow strictly along these pointers, so following them ends
-   at a pixel that points at itself, the basin's root, and pointer jumping finds every
+   level * H * W + raster index; keys grow strictly along these pointers, so following them
+   ends at a pixel that points at itself, the basin's root, and pointer jumping finds every
    pixel's root in O(log length) rounds. Ranks never decrease along a chain and consecutive
    pixels touch, so at every cut where a pixel is foreground its whole chain is foreground
-   and connected to the root: the foreground part of a basin is always connected.
+   and connected to the root: the foreground part of a basin is always connected. (Keying
+   by level rather than rank breaks ties on plateaus of equal rank uphill: fewer basins.)
 3. Per basin and rank: pixel count, first and last raster index, leftmost and rightmost
    column; reverse cumulative reductions over the ranks give each basin's foreground box and
    area at every cut index.
@@ -41,7 +42,6 @@ import torch.nn.functional as F
 
 _PIXELS_PER_CHUNK = 1 << 18
 _MAX_LOOKUP_TABLE = 1 << 16
-_BELOW_EVERY_LEVEL = torch.iinfo(torch.int64).min
 # Offsets (dy, dx) to the neighbours after a pixel in raster order; each touching pair of
 # pixels is one of these.
 _FORWARD_NEIGHBOURS = {8: ((0, 1), (1, -1), (1, 0), (1, 1)), 4: ((0, 1), (1, 0))}
