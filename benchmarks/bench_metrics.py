@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import sys
 import time
@@ -234,13 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     n, rounds = (50, 1) if args.quick else (args.maps, args.rounds)
     now = datetime.datetime.now(datetime.timezone.utc)
     report = run_environment(device, now)
+    load_before = os.getloadavg()
     report.update(benchmark="camplug.metrics MaxBoxAccV2 and PxAP vs per-image OpenCV/numpy",
                   opencv=None if cv2 is None else cv2.__version__,
                   timing="median wall clock over rounds, whole set, one call each",
                   **run(n, args.size, rounds, device))
+    # Other work on the machine slows both sides, not always equally: keep the load.
+    report["load_average_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
     out = write_report(report, "metrics", now, args.out)
     print(f"device: {report['device']}  threads {report['cpu_threads']}  maps {n} x "
-          f"{args.size}x{args.size}, 100 thresholds")
+          f"{args.size}x{args.size}, 100 thresholds  load average "
+          f"{load_before[0]:.1f} -> {report['load_average_1min']['after']:.1f}")
     print(format_table(report["rows"]))
     print(f"written: {out}")
     return 0 if all(r.get("agree", True) for r in report["rows"]) else 1
