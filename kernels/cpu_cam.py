@@ -105,8 +105,8 @@ def _gemm_and_cast(
     inner dimension slows down on tall outputs, and a narrow output's fp32 block stays in
     cache until cast, so only the narrow result travels to memory."""
     block = max(1, _GEMM_BLOCK_BYTES // (4 * cols.shape[1]))
-    if rows.shape[0] <= block or torch.compiler.is_compiling():
-        return _cast(torch.mm(rows, cols), out_dtype)
+    if rows.shape[0] <= block or torch.compiler.is_compiling() or rows.requires_grad:
+        return _cast(torch.mm(rows, cols), out_dtype)  # mm(out=) does not differentiate
     out = rows.new_empty((rows.shape[0], cols.shape[1]), dtype=out_dtype or torch.float32)
     for start in range(0, rows.shape[0], block):
         part = slice(start, start + block)

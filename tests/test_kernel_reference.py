@@ -438,3 +438,21 @@ def test_output_gemm_in_blocks_matches_oracle(out_dtype):
     assert rows_per_block < 2 * 3 * 224 and (2 * 3 * 224) % rows_per_block != 0
     features, weights = make_inputs(2, 16, 7, 7, 3, channels_last=True, seed=21)
     check_impl("cpu_fast", features, weights, 224, relu=True, normalize=True, out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS)
+def test_fast_path_is_differentiable_like_eager(weight_kind):
+    """backend="torch" is the one to differentiate through: the fast path's gradients (on a
+    size whose output GEMM would run in blocks) equal the eager reference's."""
+    features, weights = make_inputs(2, 6, 7, 7, 3, seed=22, **WEIGHT_KINDS[weight_kind])
+    probe = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(23))
+    grads = []
+    for impl in IMPLEMENTATIONS:
+        f, w = features.clone().requires_grad_(), weights.clone().requires_grad_()
+        (run(impl, f, w, 224, relu=True) * probe).sum().backward()
+        grads.append((f.grad, w.grad))
+    for fast, eager in zip(grads[0], grads[1], strict=True):
+        # Each gradient sums 2 x 224 x 224 products in fp32, in a different order per path.
+        scale = eager.abs().max().item()
+        torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4 * scale)
+        assert scale > 0
