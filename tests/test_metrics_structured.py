@@ -129,3 +129,18 @@ def test_structured_maps_on_cuda_match_cpu():
         gpu = metrics.box_ious_v1_v2(cams.cuda(), boxes, THRESHOLDS, protocol=protocol)
         for a, b in zip(cpu, gpu, strict=True):
             assert b.is_cuda and torch.equal(a, b.cpu())
+
+
+def test_wide_level_ranges_take_the_binary_search_path_with_the_same_components():
+    # Levels spread over more than the lookup table's range: ranks by binary search, and the
+    # ranks order the pixels; the components must not change.
+    rng = np.random.default_rng(26)
+    levels = torch.from_numpy(rng.integers(0, 6, (3, 10, 12)))
+    cuts = torch.tensor([[0, 1, 3], [2, 2, 4], [-1, 0, 5]])
+    narrow = metrics.superlevel_components(levels, cuts)
+    scale = 1_000_003
+    wide = metrics.superlevel_components(levels * scale, cuts * scale)
+    assert int(cuts.max() - cuts.min()) * scale > components._MAX_LOOKUP_TABLE
+    for a, b in zip((narrow.slot, narrow.boxes, narrow.areas),
+                    (wide.slot, wide.boxes, wide.areas), strict=True):
+        assert torch.equal(a, b)

@@ -9,7 +9,7 @@ Method (a component tree built from ascent basins):
 1. Ranks. A pixel's rank r is the number of cuts below its level: it is foreground at cut
    index t exactly when t < r. Pixels of rank 0 are never foreground and take no part.
 2. Basins. Every pixel points at the neighbour (or itself) with the largest key
-   level * H * W + raster index; keys grow strictly along these pointers, so following them
+   (level, flat index); keys grow strictly along these pointers, so following them
    ends at a pixel that points at itself, the basin's root, and pointer jumping finds every
    pixel's root in O(log length) rounds. Ranks never decrease along a chain and consecutive
    pixels touch, so at every cut where a pixel is foreground its whole chain is foreground
@@ -113,23 +113,23 @@ def _neighbourhood_max(key: torch.Tensor, connectivity: int) -> torch.Tensor:
 
 
 def _basin_roots(rank: torch.Tensor, order: torch.Tensor, connectivity: int) -> torch.Tensor:
-    """Flat index of each pixel's basin root -> int [n*H*W]; rank-0 pixels point at themselves.
+    """Flat index of each pixel's basin root -> int32 (or int64) [n*H*W].
 
-    Pointers follow the key (order, raster index): ordering by level rather than rank breaks
-    ties inside plateaus of equal rank along the slope of the levels, so that chains run
-    uphill and few basins form. int32 when the keys fit, else int64.
+    Pointers follow the key (order, flat index); ``order`` (int64 >= 0) grows with the
+    rank, so a pixel of rank >= 1 never points at a lower rank. Pixels of rank 0 form basins
+    of their own too; the caller leaves them out.
     """
     n, h, w = rank.shape
-    hw = h * w
-    fits = (int(order.max()) + 1) * hw < 1 << 31 and n * hw < 1 << 31
+    total = n * h * w
+    fits = (2 * int(order.max()) + 2) * total < 1 << 31
     dtype = torch.int32 if fits else torch.int64
-    local = torch.arange(hw, device=rank.device, dtype=dtype).view(1, h, w)
-    outside = rank == 0
-    key = (order.to(dtype) * hw + local).masked_fill_(outside, -1)
-    target = (_neighbourhood_max(key, connectivity) % hw).masked_fill_(outside, 0)
-    target += torch.where(outside, local, 0)  # rank 0: the pixel itself
-    target += torch.arange(n, device=rank.device, dtype=dtype).view(n, 1, 1) * hw
-    pointer = target.reshape(-1)
+    flat = torch.arange(total, device=rank.device, dtype=dtype).view(n, h, w)
+    order = order.to(dtype)  # may be the caller's tensor (even ``rank``): not modified
+    # Within a plateau of equal order, pixels next to a higher one come first: chains leave
+    # plateaus uphill instead of wandering in raster order (fewer basins).
+    uphill = _neighbourhood_max(order, connectivity) > order
+    key = (order * 2).add_(uphill).mul_(total).add_(flat)
+    pointer = _neighbourhood_max(key, connectivity).remainder_(total).reshape(-1)
     while True:  # pointer jumping, two jumps per convergence check
         pointer = pointer.index_select(0, pointer)
         jumped = pointer.index_select(0, pointer)
