@@ -40,7 +40,10 @@ def _build_interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _cached_interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    return _build_interpolation_matrix(n_in, n_out)
+    # A normal tensor even when first asked for under inference_mode: an inference tensor
+    # could not be saved for backward by a later differentiable call.
+    with torch.inference_mode(False):
+        return _build_interpolation_matrix(n_in, n_out)
 
 
 def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:

@@ -456,3 +456,12 @@ def test_fast_path_is_differentiable_like_eager(weight_kind):
         scale = eager.abs().max().item()
         torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4 * scale)
         assert scale > 0
+
+
+def test_matrices_cached_under_inference_mode_serve_differentiable_calls():
+    features, weights = make_inputs(1, 4, 5, 3, 2, seed=24)
+    with torch.inference_mode():
+        cam(features, weights, (41, 43))  # a size no other test asks for: built here
+    weights.requires_grad_()
+    cam(features, weights, (41, 43)).sum().backward()
+    assert weights.grad is not None
