@@ -1,8 +1,8 @@
 """camplug: Class Activation Maps for PyTorch classifiers.
 
-``import camplug`` stays light: the plugin (``attach``, ``explain``, ``decorate``,
-``describe``) and the kernel (``cam``) are imported at once; the comparison harness, the audit,
-the Captum adapter and the subpackages load on first use.
+``import camplug`` stays light (it does not even import torch): every public name and
+subpackage loads on first use, so ``camplug --help`` is instant and ``camplug.attach`` pays
+only for the plugin, not for the audit, the comparison harness or Captum.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .api import CamResult, attach, decorate, describe, explain, undecorate
-from .capture import CamCapture
-from .errors import UnsupportedHeadError
-from .kernels import cam
+from .errors import DegenerateMapWarning, UnsupportedHeadError
 from .version import __version__
 
 __all__ = [
     "CamCapture",
     "CamResult",
     "ClassActivationMap",
+    "DegenerateMapWarning",
     "UnsupportedHeadError",
     "attach",
     "cam",
@@ -32,13 +30,19 @@ __all__ = [
     "__version__",
 ]
 
-# name -> (module, attribute): loaded on first access (they import sqlite3, captum, ...).
+# name -> (module, attribute): loaded on first access.
 _LAZY_ATTRIBUTES = {
+    **{name: ("camplug.api", name)
+       for name in ("CamResult", "attach", "decorate", "describe", "explain", "undecorate")},
+    "CamCapture": ("camplug.capture", "CamCapture"),
+    "cam": ("camplug.kernels", "cam"),
     "ClassActivationMap": ("camplug.captum.attribution", "ClassActivationMap"),
     "compare": ("camplug.comparison.harness", "compare"),
     "run_audit": ("camplug.audit.pipeline", "run_audit"),
 }
-_LAZY_SUBPACKAGES = ("audit", "captum", "comparison", "data", "discovery", "metrics", "zoo")
+_LAZY_SUBPACKAGES = (
+    "audit", "captum", "comparison", "data", "discovery", "kernels", "methods", "metrics", "zoo",
+)
 
 
 def __getattr__(name: str) -> Any:

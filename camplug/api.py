@@ -10,6 +10,8 @@ from torch import nn
 
 from .capture import CamCapture
 from .discovery.heads import HeadInfo, LayerSpec, OutputSelector, find_head
+from .discovery.layers import FeatureLayer, find_feature_layer
+from .errors import UnsupportedHeadError
 from .options import SizeSpec
 
 DECORATION_ATTRIBUTE = "cam"
@@ -138,11 +140,26 @@ def describe(
     output: OutputSelector = None,
     file: TextIO | None = None,
     quiet: bool = False,
-) -> HeadInfo:
+) -> HeadInfo | FeatureLayer:
     """Find the head (see ``camplug.discovery.heads.find_head``), print what was found (feature
     layer, shapes, pooling, folded operations, classifier) to ``file`` (default stdout) unless
-    ``quiet``, and return the :class:`HeadInfo` (``info.describe()`` is the text)."""
-    info = find_head(model, example_input, layer=layer, output=output)
+    ``quiet``, and return the :class:`HeadInfo` (``info.describe()`` is the text).
+
+    A model without an exact CAM head gets the layer the gradient methods use instead (see
+    ``camplug.discovery.layers.find_feature_layer``): the refusal and that layer are printed
+    and the :class:`FeatureLayer` is returned. With neither, the refusal is raised.
+    """
+    try:
+        info: HeadInfo | FeatureLayer = find_head(model, example_input, layer=layer,
+                                                  output=output)
+        text = info.describe()
+    except UnsupportedHeadError as refusal:
+        try:
+            info = find_feature_layer(model, example_input, layer=layer, output=output)
+        except (ValueError, RuntimeError):
+            raise refusal from None
+        text = (f"exact CAM: none ({refusal})\n"
+                f"gradient methods (method='gradcam', 'auto', ...) use: {info.description}")
     if not quiet:
-        print(f"{type(model).__name__}\n{info.describe()}", file=file or sys.stdout)
+        print(f"{type(model).__name__}\n{text}", file=file or sys.stdout)
     return info

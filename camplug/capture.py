@@ -12,11 +12,13 @@ as without the capture.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from . import methods
+from .discovery import layers
 from .discovery.cache import HEAD_CACHE
 from .discovery.fold import fold_head
 from .discovery.heads import (
@@ -48,8 +51,6 @@ from .methods.gradients import batched_gradients, head_jacobian
 from .options import SizeSpec, check_backend, resolve_size
 from .targets import check_targets, resolve_targets
 
-if TYPE_CHECKING:
-    from .discovery import layers
 
 class _Interceptor(TorchFunctionMode):
     """Takes the first tensor argument of the ``index``-th call of the torch function ``name``
@@ -65,6 +66,55 @@ class _Interceptor(TorchFunctionMode):
                 self.store(first_tensor(args, kwargs or {}))
             self.seen += 1
         return func(*args, **(kwargs or {}))
+
+
+class _ExitWatch:
+    """Calls ``on_exit`` when ``frame`` (a module call that opened an interceptor window)
+    returns, also when it unwinds through an exception that module hooks never see
+    (KeyboardInterrupt, SystemExit): a window can never outlive that call. While any watch of
+    a thread is active, one profile function (chained to any existing one) serves them all."""
+
+    _active: dict[int, tuple[Any, list[_ExitWatch]]] = {}  # thread id -> (previous, watches)
+
+    def __init__(self, frame: FrameType, on_exit: Callable[[], None]) -> None:
+        self.frame, self.on_exit = frame, on_exit
+        thread = threading.get_ident()
+        if thread not in self._active:
+            self._active[thread] = (sys.getprofile(), [])
+            sys.setprofile(_ExitWatch._profile)
+        self._active[thread][1].append(self)
+
+    @staticmethod
+    def _profile(frame: FrameType, event: str, arg: object) -> None:
+        previous, watches = _ExitWatch._active.get(threading.get_ident(), (None, ()))
+        if previous is not None:
+            previous(frame, event, arg)
+        if event == "return":
+            for watch in [w for w in watches if w.frame is frame]:
+                watch.on_exit()
+
+    def stop(self) -> None:
+        thread = threading.get_ident()
+        previous, watches = self._active.get(thread, (None, []))
+        if self in watches:
+            watches.remove(self)
+        if not watches and thread in self._active:
+            del self._active[thread]
+            if sys.getprofile() is _ExitWatch._profile:
+                sys.setprofile(previous)
+
+
+def _call_frame(module: nn.Module) -> FrameType | None:
+    """The running frame of ``module``'s ``nn.Module._call_impl``, if on this thread's stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _CALL_IMPL_CODE and frame.f_locals.get("self") is module:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+_CALL_IMPL_CODE = nn.Module._call_impl.__code__
 
 
 def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -110,6 +160,7 @@ class _ThreadState:
         self.pending_live: torch.Tensor | None = None
         self.calls: Counter[str] = Counter()
         self.window: _Interceptor | None = None
+        self.watch: _ExitWatch | None = None
         self.replaying = False
         self.tracking = False
         self.current = _Forward()
@@ -317,11 +368,9 @@ class CamCapture:
     def _discover_feature_layer(self, args: tuple, kwargs: dict) -> None:
         """No exact CAM: find the layer for the gradient methods (kept refusal otherwise)."""
         try:
-            from .discovery import layers
-
             found = layers.find_feature_layer(self.model, args, layer=self._layer,
                                               output=self.output, example_kwargs=kwargs)
-        except (ImportError, ValueError, RuntimeError):
+        except (ValueError, RuntimeError):
             return  # the head's refusal stays the error raised by the accessors
         self._feature_layer = found
         self._point_handles.append(self._names[found.module].register_forward_hook(
@@ -387,13 +436,21 @@ class CamCapture:
         return None
 
     def _open_window(self, point: CapturePoint) -> None:
-        if self._thread.window is None:
+        state = self._thread
+        if state.window is None:
             window = _Interceptor(point.func_name, point.op_index, self._store)
-            self._thread.window = window
+            state.window = window
             window.__enter__()
+            frame = _call_frame(self._names[point.module] if point.module else self.model)
+            if frame is not None:
+                state.watch = _ExitWatch(frame, self._close_window)
 
     def _close_window(self) -> None:
-        window, self._thread.window = self._thread.window, None
+        state = self._thread
+        window, state.window = state.window, None
+        watch, state.watch = state.watch, None
+        if watch is not None:
+            watch.stop()
         if window is not None:
             window.__exit__(None, None, None)
 
@@ -482,8 +539,6 @@ class CamCapture:
         forward = self._ready()
         if self._head is not None:
             return to_feature_map(self._head, forward.captured, forward.input_size)
-        from .discovery import layers
-
         return layers.to_grid(self._feature_layer, forward.captured, forward.input_size)
 
     @property
@@ -569,8 +624,6 @@ class CamCapture:
                 "call): compute gradient maps before loss.backward(), or use "
                 "camplug.explain(model, x, method=...)"
             ) from error
-        from .discovery import layers
-
         b, c = grads.shape[:2]
         grid = layers.to_grid(self._feature_layer, grads.flatten(0, 1), forward.input_size)
         return grid.unflatten(0, (b, c))
@@ -579,14 +632,19 @@ class CamCapture:
                      targets: torch.Tensor) -> torch.Tensor:
         """Logits fp32 [M, C] of each row of ``inputs`` [M, ...] (a variant of the last
         forward's sample ``samples[m]``) for that sample's classes ``targets`` [B, C]; the
-        model runs without gradients and this capture ignores these forwards."""
+        model runs in eval mode (flags restored after) without gradients, and this capture
+        ignores these forwards."""
         state = self._thread
         state.replaying = True
+        modes = [(module, module.training) for module in self.model.modules()]
         try:
+            self.model.eval()  # no batch statistics of masked copies, no dropout
             with torch.no_grad():
                 logits = select_output(self.model(inputs), self.output)
         finally:
             state.replaying = False
+            for module, training in modes:
+                module.training = training
         return logits.float().gather(1, targets.to(logits.device)[samples.to(logits.device)])
 
     # ------------------------------------------------------------------ maps

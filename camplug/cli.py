@@ -129,8 +129,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="demo",
         help="'demo' (the shipped model; 'demo:hard' for the hard split), "
-        "'package.module:factory' or 'file.py:factory' (called with no arguments), or a "
-        "TorchScript file (default: demo)")
+        "'package.module:factory' or 'file.py:factory' (called with no arguments; this runs "
+        "that code) (default: demo)")
     parser.add_argument("--checkpoint", type=Path,
                         help="state dict loaded into the model with torch.load(weights_only=True)")
     parser.add_argument("--layer", help="module whose output feeds global pooling (default: "

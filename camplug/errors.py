@@ -16,3 +16,8 @@ GRAD_CAM_HINT = (
     "Grad-CAM needs no particular head: camplug.explain(model, x, method='gradcam') (or "
     "method='auto', which picks CAM where the head allows it)"
 )
+
+
+class DegenerateMapWarning(UserWarning):
+    """The exact CAM exists but is useless: the feature map feeding the pooling is 1x1 (the
+    message names the nearest earlier layer with spatial extent)."""

@@ -101,6 +101,9 @@ REFERENCES: dict[str, Callable[[nn.Module, torch.Tensor], Reference]] = {
     "token_mean": lambda m, x: _linear(_tokens_to_map(m.mlp(m.patch_embed(x)), (4, 4)), m.head),
     "shared_pool": lambda m, x: _linear(m.stage2(m.stage1(x)), m.fc),
     "mutating": lambda m, x: _linear(m.features(x), m.fc),
+    "levit": lambda m, x: m.cam_reference(x),
+    "functional_rms": lambda m, x: m.cam_reference(x),
+    "attention_tokens": lambda m, x: m.cam_reference(x),
 }
 
 # Heads that are plain GAP + affine (no per-sample statistics): Captum's LayerGradCam on the

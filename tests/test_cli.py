@@ -117,8 +117,6 @@ def test_checkpoint_weights_are_what_gets_audited(tmp_path, model_file):
     assert [r.prediction for r in rows] == logits.argmax(1).tolist()
 
 
-@pytest.mark.xfail(strict=True, reason="the audit refuses a ScriptModule with a TypeError, "
-                   "which the CLI treats as a bug: it needs a ValueError subclass")
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_torchscript_model_error_and_its_workaround(tmp_path, model_file, capsys):
     model = load_model(f"{model_file}:make")
@@ -264,8 +262,6 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="camplug/__init__.py imports camplug.api, hence torch, "
-                   "eagerly: the CLI's own imports are lazy, the package's are not yet")
 @pytest.mark.parametrize("command", [[], ["demo"], ["audit"], ["compare"], ["describe"]])
 def test_help_imports_no_torch(command):
     result = subprocess.run([sys.executable, "-c", HELP_PROBE, *command, "--help"],

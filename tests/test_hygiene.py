@@ -4,6 +4,7 @@ memory stays flat; several captures coexist; torch.compile is handled."""
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
 import weakref
 
@@ -262,3 +263,28 @@ def test_attach_before_compile_works():
         assert torch.equal(compiled(x), expected.logits)
         compiled(images(3, size=16))  # a closed capture sees no more forwards
     assert capture.logits.shape[0] == 2
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_interrupt_between_features_and_pooling_leaves_no_interceptor(interrupt):
+    """Module hooks do not run when a BaseException unwinds a forward; the interceptor window
+    (DenseNet: opened after `features`, closed after the pooling) must still close."""
+    model = build(CASES["densenet"])
+    calls = {"n": 0}
+
+    def interrupt_once(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise interrupt()
+
+    with camplug.attach(model) as capture:
+        model(images(2))
+        handle = model.features.register_forward_hook(interrupt_once)
+        with pytest.raises(interrupt):
+            model(images(2))
+        assert _get_current_function_mode_stack() == []
+        assert sys.getprofile() is None
+        model(images(2))
+        assert capture.maps().shape == (2, 1, 32, 32)
+        handle.remove()
+    assert_pristine(model)

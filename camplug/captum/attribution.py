@@ -21,8 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerAttribution
-from captum.log import log_usage
+
+try:
+    from captum.attr import LayerAttribution
+    from captum.log import log_usage
+except ModuleNotFoundError as missing:
+    if not (missing.name or "").startswith("captum"):
+        raise
+    raise ModuleNotFoundError(
+        "camplug.ClassActivationMap needs captum, which is not installed: "
+        "pip install 'camplug[captum]'", name=missing.name
+    ) from missing
 from torch import nn
 
 from .. import methods

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import GRAD_CAM_HINT, UnsupportedHeadError
+from ..errors import GRAD_CAM_HINT, DegenerateMapWarning, UnsupportedHeadError
 from .fold import BranchSumStep, HeadStep, LinearStep
 from .grid import GridMismatch, grid_for_input, trace_patch_grid
 from .ops import (
@@ -52,10 +52,6 @@ _FEATURE_PATH_OPS = frozenset({
 
 _probing = threading.local()
 
-
-class DegenerateMapWarning(UserWarning):
-    """The exact CAM exists but is useless: the feature map feeding the pooling is 1x1 (the
-    message names the nearest earlier layer with spatial extent)."""
 
 
 def probing() -> bool:

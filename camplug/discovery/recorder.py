@@ -8,6 +8,7 @@ depends on the model input is described by its shape and dtype only; tensors tha
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -155,6 +156,7 @@ class ForwardRecorder(TorchFunctionMode):
         self._dones: Counter[int] = Counter()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._internal = False
+        self._thread = threading.get_ident()  # module hooks of other threads' calls are ignored
 
     def __enter__(self) -> ForwardRecorder:
         try:
@@ -231,7 +233,9 @@ class ForwardRecorder(TorchFunctionMode):
         op.outputs = tuple(values)
         self.ops.append(op)
 
-    def _enter_module(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _enter_module(self, module: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
+        if threading.get_ident() != self._thread:
+            return  # another thread runs the model meanwhile: not the recorded forward
         self._internal = True
         try:
             first = next(tensors_in((args, kwargs)), None)
@@ -245,6 +249,8 @@ class ForwardRecorder(TorchFunctionMode):
             self._internal = False
 
     def _exit_module(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if threading.get_ident() != self._thread:
+            return
         self._internal = True
         try:
             while self._stack:

@@ -134,9 +134,6 @@ def test_gradient_methods_after_a_forward_without_graph_raise_and_leave_nothing(
     assert_untouched(model, before)
 
 
-@pytest.mark.xfail(strict=True, reason="CamCapture.class_scores runs the masked forwards in the "
-                   "model's own mode: train-mode BatchNorm updates its statistics (fix in "
-                   "capture.py: run them like the probe, eval + flags restored)")
 def test_scorecam_on_a_train_mode_model_leaves_its_statistics():
     model = build(CASES["resnet"]).train()
     x = images(2)
