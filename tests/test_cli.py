@@ -14,6 +14,8 @@ import torch
 
 import camplug.audit
 import camplug.cli
+import camplug.cli.audit
+import camplug.cli.describe
 from camplug.audit.store import ResultStore
 from camplug.cli import main
 from camplug.data.specs import load_model, model_fingerprint
@@ -359,7 +361,7 @@ def test_real_bugs_keep_their_traceback_and_traceback_shows_user_errors(monkeypa
 
     with pytest.raises(ValueError, match="model spec 'nope'"):
         main(["--traceback", "describe", "--model", "nope"])
-    monkeypatch.setitem(camplug.cli.COMMANDS, "describe", broken)
+    monkeypatch.setattr(camplug.cli.describe, "cmd_describe", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["describe"])
 
@@ -368,7 +370,7 @@ def test_an_interrupt_ends_quietly_and_says_how_to_resume(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(camplug.cli.COMMANDS, "audit", interrupted)
+    monkeypatch.setattr(camplug.cli.audit, "cmd_audit", interrupted)
     assert main(["audit", "--data", "synthetic", "--out", "o"]) == 130
     assert capsys.readouterr().err == (
         "camplug: interrupted (the same command resumes the audit)\n")
