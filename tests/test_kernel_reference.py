@@ -387,10 +387,11 @@ def test_interpolation_matrix_follows_the_index_formula(n_in, n_out):
 
 
 def _three_outputs(features, channel_weights, position_weights):
-    """cam on fixed shapes: fp32 with ReLU, uint8 (NaN report path), per-position fp16."""
+    """cam on fixed shapes: fp32 with ReLU, uint8 (NaN report path; eager would run its output
+    GEMM in blocks), per-position fp16."""
     return (
         cam(features, channel_weights, (24, 20), relu=True),
-        cam(features, channel_weights, (24, 20), out_dtype=torch.uint8),
+        cam(features, channel_weights, (224, 224), out_dtype=torch.uint8),  # a blocked GEMM
         cam(features, position_weights, (3, 4), out_dtype=torch.float16, backend="torch"),
     )
 
