@@ -4,6 +4,13 @@ Resumability rests on three rules: a sample row's primary key is ``(run_id, samp
 (the sample's position in the dataset, which the run's config pins down); every batch of rows
 is written in one transaction (all or nothing, even under SIGKILL); and a restarted run skips
 the indices already stored.
+
+Each audited sample also stores its low-resolution maps as computed (before upsampling and
+normalization): ``maps`` holds float16 [C, h, w] values min-max scaled to [0, 1] per channel,
+``map_ranges`` float32 [C, 2] each channel's (min, max), so ``ResultStore.load_maps`` returns
+the raw maps (float32, to about 2.5e-4 of each channel's range) for re-scoring, comparing runs
+and exporting without the model. Channel 0 is the labelled class, channel 1 the predicted
+class (``MAP_CHANNELS``).
 """
 
 from __future__ import annotations
@@ -52,14 +59,20 @@ CREATE TABLE IF NOT EXISTS samples (
     box_ious     BLOB,
     box_ious_v1  BLOB,
     pixel_counts BLOB,
+    maps         BLOB,
+    map_ranges   BLOB,
+    warnings     TEXT,
     PRIMARY KEY (run_id, sample_index)
 );
 """
 
 SAMPLE_COLUMNS = (
     "run_id", "sample_index", "sample_id", "label", "prediction", "score", "label_score",
-    "metrics", "flags", "error", "box_ious", "box_ious_v1", "pixel_counts",
+    "metrics", "flags", "error", "box_ious", "box_ious_v1", "pixel_counts", "warnings",
 )
+MAP_COLUMNS = ("maps", "map_ranges")  # read only when asked (``rows(maps=True)``)
+ADDED_SAMPLE_COLUMNS = {"maps": "BLOB", "map_ranges": "BLOB", "warnings": "TEXT"}
+MAP_CHANNELS = ("label", "prediction")  # the class of each stored map channel
 
 
 def utc_now() -> str:
@@ -83,12 +96,47 @@ def decode_array(blob: bytes | None) -> np.ndarray | None:
     return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
+def encode_maps(maps: np.ndarray | None) -> tuple[bytes | None, bytes | None]:
+    """Raw maps float [C, h, w] -> (float16 [C, h, w] scaled to [0, 1] per channel, float32
+    [C, 2] per-channel (min, max)) as ``.npy`` bytes. A constant channel scales to 0; a channel
+    holding NaN or an infinity stores NaN values (its range is not finite)."""
+    if maps is None:
+        return None, None
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be [C, h, w], got shape {maps.shape}")
+    flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        low, high = flat.min(axis=1), flat.max(axis=1)
+        span = high - low
+        finite = np.isfinite(span)
+        safe = np.where(finite & (span > 0), span, 1.0)
+        scaled = np.where(finite[:, None], (flat - low[:, None]) / safe[:, None], np.nan)
+    ranges = np.stack([low, high], axis=1).astype(np.float32)
+    return (encode_array(scaled.reshape(maps.shape).astype(np.float16)), encode_array(ranges))
+
+
+def decode_maps(scaled: bytes | None, ranges: bytes | None) -> np.ndarray | None:
+    """The inverse of :func:`encode_maps`: float32 [C, h, w] raw maps (``min + v * (max -
+    min)``, computed in float64), or None."""
+    values, bounds = decode_array(scaled), decode_array(ranges)
+    if values is None or bounds is None:
+        return None
+    low = bounds[:, 0].astype(np.float64)[:, None, None]
+    span = (bounds[:, 1].astype(np.float64) - bounds[:, 0])[:, None, None]
+    with np.errstate(invalid="ignore"):
+        return (low + values.astype(np.float64) * span).astype(np.float32)
+
+
 @dataclass
 class SampleRow:
     """One audited sample. ``error`` is set (and the numeric fields may be None) when the sample
     could not be audited. ``box_ious`` / ``box_ious_v1``: float64 [T] best IoU per CAM threshold
     (all boxes / largest box); ``pixel_counts``: int64 [3, T + 1] pixel tp, fp, fn per PxAP
-    threshold (None without a mask)."""
+    threshold (None without a mask), both None for a sample without boxes. ``maps``: the
+    low-resolution maps as computed, float32 [C, h, w] (channels: ``MAP_CHANNELS``), written
+    quantized (see the module docstring) and read only by ``ResultStore.rows(maps=True)``.
+    ``warnings``: what loading the sample corrected (e.g. a box clipped to the image)."""
 
     run_id: str
     sample_index: int
@@ -103,18 +151,23 @@ class SampleRow:
     box_ious: np.ndarray | None = None
     box_ious_v1: np.ndarray | None = None
     pixel_counts: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_db(self) -> tuple:
+        """The values of ``SAMPLE_COLUMNS + MAP_COLUMNS``."""
         return (
             self.run_id, self.sample_index, self.sample_id, self.label, self.prediction,
             self.score, self.label_score, json.dumps(self.metrics, sort_keys=True),
             json.dumps(self.flags), self.error, encode_array(self.box_ious),
             encode_array(self.box_ious_v1), encode_array(self.pixel_counts),
+            json.dumps(self.warnings), *encode_maps(self.maps),
         )
 
     @classmethod
     def from_db(cls, values: Sequence) -> SampleRow:
-        v = dict(zip(SAMPLE_COLUMNS, values, strict=True))
+        """A row from ``SAMPLE_COLUMNS`` values, optionally followed by ``MAP_COLUMNS``."""
+        v = dict(zip(SAMPLE_COLUMNS + MAP_COLUMNS, values, strict=False))
         return cls(
             run_id=v["run_id"], sample_index=v["sample_index"], sample_id=v["sample_id"],
             label=v["label"], prediction=v["prediction"], score=v["score"],
@@ -122,6 +175,8 @@ class SampleRow:
             flags=json.loads(v["flags"]), error=v["error"],
             box_ious=decode_array(v["box_ious"]), box_ious_v1=decode_array(v["box_ious_v1"]),
             pixel_counts=decode_array(v["pixel_counts"]),
+            maps=decode_maps(v.get("maps"), v.get("map_ranges")),
+            warnings=json.loads(v["warnings"]) if v["warnings"] else [],
         )
 
 
@@ -187,7 +242,7 @@ class ResultStore:
                   for (name,) in self._conn.execute(
                       "SELECT name FROM sqlite_master WHERE type = 'table'")}
         expected = {"runs": set(RUN_COLUMNS) - set(ADDED_RUN_COLUMNS),
-                    "samples": set(SAMPLE_COLUMNS)}
+                    "samples": set(SAMPLE_COLUMNS) - set(ADDED_SAMPLE_COLUMNS)}
         if tables and (set(tables) != set(expected) or any(
             not expected[name] <= columns for name, columns in tables.items()
         )):
@@ -198,9 +253,11 @@ class ResultStore:
         self._conn.execute("PRAGMA synchronous = FULL")
         with self._conn:
             self._conn.executescript(SCHEMA)
-            for column, kind in ADDED_RUN_COLUMNS.items():
-                if tables and column not in tables["runs"]:
-                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+            for table, added in (("runs", ADDED_RUN_COLUMNS),
+                                 ("samples", ADDED_SAMPLE_COLUMNS)):
+                for column, kind in added.items():
+                    if tables and column not in tables[table]:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -278,10 +335,11 @@ class ResultStore:
     def write_rows(self, rows: Iterable[SampleRow]) -> None:
         """Insert rows in one transaction: all are stored or none. A row whose
         ``(run_id, sample_index)`` is already stored raises ``sqlite3.IntegrityError``."""
-        marks = ", ".join("?" * len(SAMPLE_COLUMNS))
+        columns = SAMPLE_COLUMNS + MAP_COLUMNS
+        marks = ", ".join("?" * len(columns))
         with self._conn:
             self._conn.executemany(
-                f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) VALUES ({marks})",
+                f"INSERT INTO samples ({', '.join(columns)}) VALUES ({marks})",
                 [row.to_db() for row in rows],
             )
 
@@ -298,9 +356,12 @@ class ResultStore:
         ).fetchone()
         return int(n)
 
-    def rows(self, run_id: str, indices: Iterable[int] | None = None) -> list[SampleRow]:
-        """The run's rows ordered by sample index (only ``indices`` when given)."""
-        query = f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id = ?"
+    def rows(self, run_id: str, indices: Iterable[int] | None = None, *,
+             maps: bool = False) -> list[SampleRow]:
+        """The run's rows ordered by sample index (only ``indices`` when given); ``maps``: also
+        decode the stored maps (``SampleRow.maps``, else None)."""
+        columns = SAMPLE_COLUMNS + (MAP_COLUMNS if maps else ())
+        query = f"SELECT {', '.join(columns)} FROM samples WHERE run_id = ?"
         cursor = self._conn.execute(query + " ORDER BY sample_index", (run_id,))
         wanted = None if indices is None else set(indices)
         return [
@@ -308,12 +369,40 @@ class ResultStore:
             if wanted is None or values[1] in wanted
         ]
 
+    def load_maps(self, run_id: str,
+                  sample_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The stored low-resolution maps of the run's audited samples (error rows have none):
+        ``{sample_id: float32 [C, h, w]}`` in sample-index order, the raw values as computed
+        (before upsampling and normalization; channels ``MAP_CHANNELS``: the labelled class,
+        then the predicted class). ``sample_ids``: only these (an id the run lacks raises
+        ``KeyError`` naming it). Raises ``StoreError`` when the run's ids are not unique."""
+        cursor = self._conn.execute(
+            "SELECT sample_id, maps, map_ranges FROM samples WHERE run_id = ? AND maps IS NOT "
+            "NULL ORDER BY sample_index", (run_id,))
+        wanted = None if sample_ids is None else list(dict.fromkeys(sample_ids))
+        selected = None if wanted is None else set(wanted)
+        out: dict[str, np.ndarray] = {}
+        for sample_id, scaled, ranges in cursor:
+            if selected is not None and sample_id not in selected:
+                continue
+            if sample_id in out:
+                raise StoreError(f"run {run_id}: sample id {sample_id!r} appears more than "
+                                 "once; maps are keyed by sample id")
+            maps = decode_maps(scaled, ranges)
+            assert maps is not None
+            out[sample_id] = maps
+        missing = [] if wanted is None else [i for i in wanted if i not in out]
+        if missing:
+            raise KeyError(f"run {run_id} holds no maps for sample ids {missing[:8]}"
+                           f"{' ...' if len(missing) > 8 else ''}")
+        return out
+
     def merge_from(self, shard_paths: Sequence[str | Path], run_id: str) -> int:
         """Copy the run's rows from other store files into this one in one transaction,
         ignoring rows already present (so a re-merge or overlapping shards add nothing twice).
         Returns the number of rows added."""
         before = self.count(run_id)
-        columns = ", ".join(SAMPLE_COLUMNS)
+        columns = ", ".join(SAMPLE_COLUMNS + MAP_COLUMNS)
         # ATTACH cannot run inside a transaction, so attach first, then copy in one.
         names = []
         for i, path in enumerate(shard_paths):

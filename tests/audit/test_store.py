@@ -7,7 +7,14 @@ import sqlite3
 import numpy as np
 import pytest
 
-from camplug.audit.store import ResultStore, RunRecord, SampleRow, decode_array, encode_array
+from camplug.audit.store import (
+    ResultStore,
+    RunRecord,
+    SampleRow,
+    StoreError,
+    decode_array,
+    encode_array,
+)
 
 
 def run_record(run_id: str = "r1", n: int = 10) -> RunRecord:
@@ -152,3 +159,89 @@ def test_merge_adds_each_row_once(tmp_path):
         assert store.merge_from(shards, "r1") == 0  # merging again adds nothing
         for row in store.rows("r1"):
             assert_rows_equal(row, sample_row(row.sample_index))
+
+
+# stored maps ------------------------------------------------------------------------------
+def raw_maps(seed: int, channels: int = 2, h: int = 3, w: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(channels, h, w)) * 40.0 - 7.0).astype(np.float32)
+
+
+def test_maps_round_trip_within_the_float16_step_of_each_channels_range(tmp_path):
+    maps = raw_maps(0)
+    maps[1] = 3.25  # a constant channel comes back exactly
+    row = SampleRow("r1", 0, "a.png", label=1, prediction=0, maps=maps)
+    with ResultStore(tmp_path / "a.sqlite") as store:
+        store.start_run(run_record())
+        store.write_rows([row, SampleRow("r1", 1, "bad.png", error="OSError: x")])
+        loaded = store.load_maps("r1")
+        plain = store.rows("r1")
+        with_maps = store.rows("r1", maps=True)
+    assert list(loaded) == ["a.png"]  # error rows have no maps
+    back = loaded["a.png"]
+    assert back.dtype == np.float32 and back.shape == (2, 3, 5)
+    span = float(maps[0].max() - maps[0].min())
+    # independent bound: float16 rounding of values in [0, 1] is at most 2**-12 of the range
+    assert np.abs(back[0].astype(np.float64) - maps[0]).max() <= span * 2.0**-12 + 1e-5
+    assert back[0].min() == maps[0].min() and back[0].max() == maps[0].max()
+    np.testing.assert_array_equal(back[1], maps[1])
+    assert plain[0].maps is None  # rows() does not decode maps unless asked
+    np.testing.assert_array_equal(with_maps[0].maps, back)
+    assert with_maps[1].maps is None
+
+
+def test_load_maps_selects_ids_and_names_the_missing_ones(tmp_path):
+    rows = [SampleRow("r1", i, f"s{i}", label=0, prediction=0, maps=raw_maps(i))
+            for i in range(4)]
+    with ResultStore(tmp_path / "a.sqlite") as store:
+        store.start_run(run_record())
+        store.write_rows(rows)
+        chosen = store.load_maps("r1", ["s3", "s1"])
+        assert sorted(chosen) == ["s1", "s3"]
+        with pytest.raises(KeyError, match="s7"):
+            store.load_maps("r1", ["s1", "s7"])
+        assert store.load_maps("other") == {}
+
+
+def test_load_maps_refuses_duplicate_sample_ids(tmp_path):
+    rows = [SampleRow("r1", i, "same.png", label=0, prediction=0, maps=raw_maps(i))
+            for i in range(2)]
+    with ResultStore(tmp_path / "a.sqlite") as store:
+        store.write_rows(rows)
+        with pytest.raises(StoreError, match="same.png"):
+            store.load_maps("r1")
+
+
+def test_non_finite_maps_load_as_nan(tmp_path):
+    maps = raw_maps(1)
+    maps[0, 0, 0] = np.nan
+    with ResultStore(tmp_path / "a.sqlite") as store:
+        store.write_rows([SampleRow("r1", 0, "a", label=0, prediction=0, maps=maps)])
+        back = store.load_maps("r1")["a"]
+    assert np.isnan(back[0]).all() and np.isfinite(back[1]).all()
+
+
+def test_a_results_file_from_before_maps_gains_the_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    old_samples = """CREATE TABLE samples (run_id TEXT NOT NULL, sample_index INTEGER NOT NULL,
+        sample_id TEXT NOT NULL, label INTEGER, prediction INTEGER, score REAL,
+        label_score REAL, metrics TEXT NOT NULL, flags TEXT NOT NULL, error TEXT,
+        box_ious BLOB, box_ious_v1 BLOB, pixel_counts BLOB, PRIMARY KEY (run_id, sample_index))"""
+    conn.execute(old_samples)
+    conn.execute("""CREATE TABLE runs (run_id TEXT PRIMARY KEY, model TEXT NOT NULL,
+        dataset TEXT NOT NULL, config TEXT NOT NULL, n_samples INTEGER NOT NULL,
+        camplug_version TEXT NOT NULL, torch_version TEXT NOT NULL, python_version TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL,
+        attempts INTEGER NOT NULL)""")
+    conn.execute("INSERT INTO samples (run_id, sample_index, sample_id, metrics, flags) "
+                 "VALUES ('r1', 0, 's0', '{}', '[]')")
+    conn.commit()
+    conn.close()
+    with ResultStore(path) as store:
+        (old,) = store.rows("r1")
+        assert old.maps is None and old.warnings == []
+        store.write_rows([SampleRow("r1", 1, "s1", label=0, prediction=0, maps=raw_maps(2),
+                                    warnings=["box clipped"])])
+        assert list(store.load_maps("r1")) == ["s1"]
+        assert store.rows("r1", [1])[0].warnings == ["box clipped"]
