@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..discovery.heads import LayerSpec, OutputSelector, select_output
+from ..kernels.semantics import min_max_normalize
 from .agreement import average_ranks, spearman, top_percent_iou, top_percent_mask
 from .profiling import peak_memory_bytes, time_call
 from .registry import (
@@ -252,15 +253,6 @@ def _to_common(
     return attribution.sum(1)
 
 
-def _unit_range(maps: torch.Tensor) -> torch.Tensor:
-    """Per-sample min-max scaling of [N, H, W] to [0, 1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    lo = flat.min(1, keepdim=True).values
-    span = flat.max(1, keepdim=True).values - lo
-    scaled = (flat - lo) / span.where(span > 0, torch.ones_like(span))
-    return scaled.clamp(0, 1).view_as(maps)
-
-
 def _faithfulness(
     logits_model: nn.Module,
     inputs: torch.Tensor,
@@ -272,7 +264,7 @@ def _faithfulness(
     from ..metrics import deletion_auc, insertion_auc
 
     finite = torch.isfinite(maps.flatten(1)).all(1)
-    unit = _unit_range(maps.nan_to_num(0.0, 0.0, 0.0))
+    unit = min_max_normalize(maps.nan_to_num(0.0, 0.0, 0.0)).clamp(0, 1)
     deletion = deletion_auc(logits_model, inputs, unit, targets, steps=steps)
     insertion = insertion_auc(logits_model, inputs, unit, targets, steps=steps)
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=deletion.device)

@@ -1,7 +1,10 @@
-"""The attribution methods ``camplug.compare`` runs: how each is built and called.
+"""The one registry of attribution methods that ``camplug.compare`` and the audit's baselines
+run: how each is built and called.
 
-Every method is CAM or a ``captum.attr`` class, optionally wrapped in Captum's NoiseTunnel
-(written "<nt_type>:<method>"). Captum is imported only when a method is built.
+Every method is one of camplug's (``camplug.methods``: "CAM", "gradcam", "gradcam++", ...,
+run through the Captum adapter ``ClassActivationMap(method=...)``) or a ``captum.attr`` class,
+optionally wrapped in Captum's NoiseTunnel (written "<nt_type>:<method>"). Captum is imported
+only when a method is built.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .. import methods
 from ..discovery.heads import LayerSpec, OutputSelector, find_head, layer_name, select_output
 
 Space = Literal["layer", "input"]  # layer maps [N, 1, h, w] or input maps [N, C, H, W]
@@ -99,14 +103,20 @@ def _layer_of(ctx: MethodContext, method: str) -> nn.Module:
     return ctx.layer
 
 
-def _build_cam(ctx: MethodContext, cls: Any) -> Any:
-    from ..captum.attribution import ClassActivationMap
+def _camplug_recipe(method: str) -> _Recipe:
+    """A camplug method, through the Captum adapter (layer maps [N, 1, h, w])."""
 
-    return ClassActivationMap(ctx.model, ctx.cam_layer, output=ctx.output)
+    def build(ctx: MethodContext, cls: Any) -> Any:
+        from ..captum.attribution import ClassActivationMap
+
+        return ClassActivationMap(ctx.model, ctx.cam_layer, output=ctx.output, method=method)
+
+    return _Recipe(None, "layer", build, _no_kwargs)
 
 
 _RECIPES: dict[str, _Recipe] = {
-    "CAM": _Recipe(None, "layer", _build_cam, _no_kwargs),
+    "CAM": _camplug_recipe("cam"),
+    **{name: _camplug_recipe(name) for name in methods.available() if name != "cam"},
     "LayerGradCam": _Recipe(
         "LayerGradCam",
         "layer",

@@ -291,8 +291,8 @@ def test_bad_arguments_are_refused_before_running_anything():
     model = tiny_resnet()
     x = images(2, 16)
     before = model_state(model)
-    with pytest.raises(ValueError, match="unknown method 'GradCAM\\+\\+'.*Saliency"):
-        compare(model, x, methods=["Saliency", "GradCAM++"])
+    with pytest.raises(ValueError, match="unknown method 'HiResCAM'.*gradcam\\+\\+.*Saliency"):
+        compare(model, x, methods=["Saliency", "HiResCAM"])
     with pytest.raises(ValueError, match="method_kwargs names \\['Occlusion'\\]"):
         compare(model, x, methods=["Saliency"], method_kwargs={"Occlusion": {}})
     with pytest.raises(ValueError, match="shape \\[N, C, H, W\\]"):
@@ -346,3 +346,14 @@ def test_token_models_compare_without_layer_methods():
     table = compare(model, x, methods=["InputXGradient"], **FAST)
     assert [r.method for r in table.rows] == ["CAM", "InputXGradient"]
     assert table.rows[0].maps.shape == (2, 32, 32)
+
+
+def test_camplug_methods_are_entries_of_the_same_registry():
+    """camplug's methods run beside Captum's; on a GAP head Grad-CAM ranks pixels as CAM."""
+    model = tiny_resnet()
+    x = images(2, 16)
+    table = compare(model, x, methods=["gradcam", "LayerGradCam", "eigencam"], **FAST)
+    rows = {row.method: row for row in table.rows}
+    assert list(rows) == ["CAM", "gradcam", "LayerGradCam", "eigencam"]
+    assert torch.allclose(rows["gradcam"].spearman, torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(rows["LayerGradCam"].spearman, torch.ones(2, dtype=torch.float64))
