@@ -21,7 +21,6 @@ Conventions shared by every function here:
 - Default box thresholds: 0, 0.01, ..., 0.99, bit-identical to numpy.arange(0, 1, 0.01).
 - Rates (MaxBoxAcc, PxAP, pointing accuracy) are fractions in [0, 1]; per-sample values are
   float64, so an IoU of exactly 0.7 passes ``>= 0.7``.
-
 - Ground-truth boxes reaching past the map are clipped to it; a box with no pixel inside
   the map is an error (ValueError naming the image, the box and the map size).
 
@@ -34,7 +33,7 @@ Protocols (``protocol=``; the names are ``PROTOCOLS``, the default ``DEFAULT_PRO
   (x1 = x + w of cv2.boundingRect); V2 also scores the boxes of hole contours
   (cv2.RETR_TREE), i.e. of every 4-connected background region not touching the image
   border, grown by one pixel; a map without foreground scores the box [0, 0, 0, 0]. Scores
-  differ from "camplug" by up to about 1.3 points of MaxBoxAccV2, by design.
+  differ from "camplug" by design (up to about 1.3 points of MaxBoxAccV2 seen so far).
 
 One difference from Choe et al.'s v1 remains in either protocol: their v1 picks the contour of
 largest polygon area (cv2.contourArea, 0 for any one-pixel-wide shape), ours the component
