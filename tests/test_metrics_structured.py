@@ -103,7 +103,7 @@ def test_results_do_not_depend_on_the_chunking(monkeypatch):
     whole = metrics.box_ious_v1_v2(cams, boxes, THRESHOLDS, protocol="wsolevaluation")
     labels = metrics.label_components(cams > 0.4)
     monkeypatch.setattr(components, "_PIXELS_PER_CHUNK", 2 * H * W)  # two maps a chunk
-    assert len(components._chunks(cams.shape[0], H, W)) > 1
+    assert len(components.chunk_bounds(cams.shape[0], H, W)) > 1
     chunked = metrics.box_ious_v1_v2(cams, boxes, THRESHOLDS, protocol="wsolevaluation")
     for a, b in zip(whole, chunked, strict=True):
         assert torch.equal(a, b)

@@ -323,7 +323,8 @@ def _check_connectivity(connectivity: int) -> None:
         raise ValueError(f"connectivity must be 8 or 4, got {connectivity!r}")
 
 
-def _chunks(n: int, h: int, w: int) -> list[tuple[int, int]]:
+def chunk_bounds(n: int, h: int, w: int) -> list[tuple[int, int]]:
+    """(begin, end) of chunks of n maps [H, W] holding about ``_PIXELS_PER_CHUNK`` pixels."""
     step = max(1, _PIXELS_PER_CHUNK // (h * w))
     return [(begin, min(begin + step, n)) for begin in range(0, n, step)]
 
@@ -345,7 +346,7 @@ def superlevel_components(
         empty = torch.zeros(0, dtype=torch.int64, device=levels.device)
         return Components(empty, empty.reshape(0, 4), empty)
     parts = []
-    for begin, end in _chunks(n, h, w):
+    for begin, end in chunk_bounds(n, h, w):
         tree = _component_tree(levels[begin:end], cuts[begin:end], connectivity)
         found, _ = _tree_components(tree, num_cuts, h, w)
         parts.append(Components(found.slot + begin * num_cuts, found.boxes, found.areas))
@@ -388,7 +389,7 @@ def label_components(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor
     _check_connectivity(connectivity)
     n, h, w = levels.shape
     labels = torch.zeros(levels.numel(), dtype=torch.int64, device=levels.device)
-    for begin, end in _chunks(n, h, w):
+    for begin, end in chunk_bounds(n, h, w):
         tree = _component_tree(levels[begin:end], cuts[begin:end], connectivity)
         found, roots = _tree_components(tree, 1, h, w)
         # Number each mask's components 1, 2, ... in output order (sorted by mask).

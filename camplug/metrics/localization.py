@@ -50,7 +50,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .components import _PIXELS_PER_CHUNK, Components, superlevel_components
+from .components import Components, chunk_bounds, superlevel_components
 from .validation import BoxesLike, as_box_batch, as_thresholds, check_cams, check_masks
 
 BoxProtocol = Literal["camplug", "wsolevaluation"]
@@ -140,18 +140,38 @@ def _hole_borders(levels: torch.Tensor, cuts: torch.Tensor) -> Components:
 
 
 def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, protocol: str) -> _Candidates:
-    h, w = cams.shape[-2:]
-    levels = quantize_cams(cams)
+    n, h, w = cams.shape
     ascending, order = torch.sort(thresholds, stable=True)
-    top = levels.amax(dim=(1, 2)).to(torch.float64)
-    cuts = torch.floor(ascending.to(cams.device)[None, :] * top[:, None]).to(torch.int64)
-    found = superlevel_components(levels, cuts)
-    holes = None
-    if protocol == "wsolevaluation":
-        found = Components(found.slot, _wsolevaluation_ends(found.boxes, h, w), found.areas)
-        holes = _hole_borders(levels, cuts)
-        holes = Components(holes.slot, _wsolevaluation_ends(holes.boxes, h, w), holes.areas)
-    return _Candidates(found, holes, order.to(cams.device), thresholds.numel())
+    ascending = ascending.to(cams.device)
+    t = thresholds.numel()
+    found, holes = [], []
+    for begin, end in chunk_bounds(n, h, w):  # quantized levels of a chunk stay in cache
+        levels = quantize_cams(cams[begin:end])
+        top = levels.amax(dim=(1, 2)).to(torch.float64)
+        cuts = torch.floor(ascending[None, :] * top[:, None]).to(torch.int64)
+        part = superlevel_components(levels, cuts)
+        found.append(Components(part.slot + begin * t, part.boxes, part.areas))
+        if protocol == "wsolevaluation":
+            part = _hole_borders(levels, cuts)
+            holes.append(Components(part.slot + begin * t, part.boxes, part.areas))
+    found = _concatenate(found)
+    if protocol != "wsolevaluation":
+        return _Candidates(found, None, order.to(cams.device), t)
+    holes = _concatenate(holes)
+    return _Candidates(
+        Components(found.slot, _wsolevaluation_ends(found.boxes, h, w), found.areas),
+        Components(holes.slot, _wsolevaluation_ends(holes.boxes, h, w), holes.areas),
+        order.to(cams.device),
+        t,
+    )
+
+
+def _concatenate(parts: list[Components]) -> Components:
+    return Components(
+        slot=torch.cat([p.slot for p in parts]),
+        boxes=torch.cat([p.boxes for p in parts]),
+        areas=torch.cat([p.areas for p in parts]),
+    )
 
 
 def _largest_per_slot(components: Components, num_slots: int) -> torch.Tensor:
@@ -400,17 +420,15 @@ def pixel_pr_counts(
     grid = default_pixel_thresholds() if thresholds is None else as_thresholds(thresholds)
     if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("thresholds for pixel counts must be strictly increasing")
-    n = cams.shape[0]
     grid = grid.to(cams.device)
-    step = max(1, _PIXELS_PER_CHUNK // (cams.shape[1] * cams.shape[2]))
     hist = torch.cat([
         _pass_histogram(
             grid,
-            cams[begin : begin + step],
-            masks[begin : begin + step].to(cams.device),
-            None if ignore is None else ignore[begin : begin + step].to(cams.device),
+            cams[begin:end],
+            masks[begin:end].to(cams.device),
+            None if ignore is None else ignore[begin:end].to(cams.device),
         )
-        for begin in range(0, n, step)
+        for begin, end in chunk_bounds(*cams.shape)
     ])
     at_or_above = hist.flip(2).cumsum(2).flip(2)[:, :, 1:]  # [..., j]: pixels passing j
     tp, fp = at_or_above[:, 1], at_or_above[:, 0]
