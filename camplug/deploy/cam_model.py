@@ -1,0 +1,263 @@
+"""CamModel: a model and its class activation maps in one ``nn.Module``, for deployment.
+
+``CamModel(model)(x)`` returns ``(logits, maps)`` from ONE forward of ``model``, and traces:
+``torch.compile(..., fullgraph=True)`` sees no graph break, ``torch.export.export`` (dynamic
+batch) and ``torch.onnx.export`` produce one graph with both outputs.
+
+How the features are taken. Everything the capture does at run time with Python state was
+moved to construction: the head is discovered once (``find_head``, one probe forward), and the
+tensor feeding the global pooling is located as "argument ``leaf`` of call number ``ordinal`` of
+the torch function ``name``" (:mod:`camplug.deploy.tap`, checked against the capture point by a
+second probe). Each forward then runs the unmodified model under a ``TorchFunctionMode`` that
+keeps that one argument. The alternatives fail one of the targets: forward hooks registered
+inside ``forward`` break Dynamo's graph (``register_forward_hook`` bumps a class-level counter);
+hooks left on the model modify it (and would fire for every other caller of the model);
+splitting the model at the capture point needs the model's ``forward`` code to be a chain of
+modules, which DenseNet (functional ReLU and pooling) and ViT (token slicing inside a method)
+are not. A torch-function mode is traced by Dynamo, runs as plain Python under the
+(non-strict) exporter, is thread-local, and adds no operation to the graph.
+
+The maps are computed with traceable tensor code only: targets by ``argmax`` / ``topk``; weights
+by folding the head (``discovery.fold``), the gradient methods' closed forms from the head's
+Jacobian (``torch.func.vjp`` where the head normalizes per sample, e.g. LayerNorm, instead of
+``torch.autograd.grad``); the map itself by ``camplug.kernels.reference.cam_reference`` (the
+CPU fast path of ``camplug.kernels.cam`` writes into preallocated outputs, which export and ONNX
+cannot express). The logits keep their autograd graph; the maps are detached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import methods
+from ..capture import _structure_of
+from ..discovery.fold import HeadStep, apply_chain, fold_head
+from ..discovery.heads import (
+    HeadInfo,
+    LayerSpec,
+    OutputSelector,
+    find_head,
+    pooled_vector,
+    select_output,
+    synthesize_input,
+    to_feature_map,
+)
+from ..errors import UnsupportedHeadError
+from ..kernels.checks import check_cam_inputs, normalize_size
+from ..kernels.reference import cam_reference
+from ..methods.gradients import head_jacobian
+from ..options import SizeSpec, resolve_size
+from ..targets import resolve_targets
+from .tap import FeatureTap, TapSite, locate
+
+# Methods whose weights need no backward through the model on an exact head.
+DEPLOYABLE_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
+
+
+def deployable_method(method: str | methods.Method) -> methods.Method:
+    """The method ``method`` names, if it runs without a backward pass on an exact head."""
+    chosen = methods.resolve(method, exact_head=True)
+    if chosen.name not in DEPLOYABLE_METHODS:
+        raise ValueError(
+            f"method {chosen.name!r} cannot be deployed: CamModel runs the methods that need no "
+            f"backward pass and no extra forward on an exact CAM head "
+            f"({', '.join(DEPLOYABLE_METHODS)}); use camplug.explain for {chosen.name!r}"
+        )
+    return chosen
+
+
+def head_gradients(head: HeadInfo, states: tuple[object, ...], features: torch.Tensor,
+                   targets: torch.Tensor) -> torch.Tensor:
+    """``d logit[b, targets[b, c]] / d A[b]`` fp32 [B, C, K, 1, 1] (constant over space on an
+    exact head) of features ``A`` [B, K, h, w], without ``torch.autograd.grad``: the folded
+    weights on heads with fixed coefficients, ``torch.func.vjp`` through the small head when a
+    step uses its input (per-sample normalizations)."""
+    pooled = pooled_vector(features)
+    if any(step.needs_input for step in head.steps):
+        jacobian = _vjp_jacobian(head.steps, states, pooled, targets, head.num_classes)
+    else:
+        jacobian = head_jacobian(head.steps, states, pooled, targets, head.num_classes)
+    return (jacobian / (features.shape[-2] * features.shape[-1]))[..., None, None]
+
+
+def _vjp_jacobian(steps: tuple[HeadStep, ...], states: tuple[object, ...], pooled: torch.Tensor,
+                  targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """fp32 [B, C, K]: the rows ``targets`` [B, C] of the head's Jacobian at ``pooled`` [B, K]."""
+    _, pullback = torch.func.vjp(lambda p: apply_chain(steps, states, p), pooled)
+    onehots = F.one_hot(targets, num_classes).to(pooled.dtype).movedim(1, 0)  # [C, B, N]
+    (rows,) = torch.func.vmap(pullback)(onehots)  # [C, B, K]
+    return rows.movedim(0, 1)
+
+
+class _ForwardSource:
+    """The ``camplug.methods.MapSource`` of one CamModel forward: its features and head."""
+
+    exact_head = True
+
+    def __init__(self, head: HeadInfo, features: torch.Tensor) -> None:
+        self.head = head
+        self.features = features
+        self.states = tuple(step.state() for step in head.steps)
+
+    def head_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        needs_pool = any(step.needs_input for step in self.head.steps)
+        pooled = pooled_vector(self.features) if needs_pool else None
+        weights, _ = fold_head(self.head.steps, self.states, targets, pooled,
+                               self.head.num_classes)
+        return weights
+
+    def gradients(self, targets: torch.Tensor) -> torch.Tensor:
+        return head_gradients(self.head, self.states, self.features, targets)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off on ``device`` when it is on (the fold and the maps run in fp32)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class CamModel(nn.Module):
+    """``model`` and its class activation maps: ``forward(x) -> (logits, maps)``.
+
+    logits: the model's (selected) output [B, N], with its autograd graph. maps: [B, C, H, W] in
+    ``out_dtype``, detached; C = 1, or ``topk``.
+
+    model: a classifier with an exact CAM head (global average pooling then affine operations,
+    see ``camplug.describe``); it is not modified (no hook, no attribute) and becomes this
+    module's submodule ``model``. Its head is discovered once, here, by probe forwards on
+    ``example_input`` (a tensor [1, C, H, W]; default: synthesized from the model's declared
+    input size, see ``camplug.discovery.heads.synthesize_input``). Modules or parameters
+    replaced later are refused by the eager forward (build a new CamModel); in-place weight
+    updates are seen.
+    method: "cam" (default), or a gradient method with a closed form on exact heads:
+        "gradcam", "gradcam++", "xgradcam", "layercam" (see ``camplug.methods``).
+    target: "top1" (each sample's predicted class) or one class index for every sample;
+    topk: the k best classes of each sample (with target="top1").
+    size: "input" (the input's H, W: follows each batch), "features" (h, w) or (H, W).
+    relu: None applies the method's convention (CAM: none; the Grad-CAM family: ReLU).
+    normalize, out_dtype (float32, float16, bfloat16, uint8): as ``camplug.kernels.cam``.
+    layer, output: as ``camplug.attach``.
+
+    Raises at construction: UnsupportedHeadError when the model has no exact CAM head,
+    ValueError for a method that needs a backward pass or for bad options, RuntimeError when
+    the features cannot be located without hooks.
+
+    >>> deployed = camplug.CamModel(model.eval(), topk=3, out_dtype=torch.uint8)
+    >>> logits, maps = torch.compile(deployed, fullgraph=True)(x)   # maps [B, 3, H, W] uint8
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        method: str | methods.Method = "cam",
+        target: str | int = "top1",
+        topk: int | None = None,
+        size: SizeSpec = "input",
+        out_dtype: torch.dtype = torch.float32,
+        relu: bool | None = None,
+        normalize: bool = True,
+        layer: LayerSpec = None,
+        output: OutputSelector = None,
+        example_input: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.method = deployable_method(method)
+        if example_input is not None and not isinstance(example_input, torch.Tensor):
+            raise TypeError("example_input must be a tensor [1, C, H, W] (CamModel.forward takes "
+                            f"one input tensor), got {type(example_input).__name__}")
+        try:
+            head = find_head(model, example_input, layer=layer, output=output)
+        except UnsupportedHeadError as error:
+            raise UnsupportedHeadError(
+                f"CamModel needs an exact CAM head (methods {', '.join(DEPLOYABLE_METHODS)} "
+                f"without a backward pass): {error}"
+            ) from None
+        if example_input is None:
+            example_input, _ = synthesize_input(model)  # the same input find_head probed
+        self.topk, self.target = _check_targets(target, topk, head.num_classes)
+        self.size = _check_size(size)
+        check_cam_inputs(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), normalize=normalize,
+                         out_dtype=out_dtype)  # the option errors of camplug.kernels.cam
+        self.out_dtype = None if out_dtype == torch.float32 else out_dtype
+        self.relu = self.method.relu if relu is None else bool(relu)
+        self.normalize = bool(normalize)
+        self.output = output
+        self.model = model
+        self.head: HeadInfo = head
+        self.site: TapSite = locate(model, head, (example_input,), output)
+        self._structure = _structure_of(model)
+
+    def extra_repr(self) -> str:
+        target = f"topk={self.topk}" if self.topk else f"target={self.target!r}"
+        return (f"method={self.method.name!r}, {target}, size={self.size!r}, "
+                f"out_dtype={self.out_dtype or torch.float32}, relu={self.relu}, "
+                f"normalize={self.normalize}")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, N], maps [B, C, H, W])`` of one forward of the model on ``x``."""
+        if not torch.compiler.is_compiling() and _structure_of(self.model) != self._structure:
+            raise RuntimeError(
+                "the model's modules, parameters or buffers were replaced since this CamModel "
+                "was built (its head was discovered then): build a new CamModel"
+            )
+        tap = FeatureTap(self.site)
+        with tap:
+            output = self.model(x)
+        logits = select_output(output, self.output)
+        if tap.captured is None:
+            raise RuntimeError(
+                f"the features were not seen in this forward ({self.site.describe()}, found at "
+                "construction): did the model take another path for this input?"
+            )
+        input_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
+        features = to_feature_map(self.head, tap.captured, input_size)
+        return logits, self._maps(features, logits.detach(), input_size)
+
+    def _maps(self, features: torch.Tensor, logits: torch.Tensor,
+              input_size: tuple[int, int] | None) -> torch.Tensor:
+        if self.target == "top1":
+            targets = resolve_targets(logits, None, self.topk)
+        else:
+            targets = logits.new_full((logits.shape[0], 1), self.target, dtype=torch.long)
+        out_size = normalize_size(resolve_size(self.size, input_size), *features.shape[-2:])
+        with _no_autocast(features.device):
+            weights = self.method.weights(_ForwardSource(self.head, features), targets)
+            if weights.dim() == 5 and weights.shape[-2:] == (1, 1):
+                weights = weights[..., 0, 0]  # per-position weights constant over space
+            maps, _ = cam_reference(features, weights.detach(), out_size, relu=self.relu,
+                                    normalize=self.normalize, out_dtype=self.out_dtype)
+        return maps
+
+
+def _check_targets(target: object, topk: object, num_classes: int) -> tuple[int | None, Any]:
+    """(topk, target) checked against the model's ``num_classes``."""
+    if topk is not None:
+        if target != "top1":
+            raise ValueError(f"give either target or topk, not both (target={target!r}, "
+                             f"topk={topk!r})")
+        if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= num_classes:
+            raise ValueError(f"topk must be an int in 1..{num_classes}, got {topk!r}")
+        return topk, target
+    if target == "top1":
+        return None, target
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise TypeError(f"target must be 'top1' or an int class index, got {target!r}")
+    if not 0 <= target < num_classes:
+        raise ValueError(f"target {target} is out of range: the model has {num_classes} classes "
+                         f"(valid indices 0..{num_classes - 1})")
+    return None, target
+
+
+def _check_size(size: SizeSpec) -> SizeSpec:
+    """``size`` checked: "input", "features", an int or (H, W); a fixed size as a pair."""
+    resolved = resolve_size(size, (1, 1))
+    return size if isinstance(size, str) else normalize_size(resolved, 1, 1)
