@@ -38,6 +38,8 @@ from .. import methods
 from ..api import attach
 from ..discovery.heads import layer_name
 from ..kernels import Backend, cam
+from ..options import resolve_size
+from ..targets import resolve_targets
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -48,43 +50,21 @@ def to_class_indices(target: Any, logits: torch.Tensor) -> torch.Tensor:
 
     None -> each sample's predicted class (argmax). int, 0-d or one-element tensor, or a
     one-element tuple -> the same class for every sample. list (of ints, one-element tuples or
-    0-d tensors) or 1-D integer tensor of length N -> one class per sample.
+    0-d tensors) or 1-D integer tensor of length N -> one class per sample. Captum's forms are
+    brought to camplug's (``camplug.targets.resolve_targets``), which checks them.
     """
-    n, num_classes = logits.shape
-    if target is None:
-        return logits.argmax(dim=1)
     if isinstance(target, tuple):
         target = _single_index(target, "target")
-    if isinstance(target, bool):
-        raise TypeError("target must be a class index, got a bool")
-    if isinstance(target, numbers.Integral):
-        classes = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
-    elif isinstance(target, torch.Tensor):
-        classes = _tensor_target(target, n)
     elif isinstance(target, list):
-        if len(target) != n:
-            raise ValueError(
-                f"a list target needs one entry per sample: got {len(target)} for {n} samples"
-            )
-        classes = torch.tensor(
-            [_single_index(t, f"target[{i}]") for i, t in enumerate(target)],
-            dtype=torch.long,
-            device=logits.device,
-        )
-    else:
-        raise TypeError(
-            "target must be None, an int, a one-element tuple, a list of length N or an integer "
-            f"tensor (Captum's TargetType); got {type(target).__name__}"
-        )
-    classes = classes.to(logits.device)
-    bad = (classes < 0) | (classes >= num_classes)
-    if bad.any():
-        index = int(bad.nonzero()[0, 0])
+        target = [_single_index(t, f"target[{i}]") for i, t in enumerate(target)]
+    elif isinstance(target, torch.Tensor) and target.numel() == 1:
+        target = target.reshape(())
+    elif isinstance(target, torch.Tensor) and target.dim() != 1:
         raise ValueError(
-            f"target class {int(classes[index])} (sample {index}) is out of range: the model "
-            f"outputs {num_classes} classes, so targets must lie in [0, {num_classes - 1}]"
+            f"a tensor target must be 0-d, hold one element, or be 1-D with one class per "
+            f"sample; got shape {tuple(target.shape)}"
         )
-    return classes
+    return resolve_targets(logits, target)[:, 0]
 
 
 def _single_index(value: Any, what: str) -> int:
@@ -101,19 +81,6 @@ def _single_index(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an integer class index, got {value!r}")
     return int(value)
-
-
-def _tensor_target(target: torch.Tensor, n: int) -> torch.Tensor:
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"a tensor target must hold integer class indices, got {target.dtype}")
-    if target.numel() == 1:
-        return target.reshape(1).long().expand(n)
-    if target.dim() != 1 or target.shape[0] != n:
-        raise ValueError(
-            f"a tensor target must be 0-d, hold one element, or be 1-D with one class per "
-            f"sample (length {n}); got shape {tuple(target.shape)}"
-        )
-    return target.long()
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -416,25 +383,11 @@ def _as_forward_args(additional_forward_args: Any) -> tuple[Any, ...]:
 
 def _output_size(
     interpolate: str | tuple[int, int] | None, first_input: torch.Tensor
-) -> tuple[int, int] | None:
-    if interpolate is None:
-        return None
-    if interpolate == "input":
-        if first_input.dim() < 3:
-            raise ValueError(
-                "interpolate='input' needs a first input with spatial dims [N, ..., H, W], got "
-                f"shape {tuple(first_input.shape)}"
-            )
-        return int(first_input.shape[-2]), int(first_input.shape[-1])
-    if (
-        isinstance(interpolate, (tuple, list, torch.Size))
-        and len(interpolate) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in interpolate)
-    ):
-        return int(interpolate[0]), int(interpolate[1])
-    raise ValueError(
-        f"interpolate must be None, 'input' or (H, W) positive ints; got {interpolate!r}"
-    )
+) -> int | tuple[int, int] | None:
+    """The kernel's size for Captum's ``interpolate``: None keeps (h, w); otherwise as the
+    plugin's ``size`` (``camplug.options.resolve_size``: "input", an int or (H, W))."""
+    input_size = tuple(first_input.shape[-2:]) if first_input.dim() >= 3 else None
+    return resolve_size("features" if interpolate is None else interpolate, input_size)
 
 
 # ------------------------------------------------------------------------- helpers for Captum

@@ -147,11 +147,21 @@ def test_interpolate_relu_and_normalize_follow_the_layer_map():
     assert cam.attribute(x, target=2, normalize=True).shape == (2, 1, h, w)
 
 
-@pytest.mark.parametrize("interpolate", ["nearest", (0, 4), (4,), 7])
-def test_bad_interpolate_is_refused(interpolate):
+@pytest.mark.parametrize(("interpolate", "message"), [
+    ("nearest", "size must be 'input', 'features', an int or"), ((0, 4), "size must be positive"),
+    ((4,), "size must be None, an int or a pair"), (True, "size must be 'input'"),
+])
+def test_bad_interpolate_is_refused(interpolate, message):
     model, _ = model_and_layer("resnet")
-    with pytest.raises(ValueError, match="interpolate must be"):
+    with pytest.raises(ValueError, match=message):
         ClassActivationMap(model).attribute(images(1, 32), interpolate=interpolate)
+
+
+def test_interpolate_takes_an_int_for_a_square_size_as_the_plugin():
+    model, _ = model_and_layer("resnet")
+    x = images(2, 32)
+    square = ClassActivationMap(model).attribute(x, target=1, interpolate=7)
+    assert torch.equal(square, ClassActivationMap(model).attribute(x, target=1, interpolate=(7, 7)))
 
 
 # ------------------------------------------------------------------ completeness
@@ -316,16 +326,16 @@ def test_attributions_hold_no_autograd_graph_under_grad_mode():
 @pytest.mark.parametrize(
     ("target", "error", "message"),
     [
-        (7, ValueError, r"target class 7 \(sample 0\) is out of range.*\[0, 6\]"),
+        (7, ValueError, r"class index 7 is out of range.*0\.\.6"),
         (-1, ValueError, "out of range"),
-        ([0, 1, 2], ValueError, "one entry per sample: got 3 for 2"),
+        ([0, 1, 2], ValueError, "target has 3 entries but the batch has 2 samples"),
         (torch.tensor([0.0, 1.0]), TypeError, "integer class indices, got torch.float32"),
         (torch.tensor([[0], [1]]), ValueError, "got shape \\(2, 1\\)"),
-        (torch.tensor([0, 1, 2]), ValueError, "length 2"),
+        (torch.tensor([0, 1, 2]), ValueError, "batch has 2 samples"),
         ((0, 1), ValueError, "exactly one class index"),
         ([(0, 1), (1, 2)], ValueError, "exactly one class index"),
-        (True, TypeError, "got a bool"),
-        ("cat", TypeError, "Captum's TargetType"),
+        (True, TypeError, "integer tensor; got bool"),
+        ("cat", TypeError, "integer tensor; got str"),
         ([0, "dog"], TypeError, r"target\[1\] must be an integer class index"),
     ],
 )
