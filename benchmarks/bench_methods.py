@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import statistics
 import sys
 import time
@@ -97,6 +98,12 @@ def method_call(model: nn.Module, capture: camplug.CamCapture, x: torch.Tensor, 
     return call
 
 
+def maps_call(capture: camplug.CamCapture, method: str,
+              classes: int) -> Callable[[], torch.Tensor]:
+    """The maps alone, on the stored forward (its graph is kept: a backward can run again)."""
+    return lambda: capture.maps(topk=classes, method=method)
+
+
 def explain_call(model: nn.Module, x: torch.Tensor, method: str,
                  classes: int) -> Callable[[], camplug.CamResult]:
     """The same maps through ``camplug.explain`` (a fresh capture: nothing held before)."""
@@ -144,7 +151,7 @@ def autograd_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, classe
 def interleaved_times(calls: dict[str, Callable[[], object]], device: torch.device,
                       rounds: int) -> dict[str, dict[str, float]]:
     """``rounds`` rounds of every call (order alternating): median and best wall seconds,
-    median process CPU seconds. (The peak-memory calls before warm everything up.)"""
+    median process CPU seconds."""
     wall: dict[str, list[float]] = {name: [] for name in calls}
     cpu: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
@@ -166,7 +173,8 @@ def model_calls(name: str, model: nn.Module, capture: camplug.CamCapture, x: tor
                 scorecam: bool) -> dict[tuple[str, int], tuple[str, Callable[[], object]]]:
     """{(label, classes): (how the gradients are taken, timed call, call for the peak memory)}
     for one model. The capture keeps the last forward (and its graph, where a backward needs
-    it) until the next one: the memory is measured on a fresh capture (``explain``)."""
+    it) until the next one: the memory is measured on a fresh capture (``explain``) once
+    ``capture`` is closed (an attached one would free its last forward during the call)."""
     methods = [m for m in camplug.methods.available() if scorecam or m != "scorecam"]
     calls = {}
     for classes in CLASSES:
@@ -196,13 +204,22 @@ def run_model(name: str, device: torch.device, batch: int, size: int, rounds: in
     with camplug.attach(model) as capture:
         capture.discover(x)
         calls = model_calls(name, model, capture, x, scorecam)
-        peaks = {key: peak_memory_bytes(fresh, device) for key, (_, _, fresh) in calls.items()}
+        for _, timed, _ in calls.values():  # warm-up
+            timed()
         times = interleaved_times({key: timed for key, (_, timed, _) in calls.items()}, device,
                                   rounds)
-        for (label, classes), (how, _, _) in calls.items():
-            rows.append({"model": name, "batch": batch, "size": size, "classes": classes,
-                         "method": label, "gradients": how, **times[(label, classes)],
-                         "peak_bytes": peaks[(label, classes)]})
+        alone = {}
+        for key in calls:  # the maps alone, on the stored forward that suits the method
+            if key[0] in camplug.methods.available():
+                method_call(model, capture, x, *key)()
+                alone[key] = interleaved_times({key: maps_call(capture, *key)}, device,
+                                               5 * rounds)[key]["cpu_median_s"]
+    for (label, classes), (how, _, fresh) in calls.items():
+        gc.collect()  # tensors of earlier calls held in reference cycles: not freed mid-call
+        rows.append({"model": name, "batch": batch, "size": size, "classes": classes,
+                     "method": label, "gradients": how, **times[(label, classes)],
+                     "maps_only_cpu_median_s": alone.get((label, classes)),
+                     "peak_bytes": peak_memory_bytes(fresh, device)})
     for row in rows:  # ratios against cam (ResNet) or the batched Grad-CAM (VGG), same C
         base = next(r for r in rows if r["classes"] == row["classes"] and r["method"] == (
             "cam" if name == "resnet50" else "gradcam"))
@@ -212,13 +229,15 @@ def run_model(name: str, device: torch.device, batch: int, size: int, rounds: in
 
 def format_table(rows: list[dict]) -> str:
     lines = ["| model | batch | C | method | gradients | wall median (best) s | CPU median s | "
-             "x CAM / x Grad-CAM | peak MB |", "|" + "---|" * 9]
+             "x CAM / x Grad-CAM | maps alone CPU ms | peak MB |", "|" + "---|" * 10]
     for r in rows:
         ratio = r.get("vs_cam", r.get("vs_gradcam"))
         peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f}"
+        alone = r["maps_only_cpu_median_s"]
+        alone = "-" if alone is None else f"{1000 * alone:.1f}"
         lines.append(f"| {r['model']} | {r['batch']} | {r['classes']} | {r['method']} | "
                      f"{r['gradients']} | {r['median_s']:.3f} ({r['best_s']:.3f}) | "
-                     f"{r['cpu_median_s']:.3f} | {ratio:.2f} | {peak} |")
+                     f"{r['cpu_median_s']:.3f} | {ratio:.2f} | {alone} | {peak} |")
     return "\n".join(lines)
 
 
