@@ -1,7 +1,7 @@
 """Grad-CAM++ (Chattopadhay et al., WACV 2018), with the paper's closed-form coefficients.
 
 With ``g = d y_c / d A_k`` (the closed form the paper derives for the exponential of the class
-score, its Eq. 19, as its code and later implementations use it)::
+score, as its code and later implementations use it)::
 
     alpha_k(i, j) = g(i, j)^2 / (2 g(i, j)^2 + sum_ab A_k(a, b) g(i, j)^3)   (0 where the
                                                                               denominator is 0)
