@@ -13,17 +13,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camplug.audit.report import classes
+from camplug.audit.report.class_section import Example, classes_section
+from camplug.audit.report.config import config_rows
 from camplug.audit.report.html import (
+    GalleryControls,
     GalleryItem,
     Plot,
     ReportContent,
+    Section,
     draw_boxes,
     gallery_section,
     histogram_plot,
     list_section,
-    overlay,
     plots_section,
     render_html,
+    replace_marker,
     table_section,
     threshold_curve_plot,
     write_report,
@@ -57,11 +62,19 @@ def chromium(tmp_path: Path, *args: str) -> str:
     return done.stdout
 
 
-def rendered_dom(tmp_path: Path, report: Path) -> str:
-    """The DOM of ``report`` after load, with the image probe's results in <pre id=probe>."""
+def rendered_dom(tmp_path: Path, report: Path, fragment: str = "", *flags: str) -> str:
+    """The DOM of ``report`` after load (opened at ``#fragment`` when given), with the image
+    probe's results in <pre id=probe>."""
     probed = tmp_path / "probed.html"
     probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
-    return chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", probed.as_uri())
+    url = probed.as_uri() + (f"#{fragment}" if fragment else "")
+    return chromium(tmp_path, *flags, "--dump-dom", "--virtual-time-budget=5000", url)
+
+
+def tiles(dom: str) -> list[tuple[str, bool]]:
+    """(sample id, hidden) of every gallery tile, in page order."""
+    return [(sample, "hidden" in attributes) for attributes, sample in re.findall(
+        r'<figure class="tile"([^>]*?data-sample="([^"]+)"[^>]*)>', dom)]
 
 
 def screenshot(tmp_path: Path, report: Path) -> np.ndarray:
@@ -118,16 +131,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
         assert image.format == "PNG" and min(image.size) > 30
 
 
-def test_overlay_and_boxes_pixels():
-    rgb = np.zeros((4, 5, 3), np.uint8)
-    cam = np.zeros((4, 5))
-    cam[1, 2] = 1.0
-    blended = overlay(rgb, cam, alpha=0.5)
-    # jet(0) is dark blue, jet(1) dark red: alpha-blended over black
-    assert blended[0, 0, 2] > 50 and blended[0, 0, 0] == 0
-    assert blended[1, 2, 0] > 50 and blended[1, 2, 2] == 0
-    with pytest.raises(ValueError, match="sizes differ"):
-        overlay(rgb, np.zeros((5, 4)))
+def test_boxes_pixels():
     boxed = draw_boxes(np.zeros((10, 10, 3), np.uint8), np.array([[2, 3, 5, 6]]), (0, 255, 0))
     outline = boxed[..., 1] == 255
     expected = np.zeros((10, 10), bool)
@@ -203,7 +207,8 @@ def test_audit_report_gallery_shows_the_right_samples(audited):
     assert set(section(2)) <= flagged_ids and len(section(2)) == min(3, len(flagged_ids))
     summary_table = re.search(r'<table id="summary">(.*?)</table>', page, re.S).group(1)
     assert f"<td class=\"num\">{100 * summary.max_box_acc_v2.mean:.1f}</td>" in summary_table
-    assert len(re.findall(r'<img ', page)) == 4 + len(section(0)) + len(section(1)) + len(
+    gallery = page[page.index("<h2>Gallery</h2>"):page.index("<h2>Errors")]
+    assert len(re.findall(r'<img ', gallery)) == len(section(0)) + len(section(1)) + len(
         section(2))
 
 
@@ -216,3 +221,217 @@ def test_audit_report_renders_in_chromium(audited, tmp_path):
     probe = re.search(r'<pre id="probe">(.*?)</pre>', dom).group(1).split()
     assert len(probe) >= 4 + 3 + 3
     assert all(p.startswith("true:") and not p.startswith("true:0x") for p in probe), probe
+
+
+# per-class statistics -----------------------------------------------------------------------
+def blob(y: float, x: float, size: int = 12, width: float = 2.0) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * width ** 2))
+
+
+def two_strategy_maps(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` maps: even ones peak near the top-left corner, odd ones near the bottom-right."""
+    rng = np.random.default_rng(seed)
+    corners = [(1.5, 1.5), (9.5, 9.5)]
+    return np.stack([blob(*(np.asarray(corners[i % 2]) + rng.normal(0, 0.6, 2)))
+                     * rng.uniform(0.5, 3.0) for i in range(n)])
+
+
+def test_pool_maps_is_the_area_average():
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 16, 12))
+    blocks = maps.reshape(3, 8, 2, 4, 3).mean(axis=(2, 4))  # 16x12 -> 8x4: 2x3 blocks
+    np.testing.assert_allclose(classes.pool_maps(maps, (8, 4)), blocks, atol=1e-12)
+    row = np.array([[[1.0, 4.0, 7.0]]])  # 3 -> 2: cells [0, 1.5) and [1.5, 3)
+    expected = [(1.0 + 4.0 / 2) / 1.5, (4.0 / 2 + 7.0) / 1.5]
+    np.testing.assert_allclose(classes.pool_maps(row, (1, 2))[0, 0], expected, atol=1e-12)
+
+
+def test_silhouette_matches_a_direct_computation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 4))
+    assignment = rng.integers(0, 3, size=30)
+    assignment[0] = 3  # a cluster of one point scores 0
+    scores = []
+    for i in range(30):
+        same = [j for j in range(30) if assignment[j] == assignment[i] and j != i]
+        if not same:
+            scores.append(0.0)
+            continue
+        a = np.mean([np.linalg.norm(x[i] - x[j]) for j in same])
+        b = min(np.mean([np.linalg.norm(x[i] - x[j]) for j in range(30) if assignment[j] == c])
+                for c in set(assignment.tolist()) if c != assignment[i])
+        scores.append((b - a) / max(a, b))
+    assert classes.silhouette(x, assignment) == pytest.approx(np.mean(scores), abs=1e-12)
+
+
+def test_confusions_count_every_pair():
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    predictions = [0, 1, 1, 1, 0, 2, 1, 1, 0]
+    matrix = classes.confusion_matrix(labels, predictions, 4)
+    for t in range(4):
+        for p in range(4):
+            pairs = zip(labels, predictions, strict=True)
+            assert matrix[t, p] == sum(a == t and b == p for a, b in pairs)
+    assert classes.top_confusions(matrix, 3) == [(0, 1, 2), (2, 1, 2), (1, 0, 1)]
+
+
+def test_two_strategies_in_one_class_are_two_groups():
+    """Class 0: half its maps peak in one corner, half in the other -> two groups split
+    exactly by corner; class 1: one place -> one group; class 2: too few samples."""
+    rng = np.random.default_rng(3)
+    strategies = two_strategy_maps(24)
+    single = np.stack([blob(5.5 + rng.normal(0, 0.5), 5.5 + rng.normal(0, 0.5))
+                       for _ in range(12)])
+    few = two_strategy_maps(4)
+    maps = np.concatenate([strategies, single, few])
+    labels = [0] * 24 + [1] * 12 + [2] * 4
+    predictions = [0] * 22 + [1, 1] + [1] * 11 + [0] + [2] * 4
+    indices = list(range(100, 140))
+    stats = classes.class_stats(indices, labels, predictions, list(maps))
+    assert [s.label for s in stats] == [0, 1, 2]
+    first, second, third = stats
+    groups = first.grouping.groups
+    assert len(groups) == 2 and first.grouping.silhouettes[2] >= classes.MIN_SILHOUETTE
+    members = sorted(sorted(first.samples[m] for m in g.members) for g in groups)
+    assert members == [list(range(100, 124, 2)), list(range(101, 124, 2))]
+    for group in groups:  # representatives belong to their group; each group's mean peaks in
+        assert set(group.representatives) <= set(group.members)  # its own corner
+        peak = np.unravel_index(group.mean_map.argmax(), group.mean_map.shape)
+        assert peak[0] in (0, 1, 2, 9, 10, 11) and (peak[0] < 6) == (peak[1] < 6)
+    assert first.correct == 22 and first.confusions == ((1, 2),)
+    assert len(second.grouping.groups) == 1 and max(second.grouping.silhouettes.values()) < 0.5
+    assert second.confusions == ((0, 1),) and second.accuracy == pytest.approx(11 / 12)
+    assert len(third.grouping.groups) == 1 and third.grouping.silhouettes == {}
+    # the mean map of the correct samples: min-max scaled maps averaged
+    scaled = classes.minmax_maps(maps[24:35])
+    np.testing.assert_allclose(second.mean_correct_map, scaled.mean(axis=0), atol=1e-12)
+
+
+def test_samples_without_maps_count_but_are_not_grouped():
+    maps = list(two_strategy_maps(12))
+    maps[3] = None
+    stats = classes.class_stats(range(12), [0] * 12, [0] * 12, maps)[0]
+    assert len(stats.samples) == 12 and stats.correct == 12
+    grouped = sorted(m for g in stats.grouping.groups for m in g.members)
+    assert grouped == [k for k in range(12) if k != 3]
+    assert stats.grouping.groups and len(stats.grouping.groups) == 2
+    with pytest.raises(ValueError, match="one of each per sample"):
+        classes.class_stats([0, 1], [0, 0], [0], None)
+
+
+HOSTILE = '<img src=x onerror="alert(1)">&'
+
+
+def hostile_name(k: int) -> str:
+    return f"{HOSTILE} class {k}"
+
+
+def test_class_section_html_is_escaped_and_complete():
+    maps = two_strategy_maps(12)
+    labels, predictions = [0] * 12, [0] * 10 + [1, 1]
+    stats = classes.class_stats(range(12), labels, predictions, list(maps))
+    matrix = classes.confusion_matrix(labels, predictions, 2)
+    picture = np.zeros((8, 8, 3), np.uint8)
+    examples = {k: Example(f"{HOSTILE} sample {k}", picture) for k in range(12)}
+    section = classes_section(stats, matrix, hostile_name, examples, notes=[HOSTILE])
+    body = section.body
+    assert "<img src=x" not in body and 'onerror="' not in body
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp; class 0" in body
+    assert 'id="class-0" data-groups="2"' in body
+    accuracy = re.search(r'<table id="class-accuracy">(.*?)</table>', body, re.S).group(1)
+    assert '<td class="num">83.3</td>' in accuracy and '<td class="num">10</td>' in accuracy
+    confusions = re.search(r'<table id="top-confusions">(.*?)</table>', body, re.S).group(1)
+    assert '<td class="num">2</td>' in confusions and '<td class="num">16.7</td>' in confusions
+    assert 'class="num diag">10<' in body and 'class="num off">2<' in body
+    shown = len(re.findall(r'alt="&lt;img src=x onerror=&quot;alert\(1\)&quot;&gt;&amp; sample',
+                           body))
+    assert shown == sum(len(g.representatives) for g in stats[0].grouping.groups)
+
+
+def test_config_rows_are_readable():
+    rows = {name: (value, meaning) for name, value, meaning in config_rows({
+        "thresholds": [round(0.01 * i, 2) for i in range(100)], "iou_thresholds": [0.3, 0.5, 0.7],
+        "flags": {"min_mass_inside": 0.5, "low_confidence": 0.25}, "layer": None,
+        "faithfulness": False, "class_names": [f"c{i}" for i in range(20)], "new_key": {"a": 1},
+    })}
+    assert rows["thresholds"][0] == "100 values, 0 to 0.99, step 0.01"
+    assert rows["iou_thresholds"][0] == "0.3, 0.5, 0.7"
+    assert rows["flags.low_confidence"][0] == "0.25" and "low_confidence" in rows[
+        "flags.low_confidence"][1]
+    assert rows["layer"][0] == "none" and rows["faithfulness"][0] == "no"
+    assert rows["class_names"][0] == "c0, c1, c2, c3, c4, c5, c6, c7, ... (20 in all)"
+    assert rows["new_key"] == ("a: 1", "")
+
+
+# gallery filter and sort ------------------------------------------------------------------
+def filter_page(tmp_path: Path) -> Path:
+    rgb = np.full((16, 16, 3), 128, np.uint8)
+    cam = blob(8, 8, size=16)
+    specs = [("a", 0, (), 0.9), ("b", 1, ("wrong_class",), 0.4), ("c", 1, (), 0.7),
+             ("d", 2, ("wrong_class", "low_confidence"), 0.2), ("e", 1, ("low_confidence",), 0.3)]
+    items = [GalleryItem(name, rgb, cam, np.zeros((0, 4)), np.zeros((0, 4)), [name],
+                         label=label, flags=flags, values={"score": score, "iou": float("nan")})
+             for name, label, flags, score in specs]
+    controls = GalleryControls(classes=[(0, hostile_name(0)), (1, "one"), (2, "two")],
+                               flags=["wrong_class", "low_confidence"],
+                               metrics=[("score", "confidence"), ("iou", "IoU")])
+    content = ReportContent("filter", [], [gallery_section(
+        "Gallery", {"Part A": items[:3], "Part B": items[3:]}, controls)])
+    return write_report(tmp_path / "filter.html", content)
+
+
+def test_gallery_controls_markup(tmp_path):
+    page = filter_page(tmp_path).read_text()
+    assert page.count("<script>") == 1 and "<script src" not in page
+    assert '<form id="gallery-controls" hidden>' in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp; class 0" in page
+    assert 'data-label="1" data-flags="wrong_class"' in page
+    assert 'data-values="{&quot;score&quot;: 0.4}"' in page  # NaN left out
+
+
+@needs_chromium
+@pytest.mark.parametrize(("fragment", "hidden", "order"), [
+    ("", set(), "abcde"),
+    ("class=1", {"a", "d"}, "abcde"),
+    ("flag=wrong_class", {"a", "c", "e"}, "abcde"),
+    ("class=1&flag=none", {"a", "b", "d", "e"}, "abcde"),
+    ("sort=score&order=asc", set(), "bcade"),
+    ("class=1&sort=score", {"a", "d"}, "acbed"),
+    ("class=<script>&flag=bogus", set(), "abcde"),  # unknown values are ignored
+])
+def test_gallery_filter_and_sort_in_chromium(tmp_path, fragment, hidden, order):
+    dom = rendered_dom(tmp_path, filter_page(tmp_path), fragment)
+    shown = tiles(dom)
+    assert "".join(name for name, _ in shown) == order
+    assert {name for name, is_hidden in shown if is_hidden} == hidden
+    assert '<form id="gallery-controls">' in dom  # the script showed the controls
+    status = re.search(r'<p id="gallery-status"[^>]*>(.*?)</p>', dom).group(1)
+    assert status == f"showing {5 - len(hidden)} of 5 tiles"
+
+
+@needs_chromium
+def test_gallery_without_script_shows_every_tile(tmp_path):
+    """The page as a browser without scripts sees it (headless Chromium's --dump-dom itself
+    needs scripts, so the page's script is removed instead): every tile shown, no controls."""
+    page = filter_page(tmp_path)
+    source = page.read_text()
+    page.write_text(re.sub(r"<script>.*?</script>", "", source, flags=re.S))
+    assert "<script" not in page.read_text()
+    dom = rendered_dom(tmp_path, page, "class=1")
+    assert [name for name, _ in tiles(dom)] == list("abcde")
+    assert not any(is_hidden for _, is_hidden in tiles(dom))
+    assert '<form id="gallery-controls" hidden="">' in dom
+
+
+def test_replace_marker(tmp_path):
+    marker = "<!-- here -->"
+    content = ReportContent("t", [], [table_section("A", ("x",), [(1,)], table_id="a"),
+                                      Section("", marker), list_section("B", ["b"])])
+    path = write_report(tmp_path / "r.html", content)
+    replace_marker(path, marker, table_section("Inserted", ("y",), [(HOSTILE,)], table_id="i"))
+    page = path.read_text()
+    assert page.index("<h2>A</h2>") < page.index("<h2>Inserted</h2>") < page.index("<h2>B</h2>")
+    assert marker not in page and "&lt;img src=x" in page
+    with pytest.raises(ValueError, match="no place"):
+        replace_marker(path, marker, table_section("Again", ("y",), [], table_id="j"))
