@@ -14,11 +14,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..data.boxes import clip_boxes
+
 
 @dataclass
 class Sample:
     """One sample in canonical form: ``image`` float [3, H, W], ``boxes`` float32 [M, 4]
-    (x0, y0, x1, y1 inclusive pixels), ``mask`` bool [H, W] or None."""
+    (x0, y0, x1, y1 inclusive pixels inside the image; M = 0 for a labels-only sample),
+    ``mask`` bool [H, W] or None, ``warnings``: what loading corrected (e.g. clipped boxes)."""
 
     index: int
     sample_id: str
@@ -26,6 +29,7 @@ class Sample:
     label: int
     boxes: torch.Tensor
     mask: torch.Tensor | None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -37,7 +41,8 @@ class SampleError:
 
 @dataclass
 class Batch:
-    """Stacked good samples (``images`` [B, 3, H, W], ``labels`` int64 [B]) and the errors."""
+    """Stacked good samples (``images`` [B, 3, H, W], ``labels`` int64 [B], per sample its
+    ``boxes`` [M, 4], ``mask`` and ``warnings``) and the errors."""
 
     indices: list[int] = field(default_factory=list)
     sample_ids: list[str] = field(default_factory=list)
@@ -46,6 +51,7 @@ class Batch:
     boxes: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor | None] = field(default_factory=list)
     errors: list[SampleError] = field(default_factory=list)
+    warnings: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.indices) + len(self.errors)
@@ -55,46 +61,44 @@ class Batch:
         assert self.images is not None and self.labels is not None
         return [
             Batch([index], [self.sample_ids[k]], self.images[k:k + 1], self.labels[k:k + 1],
-                  [self.boxes[k]], [self.masks[k]])
+                  [self.boxes[k]], [self.masks[k]], warnings=[self.warnings[k]])
             for k, index in enumerate(self.indices)
         ]
 
 
 def canonical_sample(index: int, item: Any) -> Sample:
-    """Validate a dataset item (a dict with ``image``, ``label``, ``box`` [4] or ``boxes``
-    [M, 4], optional ``mask`` and ``id``) and bring it to canonical form."""
+    """Validate a dataset item (a dict with ``image``, ``label``, optional ``box`` [4] or
+    ``boxes`` [M, 4], ``mask``, ``id`` and ``warnings``) and bring it to canonical form. Boxes
+    reaching past the image are clipped to it (with a warning); a box wholly outside raises."""
     if not isinstance(item, dict):
         raise TypeError(f"a dataset item must be a dict, got {type(item).__name__}")
     missing = [k for k in ("image", "label") if k not in item]
-    if missing or not ("box" in item or "boxes" in item):
-        raise KeyError(
-            f"a dataset item needs 'image', 'label' and 'box' or 'boxes'; missing "
-            f"{missing + ([] if 'box' in item or 'boxes' in item else ['box/boxes'])}"
-        )
+    if missing:
+        raise KeyError(f"a dataset item needs 'image' and 'label' (boxes are optional); "
+                       f"missing {missing}")
     image = torch.as_tensor(item["image"])
     if image.dim() != 3 or not image.is_floating_point():
         raise ValueError(f"image must be a float tensor [C, H, W], got {image.dtype} "
                          f"{tuple(image.shape)}")
     label = item["label"]
     label = int(label.item() if isinstance(label, torch.Tensor) else label)
-    boxes = torch.as_tensor(item["boxes"] if "boxes" in item else item["box"],
-                            dtype=torch.float32).reshape(-1, 4)
-    if boxes.shape[0] == 0:
-        raise ValueError("the item has no ground-truth box")
+    given = item.get("boxes", item.get("box"))
+    boxes = torch.as_tensor([] if given is None else given, dtype=torch.float32).reshape(-1, 4)
     height, width = image.shape[-2:]
     if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
         raise ValueError(f"boxes must have x0 <= x1 and y0 <= y1, got {boxes.tolist()}")
-    if (boxes[:, :2] < 0).any() or (boxes[:, 2] > width - 1).any() or (
-        boxes[:, 3] > height - 1
-    ).any():
-        raise ValueError(f"boxes {boxes.tolist()} reach outside the {width}x{height} image")
+    warnings = [str(w) for w in item.get("warnings", ())]
+    boxes, clipped = clip_boxes(boxes, width, height)
+    warnings += clipped
     mask = item.get("mask")
     if mask is not None:
         mask = torch.as_tensor(mask).bool()
         if mask.shape != (height, width):
             raise ValueError(f"mask {tuple(mask.shape)} does not match the image {height}x{width}")
+        if boxes.shape[0] == 0:
+            raise ValueError("the item has a mask but no box; give the object's boxes too")
     sample_id = str(item.get("id", index))
-    return Sample(index, sample_id, image, label, boxes, mask)
+    return Sample(index, sample_id, image, label, boxes, mask, warnings)
 
 
 class GuardedDataset(Dataset):
@@ -152,4 +156,5 @@ def collate(items: list[Sample | SampleError]) -> Batch:
     batch.labels = torch.tensor([s.label for s in good], dtype=torch.int64)
     batch.boxes = [s.boxes for s in good]
     batch.masks = [s.mask for s in good]
+    batch.warnings = [s.warnings for s in good]
     return batch

@@ -26,6 +26,7 @@ from torch import nn
 
 from camplug import metrics
 
+from . import map_stats
 from .store import SampleRow
 
 if TYPE_CHECKING:
@@ -37,23 +38,37 @@ TableRow = tuple[str, str, str]  # (metric, value, what it means)
 class ScoredBatch:
     """What per-sample metric functions read, for N samples of one batch (on one device):
     ``model`` (eval mode, hooks attached), ``images`` float [N, 3, H, W], ``cams`` float32
-    [N, H, W] in [0, 1] (the labelled class's map), ``boxes`` list of float32 [M, 4] (inclusive
-    pixels), ``objects`` bool [N, H, W] (the mask, else the union of the boxes), ``targets``
-    int64 [N] (the labels), ``probs`` float32 [N, classes], ``box_ious_v2`` float64 [N, T].
+    [N, H, W] in [0, 1] (the labelled class's map), ``targets`` int64 [N] (the labels),
+    ``probs`` float32 [N, classes], ``settings``. The batch that metrics needing boxes
+    (``MetricDefinition.needs_boxes``) read holds only samples with boxes and also has
+    ``boxes`` (list of float32 [M, 4], inclusive pixels), ``objects`` bool [N, H, W] (the mask,
+    else the union of the boxes) and ``box_ious_v2`` float64 [N, T]; elsewhere they are None.
     Shared intermediate results are ``cached_property``s (computed once per batch)."""
 
     def __init__(self, *, model: nn.Module, images: torch.Tensor, cams: torch.Tensor,
-                 boxes: list[torch.Tensor], objects: torch.Tensor, targets: torch.Tensor,
-                 probs: torch.Tensor, box_ious_v2: torch.Tensor,
-                 settings: ScoringSettings) -> None:
-        self.model, self.images, self.cams, self.boxes = model, images, cams, boxes
-        self.objects, self.targets, self.probs = objects, targets, probs
-        self.box_ious_v2, self.settings = box_ious_v2, settings
+                 targets: torch.Tensor, probs: torch.Tensor, settings: ScoringSettings,
+                 boxes: list[torch.Tensor] | None = None, objects: torch.Tensor | None = None,
+                 box_ious_v2: torch.Tensor | None = None) -> None:
+        self.model, self.images, self.cams, self.targets = model, images, cams, targets
+        self.probs, self.settings = probs, settings
+        self.boxes, self.objects, self.box_ious_v2 = boxes, objects, box_ious_v2
 
     @cached_property
     def energy(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(share of the CAM's mass inside the boxes [N], the boxes' area fraction [N])."""
+        assert self.boxes is not None, "energy needs the batch of samples with boxes"
         return metrics.energy_pointing_game(self.cams, self.boxes)
+
+    @cached_property
+    def centroid(self) -> torch.Tensor:
+        """The maps' centres of mass, float64 [N, 2] (x, y as fractions of width, height)."""
+        return map_stats.centroid(self.cams)
+
+    @cached_property
+    def drop_increase(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(drop in confidence float64 [N], increase in confidence bool [N]) of the map-masked
+        images (Chattopadhay et al.'s average drop / increase in confidence)."""
+        return metrics.average_drop_increase(self.model, self.images, self.cams, self.targets)
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,7 @@ class MetricDefinition:
     higher_is_better: bool | None = True
     when: Callable[[ScoringSettings], bool] = lambda settings: True
     rows: Callable[[Any, Any], list[TableRow]] | None = None
+    needs_boxes: bool = False
 
     @property
     def sample_key(self) -> str:
@@ -119,10 +135,12 @@ class MetricDefinition:
 
 # aggregates -------------------------------------------------------------------------------
 def mean_of(key: str) -> Callable[[SummaryInputs], float | None]:
-    """The mean of ``row.metrics[key]`` over the rows holding it (None when none do)."""
+    """The mean of ``row.metrics[key]`` over the rows holding a finite value (None when none
+    do; a map of zero mass has NaN statistics)."""
 
     def aggregate(inputs: SummaryInputs) -> float | None:
         values = [float(r.metrics[key]) for r in inputs.rows if key in r.metrics]
+        values = [v for v in values if math.isfinite(v)]
         return float(np.mean(values)) if values else None
 
     return aggregate
@@ -138,9 +156,10 @@ def _accuracy(inputs: SummaryInputs) -> float:
 
 def _max_box_acc(column: str) -> Callable[[SummaryInputs], metrics.MaxBoxAccResult | None]:
     def aggregate(inputs: SummaryInputs) -> metrics.MaxBoxAccResult | None:
-        if not inputs.rows:
+        located = [getattr(r, column) for r in inputs.rows if getattr(r, column) is not None]
+        if not located:
             return None
-        ious = torch.from_numpy(np.stack([getattr(r, column) for r in inputs.rows]))
+        ious = torch.from_numpy(np.stack(located))
         return metrics.max_box_acc_from_ious(ious, inputs.thresholds, inputs.iou_thresholds)
 
     return aggregate
@@ -154,13 +173,20 @@ def _pxap(inputs: SummaryInputs) -> float | None:
     return metrics.pxap_from_counts(tp, fp, fn)
 
 
-def _cam_paper_top1(inputs: SummaryInputs) -> float:
-    return _mean([bool(r.metrics["cam_paper_hit"]) and r.prediction == r.label
-                  for r in inputs.rows])
+def _cam_paper_top1(inputs: SummaryInputs) -> float | None:
+    hits = [bool(r.metrics["cam_paper_hit"]) and r.prediction == r.label
+            for r in inputs.rows if "cam_paper_hit" in r.metrics]
+    return _mean(hits) if hits else None
 
 
-def _fraction_of(key: str) -> Callable[[SummaryInputs], float]:
-    return lambda inputs: _mean([bool(r.metrics[key]) for r in inputs.rows])
+def _fraction_of(key: str) -> Callable[[SummaryInputs], float | None]:
+    """The share of the rows holding ``key`` whose value is true (None when none hold it)."""
+
+    def aggregate(inputs: SummaryInputs) -> float | None:
+        values = [bool(r.metrics[key]) for r in inputs.rows if key in r.metrics]
+        return _mean(values) if values else None
+
+    return aggregate
 
 
 # table rows of the metrics that show more than one number ---------------------------------
@@ -203,6 +229,18 @@ def _energy_rows(value: float | None, summary: Any) -> list[TableRow]:
              f"CAM mass inside the boxes; chance (box area) {percent(chance)}")]
 
 
+def _centroid_rows(value: float | None, summary: Any) -> list[TableRow]:
+    if value is None:
+        return []
+    y = summary.metrics.get("centroid_y")
+    return [("map centre of mass x, y", f"{number(value)}, {number(y)}",
+             "mean over samples, as fractions of the width and height; 0.5, 0.5 is the centre")]
+
+
+def _border_mass(batch: ScoredBatch) -> torch.Tensor:
+    return map_stats.border_mass(batch.cams, batch.settings.border_fraction)
+
+
 def _faithfulness(settings: ScoringSettings) -> bool:
     return settings.faithfulness
 
@@ -228,37 +266,70 @@ METRICS: tuple[MetricDefinition, ...] = (
     MetricDefinition("cam_paper_gt_known", "CAM-paper localization, GT-known (%)",
                      _fraction_of("cam_paper_hit"), key="cam_paper_hit",
                      meaning="20% of max, largest component, IoU >= 0.5",
-                     per_sample=lambda b: metrics.cam_paper_localization(b.cams, b.boxes)),
+                     per_sample=lambda b: metrics.cam_paper_localization(b.cams, b.boxes),
+                     needs_boxes=True),
     MetricDefinition("cam_paper_top1", "CAM-paper localization, top-1 (%)", _cam_paper_top1,
                      meaning="GT-known hit and the class is right"),
     MetricDefinition("pointing_game", "pointing game (%)", _fraction_of("pointing_hit"),
                      key="pointing_hit", meaning="the CAM's maximum lies on the object",
-                     per_sample=lambda b: metrics.pointing_game(b.cams, b.objects)),
+                     per_sample=lambda b: metrics.pointing_game(b.cams, b.objects),
+                     needs_boxes=True),
     MetricDefinition("energy_inside", "energy inside the box (%)", mean_of("energy_inside"),
-                     per_sample=lambda b: b.energy[0], rows=_energy_rows),
+                     per_sample=lambda b: b.energy[0], rows=_energy_rows, needs_boxes=True),
     MetricDefinition("box_area_fraction", "box area (%)", mean_of("box_area_fraction"),
                      per_sample=lambda b: b.energy[1], higher_is_better=None,
-                     rows=lambda value, summary: []),
+                     rows=lambda value, summary: [], needs_boxes=True),
     MetricDefinition("best_iou", "best IoU", lambda inputs: None,
                      per_sample=lambda b: b.box_ious_v2.amax(dim=1),
-                     rows=lambda value, summary: []),
+                     rows=lambda value, summary: [], needs_boxes=True),
+    MetricDefinition("border_mass", "map mass in the border band (%)", mean_of("border_mass"),
+                     per_sample=_border_mass, higher_is_better=False,
+                     meaning="share of the map's mass near the sides (the band: --border of "
+                     "each side); a uniform map puts the band's area share there"),
+    MetricDefinition("mass_area_50", "area holding half the map's mass (%)",
+                     mean_of("mass_area_50"), per_sample=lambda b: map_stats.mass_area(b.cams),
+                     higher_is_better=None,
+                     meaning="smallest share of the pixels holding 50% of the mass; low: a "
+                     "concentrated map, 50: a uniform one"),
+    MetricDefinition("centroid_x", "map centre of mass x", mean_of("centroid_x"),
+                     per_sample=lambda b: b.centroid[:, 0], format=number,
+                     higher_is_better=None, rows=_centroid_rows),
+    MetricDefinition("centroid_y", "map centre of mass y", mean_of("centroid_y"),
+                     per_sample=lambda b: b.centroid[:, 1], format=number,
+                     higher_is_better=None, rows=lambda value, summary: []),
     MetricDefinition("deletion_auc", "deletion AUC", mean_of("deletion_auc"),
                      per_sample=_deletion, format=number, higher_is_better=False,
                      when=_faithfulness),
     MetricDefinition("insertion_auc", "insertion AUC", mean_of("insertion_auc"),
                      per_sample=_insertion, format=number, when=_faithfulness),
+    MetricDefinition("average_drop", "average drop in confidence (%)", mean_of("average_drop"),
+                     per_sample=lambda b: b.drop_increase[0], higher_is_better=False,
+                     when=_faithfulness,
+                     meaning="mean relative drop of the class probability on map x image"),
+    MetricDefinition("increase_in_confidence", "increase in confidence (%)",
+                     _fraction_of("increase_in_confidence"),
+                     per_sample=lambda b: b.drop_increase[1], when=_faithfulness,
+                     meaning="samples whose class probability rises on map x image"),
 )
 
 
-def per_sample_values(batch: ScoredBatch) -> list[dict[str, bool | float]]:
-    """Every enabled per-sample metric of the batch: one ``{sample_key: value}`` per sample."""
+def per_sample_values(batch: ScoredBatch, located: ScoredBatch | None = None,
+                      located_index: Sequence[int] = ()) -> list[dict[str, bool | float]]:
+    """Every enabled per-sample metric: one ``{sample_key: value}`` per sample of ``batch``.
+    ``located``: the batch of the samples with boxes, which are ``located_index`` in ``batch``
+    (None when none has boxes); only they get the metrics that need boxes."""
     out: list[dict[str, bool | float]] = [{} for _ in range(batch.cams.shape[0])]
     for definition in METRICS:
         if definition.per_sample is None or not definition.when(batch.settings):
             continue
-        values = definition.per_sample(batch).detach().cpu()
+        source, targets = batch, out
+        if definition.needs_boxes:
+            if located is None:
+                continue
+            source, targets = located, [out[i] for i in located_index]
+        values = definition.per_sample(source).detach().cpu()
         convert = bool if values.dtype == torch.bool else float
-        for sample, value in zip(out, values.tolist(), strict=True):
+        for sample, value in zip(targets, values.tolist(), strict=True):
             sample[definition.sample_key] = convert(value)
     return out
 

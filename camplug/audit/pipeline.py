@@ -108,6 +108,7 @@ def run_audit(
     fresh: bool = False,
     progress: bool | None = None,
     method: str = "cam",
+    border_fraction: float = 0.1,
 ) -> AuditSummary:
     """Audit ``model``'s CAMs on ``data`` and return the run's summary.
 
@@ -120,7 +121,10 @@ def run_audit(
     discards a stored run with the same configuration instead of resuming it. ``progress``:
     None draws the bar only on a terminal. ``device``: default the model's GPU, else a GPU
     when present, else the CPU. ``method``: the map method (``camplug.methods.available()`` or
-    ``"auto"``; part of the run's identity).
+    ``"auto"``; part of the run's identity). ``border_fraction``: the border band of the
+    ``border_mass`` statistic and the ``border_focus`` flag, as a share of each side.
+    ``data[i]`` may leave out the boxes (labels-only audit): such samples get every metric
+    that needs no boxes (prediction, confidence, map statistics, faithfulness).
     Writes ``audit.sqlite`` and (``report``) ``report.html`` under ``out_dir``. The model's
     modes, device and hooks are restored.
 
@@ -136,6 +140,7 @@ def run_audit(
         model, data, model_name=model_name or type(model).__name__, layer=layer, output=output,
         thresholds=thresholds, iou_thresholds=iou_thresholds, flags=flags or FlagThresholds(),
         faithfulness=faithfulness, faithfulness_steps=faithfulness_steps, method=method,
+        border_fraction=border_fraction,
     )
     ctx = distributed.setup()
     try:
@@ -325,7 +330,8 @@ def _summarize(rows, config: RunConfig, run_id: str, db_path: Path,
         rows, run_id=run_id, db_path=db_path, model=config.model, dataset=config.dataset,
         n_samples=config.n_samples, thresholds=np.asarray(config.thresholds),
         iou_thresholds=config.iou_thresholds, flag_thresholds=config.flags,
-        images_per_second=images_per_second,
+        images_per_second=images_per_second, class_names=config.class_names,
+        data_warnings=config.data_warnings,
     )
 
 

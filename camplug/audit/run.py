@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.specs import model_fingerprint
+from . import map_stats
 from .distributed import DistContext
 from .scoring import ScoringSettings
 from .summary import FlagThresholds
@@ -27,7 +28,9 @@ DB_NAME = "audit.sqlite"
 REPORT_NAME = "report.html"
 SHARD_DIR = "shards"
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.0, 1.0, 0.01), 2))  # Choe
-DISPLAY_ONLY = ("model", "dataset")  # names as the user gave them: not part of the identity
+# names as the user gave them and what the dataset reported: not part of the identity (the
+# dataset's fingerprint covers its content)
+DISPLAY_ONLY = ("model", "dataset", "class_names", "data_warnings")
 
 
 def describe_dataset(data: Dataset) -> str:
@@ -46,6 +49,18 @@ def dataset_fingerprint(data: Dataset) -> str:
     return str(fingerprint()) if callable(fingerprint) else describe_dataset(data)
 
 
+def dataset_class_names(data: Dataset) -> tuple[str, ...] | None:
+    """The dataset's ``class_names`` (label -> name), when it has them."""
+    names = getattr(data, "class_names", None)
+    return tuple(str(n) for n in names) if names else None
+
+
+def dataset_warnings(data: Dataset) -> dict[str, int]:
+    """The dataset's own warning counts (``warnings``: kind -> count, e.g. skipped crowd
+    annotations), when it has them."""
+    return {str(k): int(v) for k, v in (getattr(data, "warnings", None) or {}).items()}
+
+
 def _output_name(output: int | str | Callable | None) -> Any:
     if output is None or isinstance(output, int | str):
         return output
@@ -57,7 +72,9 @@ class RunConfig:
     """Everything that determines a run's results. ``model`` / ``dataset``: display names;
     the identity (``run_id``) uses the fingerprints instead (model: weights and code; dataset:
     its ``fingerprint()``, or its description). ``method``: the map method, a
-    ``camplug.methods`` name or ``"auto"`` (CAM on exact heads, else Grad-CAM)."""
+    ``camplug.methods`` name or ``"auto"`` (CAM on exact heads, else Grad-CAM).
+    ``border_fraction``: the border band of ``border_mass`` (share of each side).
+    ``class_names`` / ``data_warnings``: the dataset's, for display (not the identity)."""
 
     model: str
     model_fingerprint: str
@@ -72,12 +89,16 @@ class RunConfig:
     faithfulness: bool
     faithfulness_steps: int | None
     method: str = "cam"
+    border_fraction: float = 0.1
+    class_names: tuple[str, ...] | None = None
+    data_warnings: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def create(
         cls, model: nn.Module, data: Dataset, *, model_name: str, layer: str | None,
         output: Any, thresholds: Sequence[float] | None, iou_thresholds: Sequence[float],
         flags: FlagThresholds, faithfulness: bool, faithfulness_steps: int, method: str,
+        border_fraction: float = 0.1,
     ) -> RunConfig:
         """Validate the options and fingerprint the model and the data."""
         grid = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds,
@@ -103,6 +124,8 @@ class RunConfig:
             faithfulness=faithfulness,
             faithfulness_steps=faithfulness_steps if faithfulness else None,
             method=method.lower(),
+            border_fraction=map_stats.check_border_fraction(border_fraction),
+            class_names=dataset_class_names(data), data_warnings=dataset_warnings(data),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,15 +133,18 @@ class RunConfig:
         values = dataclasses.asdict(self)
         values["thresholds"] = list(self.thresholds)
         values["iou_thresholds"] = list(self.iou_thresholds)
+        values["class_names"] = None if self.class_names is None else list(self.class_names)
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """The inverse of ``to_dict`` (a stored run from before ``method`` existed ran CAM)."""
+        """The inverse of ``to_dict`` (fields added later take their defaults: a stored run from
+        before ``method`` existed ran CAM)."""
+        names = values.get("class_names")
         values = {**values, "flags": FlagThresholds(**values["flags"]),
                   "thresholds": tuple(values["thresholds"]),
-                  "iou_thresholds": tuple(values["iou_thresholds"])}
-        values.setdefault("method", "cam")
+                  "iou_thresholds": tuple(values["iou_thresholds"]),
+                  "class_names": None if names is None else tuple(names)}
         return cls(**values)
 
     @property
@@ -130,7 +156,8 @@ class RunConfig:
 
     def scoring_settings(self) -> ScoringSettings:
         return ScoringSettings(torch.tensor(self.thresholds, dtype=torch.float64), self.flags,
-                               self.faithfulness, self.faithfulness_steps or 0, self.method)
+                               self.faithfulness, self.faithfulness_steps or 0, self.method,
+                               self.border_fraction)
 
 
 @dataclass(frozen=True)

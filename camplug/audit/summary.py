@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ FLAG_RULES = {
         "right class, but the share of the CAM's mass inside the ground-truth boxes is below "
         "{min_mass_inside} and below {min_lift} x the boxes' share of the image"
     ),
+    "border_focus": (
+        "at least {max_border_mass} of the map's mass lies in the border band (a uniform map "
+        "puts the band's area share there)"
+    ),
+    "confident_wrong": "wrong class predicted with probability at least {high_confidence}",
 }
 
 
@@ -33,15 +39,21 @@ class FlagThresholds:
     boxes' area share (a uniform map scores exactly that share). The second condition keeps the
     flag meaningful for small objects, where even a well-placed low-resolution CAM keeps most of
     its mass outside the box. ``low_confidence``: the predicted-class softmax probability is
-    below ``low_confidence``. Every misclassified sample is ``wrong_class``.
+    below ``low_confidence``. Every misclassified sample is ``wrong_class``, and
+    ``confident_wrong`` too when its predicted-class probability is at least
+    ``high_confidence``. ``border_focus``: the share of the map's mass in the border band
+    (``border_mass``, no boxes needed) is at least ``max_border_mass``. ``mass_outside`` needs
+    boxes; the other flags apply to every sample.
     """
 
     min_mass_inside: float = 0.5
     min_lift: float = 2.0
     low_confidence: float = 0.5
+    max_border_mass: float = 0.6
+    high_confidence: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("min_mass_inside", "low_confidence"):
+        for name in ("min_mass_inside", "low_confidence", "max_border_mass", "high_confidence"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -57,17 +69,66 @@ class FlagThresholds:
         return min(self.min_mass_inside, self.min_lift * box_area_fraction)
 
 
-def flags_for(prediction: int, label: int, score: float, mass_inside: float,
-              box_area_fraction: float, thresholds: FlagThresholds) -> list[str]:
-    """The flags of one sample (a subset of ``FLAG_RULES``, in that order)."""
+def flags_for(prediction: int, label: int, score: float, values: Mapping[str, float | bool],
+              thresholds: FlagThresholds) -> list[str]:
+    """The flags of one sample (a subset of ``FLAG_RULES``, in that order); ``values``: its
+    per-sample metrics (``energy_inside`` and ``box_area_fraction`` only with boxes,
+    ``border_mass`` NaN for a map of zero mass: then those flags do not apply)."""
     flags = []
     if prediction != label:
         flags.append("wrong_class")
     if score < thresholds.low_confidence:
         flags.append("low_confidence")
-    if prediction == label and mass_inside < thresholds.mass_threshold(box_area_fraction):
+    if prediction == label and "energy_inside" in values and (
+        values["energy_inside"] < thresholds.mass_threshold(float(values["box_area_fraction"]))
+    ):
         flags.append("mass_outside")
+    if float(values.get("border_mass", float("nan"))) >= thresholds.max_border_mass:
+        flags.append("border_focus")
+    if prediction != label and score >= thresholds.high_confidence:
+        flags.append("confident_wrong")
     return flags
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """One class's results: ``n`` audited samples labelled ``label``, the share predicted
+    right, and the most frequent wrong predictions as (class, count), most frequent first."""
+
+    label: int
+    name: str | None
+    n: int
+    accuracy: float
+    confusions: tuple[tuple[int, int], ...]
+
+
+def per_class_stats(rows: Sequence[SampleRow], class_names: Sequence[str] | None = None,
+                    top: int = 3) -> list[ClassStats]:
+    """``ClassStats`` of every label among ``rows`` (audited rows, no errors), by label."""
+    by_label: dict[int, Counter[int]] = {}
+    for row in rows:
+        if row.label is not None and row.prediction is not None:
+            by_label.setdefault(row.label, Counter())[row.prediction] += 1
+    out = []
+    for label in sorted(by_label):
+        counts = by_label[label]
+        n = sum(counts.values())
+        wrong = sorted(((p, c) for p, c in counts.items() if p != label),
+                       key=lambda pc: (-pc[1], pc[0]))
+        name = class_names[label] if class_names and 0 <= label < len(class_names) else None
+        out.append(ClassStats(label, name, n, counts[label] / n, tuple(wrong[:top])))
+    return out
+
+
+def warning_counts(rows: Sequence[SampleRow],
+                   data_warnings: Mapping[str, int] | None = None) -> dict[str, int]:
+    """How often each kind of warning occurred: the dataset's own (``data_warnings``, e.g.
+    skipped crowd annotations) and the rows' (the kind is a warning's text before its first
+    colon), most frequent first."""
+    counts: Counter[str] = Counter(data_warnings or {})
+    for row in rows:
+        counts.update(w.partition(":")[0] for w in row.warnings)
+    return dict(sorted(counts.items(), key=lambda kc: (-kc[1], kc[0])))
 
 
 @dataclass
@@ -93,6 +154,9 @@ class AuditSummary:
     flag_rules: dict[str, str]
     images_per_second: float | None = None
     report_path: Path | None = None
+    per_class: list[ClassStats] = field(default_factory=list)
+    warnings: dict[str, int] = field(default_factory=dict)
+    class_names: list[str] | None = None
 
     def __getattr__(self, name: str) -> Any:
         if name != "metrics" and any(m.name == name for m in metric_table.METRICS):
@@ -123,7 +187,19 @@ class AuditSummary:
                          "samples audited per second of wall time in the last session"))
         for name, count in self.flag_counts.items():
             rows.append((f"flagged {name}", str(count), self.flag_rules[name]))
+        for kind, count in self.warnings.items():
+            rows.append((f"warning: {kind}", str(count), "corrected while loading the data"))
         return rows
+
+    def class_table(self) -> list[tuple[str, str, str, str]]:
+        """(class, samples, accuracy %, top confusions) per class."""
+        def name(label: int) -> str:
+            names = self.class_names
+            return names[label] if names and 0 <= label < len(names) else str(label)
+
+        return [(name(c.label), str(c.n), metric_table.percent(c.accuracy),
+                 ", ".join(f"{name(p)} ({n})" for p, n in c.confusions))
+                for c in self.per_class]
 
     def to_markdown(self) -> str:
         """The summary table as GitHub Markdown."""
@@ -144,8 +220,12 @@ def summarize(
     iou_thresholds: Sequence[float],
     flag_thresholds: FlagThresholds,
     images_per_second: float | None = None,
+    class_names: Sequence[str] | None = None,
+    data_warnings: Mapping[str, int] | None = None,
 ) -> AuditSummary:
-    """Aggregate a run's rows (errors excluded from every metric, counted separately)."""
+    """Aggregate a run's rows (errors excluded from every metric, counted separately).
+    ``class_names``: label -> name for the per-class table; ``data_warnings``: the dataset's
+    own warning counts (added to the rows')."""
     ok = [r for r in rows if r.error is None]
     grid = torch.as_tensor(np.asarray(thresholds, dtype=np.float64))
     inputs = metric_table.SummaryInputs(ok, grid, tuple(iou_thresholds))
@@ -157,4 +237,6 @@ def summarize(
         metrics=metric_table.aggregate_all(inputs),
         flag_counts={name: sum(name in r.flags for r in ok) for name in FLAG_RULES},
         flag_rules=flag_thresholds.rules(), images_per_second=images_per_second,
+        per_class=per_class_stats(ok, class_names), warnings=warning_counts(rows, data_warnings),
+        class_names=list(class_names) if class_names is not None else None,
     )

@@ -130,6 +130,20 @@ def test_rows_match_an_independent_computation(small_run):
         assert row.metrics["box_area_fraction"] == pytest.approx(area, abs=1e-12)
         peak = np.unravel_index(np.argmax(cam), cam.shape)
         assert row.metrics["pointing_hit"] == bool(data["masks"][i][peak])
+        # map statistics that need no boxes, written out on the reference map (32 px: a
+        # 10% band is 3 pixels per side)
+        band = np.ones_like(cam, dtype=bool)
+        band[3:-3, 3:-3] = False
+        assert row.metrics["border_mass"] == pytest.approx(cam[band].sum() / cam.sum(),
+                                                           abs=1e-5)
+        ranked = np.sort(cam.ravel())[::-1]
+        needed = int(np.argmax(np.cumsum(ranked) >= 0.5 * cam.sum())) + 1
+        assert abs(row.metrics["mass_area_50"] - needed / cam.size) <= 1.5 / cam.size
+        ys, xs = np.mgrid[0:32, 0:32]
+        assert row.metrics["centroid_x"] == pytest.approx(
+            ((xs + 0.5) / 32 * cam).sum() / cam.sum(), abs=1e-5)
+        assert row.metrics["centroid_y"] == pytest.approx(
+            ((ys + 0.5) / 32 * cam).sum() / cam.sum(), abs=1e-5)
 
 
 def test_aggregates_match_an_independent_computation(small_run):
@@ -171,30 +185,44 @@ def test_flags_follow_their_documented_rules(small_run):
         inside, area = row.metrics["energy_inside"], row.metrics["box_area_fraction"]
         if row.prediction == row.label and inside < 0.5 and inside < 2.0 * area:
             expected.add("mass_outside")
+        if row.metrics["border_mass"] >= 0.6:
+            expected.add("border_focus")
+        if row.prediction != row.label and row.score >= 0.9:
+            expected.add("confident_wrong")
         assert set(row.flags) == expected
     assert summary.flag_counts == {
         name: sum(name in r.flags for r in rows)
-        for name in ("wrong_class", "low_confidence", "mass_outside")}
+        for name in ("wrong_class", "low_confidence", "mass_outside", "border_focus",
+                     "confident_wrong")}
 
 
 def test_flag_thresholds_are_configurable(tmp_path):
     model = TinyNet()
     ds = SyntheticLocalization(n=6, image_size=32, seed=1)
     strict = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
-                   flags=FlagThresholds(min_mass_inside=1.0, min_lift=1e9, low_confidence=1.0))
+                   flags=FlagThresholds(min_mass_inside=1.0, min_lift=1e9, low_confidence=1.0,
+                                        max_border_mass=0.0, high_confidence=0.0))
     lax = run_audit(model, ds, out_dir=tmp_path, thresholds=GRID, report=False,
-                flags=FlagThresholds(min_mass_inside=0.0, low_confidence=0.0))
+                flags=FlagThresholds(min_mass_inside=0.0, low_confidence=0.0,
+                                     max_border_mass=1.0, high_confidence=1.0))
     assert strict.run_id != lax.run_id  # flag rules are part of the run's identity
     with ResultStore(tmp_path / "audit.sqlite") as store:
         strict_rows, lax_rows = store.rows(strict.run_id), store.rows(lax.run_id)
     for s, la in zip(strict_rows, lax_rows, strict=True):
         assert "low_confidence" in s.flags  # every probability is below 1
         assert ("mass_outside" in s.flags) == (s.prediction == s.label)
-        assert la.flags == (["wrong_class"] if la.prediction != la.label else [])
+        assert "border_focus" in s.flags  # every share is >= 0
+        assert ("confident_wrong" in s.flags) == (s.prediction != s.label)
+        assert set(la.flags) - {"border_focus", "confident_wrong"} == (
+            {"wrong_class"} if la.prediction != la.label else set())
+        assert ("border_focus" in la.flags) == (la.metrics["border_mass"] >= 1.0)
+        assert ("confident_wrong" in la.flags) == (la.prediction != la.label and la.score >= 1)
     with pytest.raises(ValueError, match="min_mass_inside must be in"):
         FlagThresholds(min_mass_inside=1.5)
     with pytest.raises(ValueError, match="min_lift must be >= 0"):
         FlagThresholds(min_lift=-1.0)
+    with pytest.raises(ValueError, match="high_confidence must be in"):
+        FlagThresholds(high_confidence=2.0)
 
 
 class Faulty(Dataset):
@@ -301,3 +329,24 @@ def test_torchscript_models_get_a_clear_error(tmp_path):
 def test_bad_arguments_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         run_audit(TinyNet(), SyntheticLocalization(n=2, image_size=32), out_dir=tmp_path, **kwargs)
+
+
+def test_stored_maps_are_the_low_resolution_maps_of_the_label_and_the_prediction(small_run):
+    model, ds, summary, rows = small_run
+    data = stacked(ds, range(10))
+    with torch.no_grad():
+        features = model.body.double()(data["images"].double())
+        model.body.float()
+        predictions = model(data["images"]).argmax(1)
+    with ResultStore(summary.db_path) as store:
+        maps = store.load_maps(summary.run_id)
+    assert list(maps) == [r.sample_id for r in rows]
+    for i, row in enumerate(rows):
+        stored = maps[row.sample_id]
+        assert stored.dtype == np.float32 and stored.shape == (2, 8, 8)
+        for channel, target in enumerate((data["labels"][i], predictions[i])):
+            # written out: the class's weights times the features, no bias, no normalization
+            want = torch.einsum("k,khw->hw", model.fc.weight.detach().double()[target],
+                                features[i])
+            span = float(want.max() - want.min())
+            assert np.abs(stored[channel] - want.numpy()).max() <= span * 2.0**-11 + 1e-5
