@@ -112,7 +112,8 @@ def cam_values(cam: Any, size: tuple[int, int] | None = None) -> np.ndarray:
     return resized[0, 0].clamp(0.0, 1.0).numpy()
 
 
-def _colormap(name: str):
+def get_colormap(name: str):
+    """The matplotlib colormap ``name`` (``ValueError`` naming a few when it is unknown)."""
     from matplotlib import colormaps
 
     try:
@@ -124,7 +125,7 @@ def _colormap(name: str):
 
 def _colours(cam: Any, colormap: str, size: tuple[int, int] | None) -> np.ndarray:
     """float64 [H, W, 3] in [0, 255]: the map's colours, unrounded."""
-    return _colormap(colormap)(cam_values(cam, size))[..., :3] * 255.0
+    return get_colormap(colormap)(cam_values(cam, size))[..., :3] * 255.0
 
 
 def heatmap(cam: Any, *, colormap: str = DEFAULT_COLORMAP,
