@@ -1,172 +1,76 @@
-"""User datasets: an image folder plus an annotation file (CSV or JSON), and ``open_dataset``.
+"""User datasets: an image folder with an annotation file (formats: ``camplug.data.annotations``)
+or in torchvision's ImageFolder layout (one subfolder per class), and ``open_dataset``.
 
-  - CSV, with a header row ``filename,label,x0,y0,x1,y1`` (extra columns ignored): one row per
-    object; several rows for one file are several objects of the image's (single) label.
-  - JSON: a list of ``{"file": "a.png", "label": 3, "boxes": [[x0, y0, x1, y1], ...],
-    "mask": "a_mask.png"}`` (``mask`` optional: a grayscale image, object where non-zero).
-  ``filename`` / ``file`` are paths relative to the image folder. Box corners are inclusive
-  pixel coordinates in the original image (x to the right, y down); boxes reaching past the
-  image are clipped to it. A ``label`` is a class index, or a class name when ``class_names``
-  is given. Images of any mode are converted to RGB in [0, 1] (16-bit grayscale scaled by
-  its range: ``image_pixels``), resized to ``image_size`` (boxes scaled with them; None keeps
-  the original size) and normalized with ``mean`` / ``std`` (ImageNet's by default). Only
-  regular files inside the image folder are read. A CSV may start with a UTF-8 byte order
-  mark (as Excel writes it). A file that is missing, truncated or not an image raises
-  ``OSError`` when its item is read; the audit records it as an error row and goes on.
+ImageFolder layout: ``root/<class>/<image>``; the classes are the sorted subfolder names
+(index = position, as torchvision assigns them; with a class list given, a folder's index
+in that list), images are the files with an image suffix
+(``IMAGE_SUFFIXES``) in each, by sorted path; their ids are the paths relative to ``root``, so
+equal file names in two classes stay two samples. A class folder without images keeps its
+index and is counted in the warnings.
+
+Images of any mode are converted to RGB in [0, 1] (16-bit grayscale scaled by its range:
+``image_pixels``), resized to ``image_size`` (boxes scaled with them; None keeps the original
+size) and normalized with ``mean`` / ``std`` (ImageNet's by default). Only regular files
+inside the image folder are read. A box reaching past its image is clipped to it (the item's
+``warnings`` say so); a box wholly outside, or a file that is missing, truncated or not an
+image, raises when its item is read; the audit records it as an error row and goes on.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import stat
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from camplug.data.annotations import (
+    ANNOTATION_FORMATS,
+    Annotations,
+    RawRecord,
+    read_annotations,
+    resolve_labels,
+)
+from camplug.data.boxes import clip_boxes
 from camplug.data.specs import SpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CSV_COLUMNS = ("filename", "label", "x0", "y0", "x1", "y1")
+# torchvision's IMG_EXTENSIONS
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-# user datasets ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ImageRecord:
-    """One annotated image: ``boxes`` are (x0, y0, x1, y1) inclusive, original pixels."""
-
-    file: str
-    label: int
-    boxes: tuple[tuple[float, float, float, float], ...]
-    mask: str | None = None
-
-
-def _parse_label(value: Any, where: str, class_names: Sequence[str] | None) -> int:
-    if isinstance(value, bool):
-        raise SpecError(f"{where}: label {value!r} is not a class index")
-    if isinstance(value, int):
-        label = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        label = int(value)
-    elif isinstance(value, str) and class_names is not None and value in class_names:
-        return list(class_names).index(value)
-    else:
-        hint = "" if class_names is None else f" nor one of the class names {list(class_names)}"
-        raise SpecError(f"{where}: label {value!r} is not a class index{hint}")
-    if label < 0:
-        raise SpecError(f"{where}: label {label} is negative")
-    return label
-
-
-def _parse_box(values: Sequence[Any], where: str) -> tuple[float, float, float, float]:
-    if len(values) != 4:
-        raise SpecError(f"{where}: a box needs 4 numbers x0, y0, x1, y1, got {list(values)}")
-    try:
-        x0, y0, x1, y1 = (float(v) for v in values)
-    except (TypeError, ValueError):
-        raise SpecError(f"{where}: box {list(values)} is not 4 numbers") from None
-    if not all(map(math.isfinite, (x0, y0, x1, y1))):
-        raise SpecError(f"{where}: box {list(values)} is not finite")
-    if x1 < x0 or y1 < y0:
-        raise SpecError(f"{where}: box {list(values)} has x1 < x0 or y1 < y0 (corners x0,y0,x1,y1)")
-    if x1 < 0 or y1 < 0:
-        raise SpecError(f"{where}: box {list(values)} lies left of or above the image")
-    return x0, y0, x1, y1
-
-
-def read_csv_annotations(
-    path: str | Path, class_names: Sequence[str] | None = None
-) -> list[ImageRecord]:
-    """Records from a ``filename,label,x0,y0,x1,y1`` CSV, grouped by file in first-seen order."""
-    path = Path(path)
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # accepts Excel's BOM
-        reader = csv.DictReader(handle)
-        header = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in CSV_COLUMNS if c not in header]
-        if missing:
-            raise SpecError(
-                f"{path}: the header must contain {','.join(CSV_COLUMNS)}; missing {missing} "
-                f"(found {header})"
-            )
-        reader.fieldnames = header
-        grouped: dict[str, tuple[int, list]] = {}
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
-            name = (row["filename"] or "").strip()
-            if not name:
-                raise SpecError(f"{where}: empty filename")
-            label = _parse_label((row["label"] or "").strip(), where, class_names)
-            box = _parse_box([row[c] for c in ("x0", "y0", "x1", "y1")], where)
-            if name in grouped and grouped[name][0] != label:
-                raise SpecError(
-                    f"{where}: {name} has label {label} here but {grouped[name][0]} on an earlier "
-                    "line; an image has one label"
-                )
-            grouped.setdefault(name, (label, []))[1].append(box)
-    if not grouped:
-        raise SpecError(f"{path}: no annotation rows")
-    return [ImageRecord(name, label, tuple(boxes)) for name, (label, boxes) in grouped.items()]
-
-
-def read_json_annotations(
-    path: str | Path, class_names: Sequence[str] | None = None
-) -> list[ImageRecord]:
-    """Records from a JSON list of ``{"file", "label", "boxes", "mask"?}`` objects."""
-    path = Path(path)
-    try:
-        items = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as error:
-        raise SpecError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(items, list) or not items:
-        raise SpecError(f"{path}: expected a non-empty JSON list of image objects")
-    records, seen = [], set()
-    for i, item in enumerate(items):
-        where = f"{path}: item {i}"
-        if not isinstance(item, dict) or not {"file", "label", "boxes"} <= set(item):
-            raise SpecError(f"{where}: expected an object with 'file', 'label' and 'boxes'")
-        name = item["file"]
-        if not isinstance(name, str) or not name:
-            raise SpecError(f"{where}: 'file' must be a non-empty string")
-        if name in seen:
-            raise SpecError(f"{where}: {name} appears twice; list all its boxes in one item")
-        seen.add(name)
-        boxes = item["boxes"]
-        if not isinstance(boxes, list) or not boxes:
-            raise SpecError(f"{where}: 'boxes' must be a non-empty list of [x0, y0, x1, y1]")
-        mask = item.get("mask")
-        if mask is not None and not isinstance(mask, str):
-            raise SpecError(f"{where}: 'mask' must be a file name")
-        records.append(ImageRecord(
-            name, _parse_label(item["label"], where, class_names),
-            tuple(_parse_box(b if isinstance(b, list) else [b], where) for b in boxes), mask,
-        ))
-    return records
-
-
-def read_annotations(
-    path: str | Path, class_names: Sequence[str] | None = None
-) -> list[ImageRecord]:
-    """Dispatch on the suffix: ``.csv`` or ``.json``."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"annotation file {path} does not exist")
-    if not path.is_file():
-        raise SpecError(f"annotation file {path} is not a regular file")
-    readers = {".csv": read_csv_annotations, ".json": read_json_annotations}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise SpecError(f"annotation file {path}: expected a .csv or .json file")
-    try:
-        return reader(path, class_names)
-    except UnicodeDecodeError as error:
-        raise SpecError(f"annotation file {path} is not UTF-8 text ({error.reason} at byte "
-                        f"{error.start})") from None
+def image_folder_annotations(root: Path,
+                             class_names: Sequence[str] | None = None) -> Annotations:
+    """The records of an ImageFolder layout (see the module docstring); with ``class_names``
+    (the model's class list) a folder's label is its name's position in that list (a folder
+    name missing from it is an error listing the known ones). Raises ``SpecError`` when
+    ``root`` has no class folder or no image at all."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        hint = (f"it holds {len(loose)} images but no class subfolders: give their labels "
+                "with --annotations" if loose else "it is empty")
+        raise SpecError(f"image folder {root}: {hint} (expected one subfolder per class, or an "
+                        f"annotation file)")
+    raw: list[RawRecord] = []
+    warnings: Counter[str] = Counter()
+    for name in classes:
+        files = sorted(p for p in (root / name).rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not files:
+            warnings["class folder without images"] += 1
+        raw += [RawRecord(p.relative_to(root).as_posix(), name, (), None,
+                          f"image folder {root / name}") for p in files]
+    if not raw:
+        raise SpecError(f"image folder {root}: none of its {len(classes)} class folders holds an "
+                        f"image ({', '.join(IMAGE_SUFFIXES)})")
+    records, names = resolve_labels(raw, class_names, classes)
+    return Annotations(records, names, dict(warnings))
 
 
 def scale_box(
@@ -248,10 +152,14 @@ def file_signature(path: Path) -> bytes:
 
 
 class AnnotatedImageFolder(torch.utils.data.Dataset):
-    """Images under ``root`` annotated by a CSV or JSON file (format: module docstring).
+    """Images under ``root``, annotated by ``annotations`` (a file or VOC folder, format
+    ``annotation_format`` or detected) or, when None, by their ImageFolder class subfolders.
 
-    ``ds[i]`` -> {"image": float32 [3, H, W] normalized, "label": int, "boxes": float32 [M, 4],
-    "mask": bool [H, W] (only when the record names one), "id": the file name}. Only regular
+    ``ds[i]`` -> {"image": float32 [3, H, W] normalized, "label": int, "boxes": float32 [M, 4]
+    (M = 0 without boxes), "mask": bool [H, W] (only when the record names one), "id": the file
+    name, "warnings": list of str}. ``class_names``: the model's class list for name labels;
+    ``self.class_names`` is the list in use (the format's own when none is given) and
+    ``self.warnings`` what reading the annotations skipped (kind -> count). Only regular
     files inside ``root`` are read: a file or mask path leaving it (``../``, an absolute path,
     a symbolic link pointing out) or naming a non-regular file (a named pipe, a device) makes
     that item fail with a message saying so.
@@ -260,8 +168,9 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
     def __init__(
         self,
         root: str | Path,
-        annotations: str | Path,
+        annotations: str | Path | None = None,
         *,
+        annotation_format: str | None = None,
         image_size: int | tuple[int, int] | None = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -272,14 +181,18 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
             raise SpecError(f"image folder {self.root} does not exist")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise SpecError(f"mean and std need 3 values (std > 0), got {mean} and {std}")
-        self.annotations = Path(annotations)
-        self.records = read_annotations(self.annotations, class_names)
+        self.annotations = None if annotations is None else Path(annotations)
+        if self.annotations is None:
+            found = image_folder_annotations(self.root, class_names)
+        else:
+            found = read_annotations(self.annotations, class_names, annotation_format)
+        self.records, self.class_names, self.warnings = (
+            found.records, found.class_names, found.warnings)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
         if self.image_size is not None and min(self.image_size) < 1:
             raise SpecError(f"image_size must be positive, got {image_size}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.class_names = list(class_names) if class_names is not None else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -305,22 +218,22 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
         with Image.open(self.path(record.file)) as opened:
             opened.load()  # decode now, so a truncated file fails here
             old_size = (opened.height, opened.width)
-            for box in record.boxes:
-                if box[0] >= old_size[1] or box[1] >= old_size[0]:
-                    raise ValueError(
-                        f"box {list(box)} of {record.file} lies outside the image "
-                        f"({old_size[1]}x{old_size[0]} pixels)"
-                    )
+            original = torch.tensor(record.boxes, dtype=torch.float64).reshape(-1, 4)
+            try:
+                inside, warnings = clip_boxes(original, old_size[1], old_size[0])
+            except ValueError as error:
+                raise ValueError(f"{record.file}: {error}") from None
             new_size = self.image_size or old_size
             pixels = torch.from_numpy(image_pixels(opened, new_size)).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
-        boxes = [scale_box(b, old_size, new_size) for b in record.boxes]
+        boxes = [scale_box(b, old_size, new_size) for b in inside.tolist()]
         item = {
             "image": ((pixels - mean) / std).contiguous(),
             "label": record.label,
-            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "id": record.file,
+            "warnings": warnings,
         }
         if record.mask is not None:
             with Image.open(self.path(record.mask, "mask")) as opened:
@@ -335,15 +248,16 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
 
     def describe(self) -> str:
         """A one-line description for the runs table."""
-        return f"{self.annotations} ({len(self)} images under {self.root})"
+        source = self.annotations or "class folders"
+        return f"{source} ({len(self)} images under {self.root})"
 
     def fingerprint(self) -> str:
-        """A digest of the annotations, the loading options and every image and mask file's
-        ``file_signature`` (for the run's identity: changed images make another run)."""
+        """A digest of the records, class names, the loading options and every image and mask
+        file's ``file_signature`` (for the run's identity: changed images make another run)."""
         import hashlib
 
         root = self.root.resolve()
-        digest = hashlib.sha256(self.annotations.read_bytes())
+        digest = hashlib.sha256(repr((self.records, self.class_names)).encode())
         digest.update(repr((str(root), self.image_size, self.mean, self.std)).encode())
         names = sorted({r.file for r in self.records}
                        | {r.mask for r in self.records if r.mask is not None})
@@ -362,6 +276,7 @@ def open_dataset(
     spec: str,
     *,
     annotations: str | Path | None = None,
+    annotation_format: str | None = None,
     image_size: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -371,11 +286,13 @@ def open_dataset(
 ) -> torch.utils.data.Dataset:
     """The dataset named by ``spec``: ``synthetic`` / ``synthetic:easy`` / ``synthetic:hard``
     (the built-in benchmark: ``n`` images of ``image_size`` pixels, default 96, from ``seed``),
-    or an image folder annotated by ``annotations`` (default: the folder's
-    ``annotations.csv``, ``annotations.json`` or ``boxes.csv``, as written by
-    ``camplug.data.synthetic.export_image_folder``; ``image_size`` default 224, 0 keeps each image's
-    own size). ``mean``, ``std`` and ``class_names`` (default: the folder's ``class_names.txt``,
-    one name per line, when present) apply to image folders only."""
+    or an image folder: annotated by ``annotations`` (format ``annotation_format``, one of
+    ``ANNOTATION_FORMATS``, or detected from the path), else by the folder's
+    ``annotations.csv``, ``annotations.json`` or ``boxes.csv`` (as written by
+    ``camplug.data.synthetic.export_image_folder``), else by its class subfolders
+    (ImageFolder layout). ``image_size`` default 224, 0 keeps each image's own size.
+    ``mean``, ``std`` and ``class_names`` (default: the folder's ``class_names.txt``, one name
+    per line, when present) apply to image folders only."""
     name, _, split = spec.partition(":")
     if name == "synthetic":
         from camplug.data.synthetic import SyntheticLocalization
@@ -391,18 +308,20 @@ def open_dataset(
         raise SpecError(
             f"dataset {spec!r} is neither 'synthetic[:easy|hard]' nor an existing image folder"
         )
+    if annotation_format is not None and annotation_format not in ANNOTATION_FORMATS:
+        raise SpecError(f"annotation format {annotation_format!r}: expected one of "
+                        f"{ANNOTATION_FORMATS}")
     if annotations is None:
         found = [root / f for f in DEFAULT_ANNOTATIONS if (root / f).is_file()]
-        if not found:
-            raise SpecError(
-                f"no annotation file given and none of {', '.join(DEFAULT_ANNOTATIONS)} in {root}"
-            )
-        annotations = found[0]
+        annotations = found[0] if found else None
+    if annotations is None and annotation_format is not None:
+        raise SpecError(f"--annotation-format {annotation_format} needs an annotation file "
+                        f"(--annotations); none of {', '.join(DEFAULT_ANNOTATIONS)} is in {root}")
     if class_names is None and (root / "class_names.txt").is_file():
         lines = (root / "class_names.txt").read_text().splitlines()
         class_names = [line.strip() for line in lines if line.strip()]
     return AnnotatedImageFolder(
-        root, annotations,
+        root, annotations, annotation_format=annotation_format,
         image_size=224 if image_size is None else (image_size or None),
         mean=mean, std=std, class_names=class_names,
     )
