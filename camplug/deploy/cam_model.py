@@ -18,9 +18,9 @@ are not. A torch-function mode is traced by Dynamo, runs as plain Python under t
 (non-strict) exporter, is thread-local, and adds no operation to the graph.
 
 The maps are computed with traceable tensor code only: targets by ``argmax`` / ``topk``; weights
-by folding the head (``discovery.fold``), the gradient methods' closed forms from the head's
-Jacobian (``torch.func.vjp`` where the head normalizes per sample, e.g. LayerNorm, instead of
-``torch.autograd.grad``); the map itself by ``camplug.kernels.reference.cam_reference`` (the
+by folding the head, the gradient methods' closed forms from the head's Jacobian written out
+without autograd (:mod:`camplug.deploy.head`); the map itself by
+``camplug.kernels.reference.cam_reference`` (the
 CPU fast path of ``camplug.kernels.cam`` writes into preallocated outputs, which export and ONNX
 cannot express). The logits keep their autograd graph; the maps are detached.
 """
@@ -31,12 +31,10 @@ import contextlib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import methods
 from ..capture import _structure_of
-from ..discovery.fold import HeadStep, apply_chain, fold_head
 from ..discovery.heads import (
     HeadInfo,
     LayerSpec,
@@ -50,9 +48,9 @@ from ..discovery.heads import (
 from ..errors import UnsupportedHeadError
 from ..kernels.checks import check_cam_inputs, normalize_size
 from ..kernels.reference import cam_reference
-from ..methods.gradients import head_jacobian
 from ..options import SizeSpec, resolve_size
 from ..targets import resolve_targets
+from .head import check_differentiable, fold_weights, jacobian_rows
 from .tap import FeatureTap, TapSite, locate
 
 # Methods whose weights need no backward through the model on an exact head.
@@ -71,29 +69,6 @@ def deployable_method(method: str | methods.Method) -> methods.Method:
     return chosen
 
 
-def head_gradients(head: HeadInfo, states: tuple[object, ...], features: torch.Tensor,
-                   targets: torch.Tensor) -> torch.Tensor:
-    """``d logit[b, targets[b, c]] / d A[b]`` fp32 [B, C, K, 1, 1] (constant over space on an
-    exact head) of features ``A`` [B, K, h, w], without ``torch.autograd.grad``: the folded
-    weights on heads with fixed coefficients, ``torch.func.vjp`` through the small head when a
-    step uses its input (per-sample normalizations)."""
-    pooled = pooled_vector(features)
-    if any(step.needs_input for step in head.steps):
-        jacobian = _vjp_jacobian(head.steps, states, pooled, targets, head.num_classes)
-    else:
-        jacobian = head_jacobian(head.steps, states, pooled, targets, head.num_classes)
-    return (jacobian / (features.shape[-2] * features.shape[-1]))[..., None, None]
-
-
-def _vjp_jacobian(steps: tuple[HeadStep, ...], states: tuple[object, ...], pooled: torch.Tensor,
-                  targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """fp32 [B, C, K]: the rows ``targets`` [B, C] of the head's Jacobian at ``pooled`` [B, K]."""
-    _, pullback = torch.func.vjp(lambda p: apply_chain(steps, states, p), pooled)
-    onehots = F.one_hot(targets, num_classes).to(pooled.dtype).movedim(1, 0)  # [C, B, N]
-    (rows,) = torch.func.vmap(pullback)(onehots)  # [C, B, K]
-    return rows.movedim(0, 1)
-
-
 class _ForwardSource:
     """The ``camplug.methods.MapSource`` of one CamModel forward: its features and head."""
 
@@ -103,16 +78,18 @@ class _ForwardSource:
         self.head = head
         self.features = features
         self.states = tuple(step.state() for step in head.steps)
+        self.pooled = pooled_vector(features)  # fp32 [B, K]
 
     def head_weights(self, targets: torch.Tensor) -> torch.Tensor:
-        needs_pool = any(step.needs_input for step in self.head.steps)
-        pooled = pooled_vector(self.features) if needs_pool else None
-        weights, _ = fold_head(self.head.steps, self.states, targets, pooled,
-                               self.head.num_classes)
-        return weights
+        """CAM weights fp32 [B, C, K]."""
+        return fold_weights(self.head.steps, self.states, targets, self.pooled,
+                            self.head.num_classes)
 
     def gradients(self, targets: torch.Tensor) -> torch.Tensor:
-        return head_gradients(self.head, self.states, self.features, targets)
+        """``d logit / d A`` fp32 [B, C, K, 1, 1] (constant over space on an exact head)."""
+        rows = jacobian_rows(self.head.steps, self.states, targets, self.pooled,
+                             self.head.num_classes)
+        return (rows / (self.features.shape[-2] * self.features.shape[-1]))[..., None, None]
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -181,6 +158,8 @@ class CamModel(nn.Module):
                 f"CamModel needs an exact CAM head (methods {', '.join(DEPLOYABLE_METHODS)} "
                 f"without a backward pass): {error}"
             ) from None
+        if self.method.uses_gradients:
+            check_differentiable(head.steps)
         if example_input is None:
             example_input, _ = synthesize_input(model)  # the same input find_head probed
         self.topk, self.target = _check_targets(target, topk, head.num_classes)
