@@ -299,9 +299,9 @@ def test_two_strategies_in_one_class_are_two_groups():
         assert set(group.representatives) <= set(group.members)  # its own corner
         peak = np.unravel_index(group.mean_map.argmax(), group.mean_map.shape)
         assert peak[0] in (0, 1, 2, 9, 10, 11) and (peak[0] < 6) == (peak[1] < 6)
-    assert first.correct == 22 and first.confusions == ((1, 2),)
+    assert first.correct == 22 and first.accuracy == pytest.approx(22 / 24)
     assert len(second.grouping.groups) == 1 and max(second.grouping.silhouettes.values()) < 0.5
-    assert second.confusions == ((0, 1),) and second.accuracy == pytest.approx(11 / 12)
+    assert second.right == (True,) * 11 + (False,)
     assert len(third.grouping.groups) == 1 and third.grouping.silhouettes == {}
     # the mean map of the correct samples: min-max scaled maps averaged
     scaled = classes.minmax_maps(maps[24:35])
@@ -334,13 +334,14 @@ def test_class_section_html_is_escaped_and_complete():
     matrix = classes.confusion_matrix(labels, predictions, 2)
     picture = np.zeros((8, 8, 3), np.uint8)
     examples = {k: Example(f"{HOSTILE} sample {k}", picture) for k in range(12)}
-    section = classes_section(stats, matrix, hostile_name, examples, notes=[HOSTILE])
+    accuracy = [(0, (hostile_name(0), "12", "83.3", f"{hostile_name(1)} (2)"))]
+    section = classes_section(stats, matrix, hostile_name, examples, accuracy, notes=[HOSTILE])
     body = section.body
     assert "<img src=x" not in body and 'onerror="' not in body
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp; class 0" in body
     assert 'id="class-0" data-groups="2"' in body
-    accuracy = re.search(r'<table id="class-accuracy">(.*?)</table>', body, re.S).group(1)
-    assert '<td class="num">83.3</td>' in accuracy and '<td class="num">10</td>' in accuracy
+    table = re.search(r'<table id="class-accuracy">(.*?)</table>', body, re.S).group(1)
+    assert '<td class="num">83.3</td>' in table and "<td>2</td>" in table  # 2 groups
     confusions = re.search(r'<table id="top-confusions">(.*?)</table>', body, re.S).group(1)
     assert '<td class="num">2</td>' in confusions and '<td class="num">16.7</td>' in confusions
     assert 'class="num diag">10<' in body and 'class="num off">2<' in body
@@ -435,3 +436,76 @@ def test_replace_marker(tmp_path):
     assert marker not in page and "&lt;img src=x" in page
     with pytest.raises(ValueError, match="no place"):
         replace_marker(path, marker, table_section("Again", ("y",), [], table_id="j"))
+
+
+# the audit's own report ---------------------------------------------------------------------
+def test_audit_report_has_classes_configuration_and_a_baselines_place(audited):
+    from camplug.audit.report.gallery import BASELINES_MARKER
+    from camplug.audit.store import ResultStore
+
+    out, summary = audited
+    page = summary.report_path.read_text()
+    with ResultStore(summary.db_path) as store:
+        rows = store.rows(summary.run_id)
+    labels = sorted({r.label for r in rows if r.error is None})
+    assert "<h2>Classes</h2>" in page and '<table id="class-accuracy">' in page
+    assert re.findall(r'<div class="class-block" id="class-(\d+)"', page) == [
+        str(k) for k in labels]
+    config = re.search(r'<table id="config">(.*?)</table>', page, re.S).group(1)
+    assert "<td>thresholds</td><td>20 values, 0 to 0.95, step 0.05</td>" in config
+    assert "Configuration: {" not in page  # no raw dict any more
+    assert page.count(BASELINES_MARKER) == 1 and page.count("<script>") == 1
+
+
+def test_add_baselines_fills_the_place(audited, tmp_path):
+    import dataclasses
+
+    from camplug.audit.baselines import LocalizationRow, LocalizationTable
+    from camplug.audit.report.gallery import BASELINES_MARKER, add_baselines
+    from camplug.metrics import MaxBoxAccResult
+
+    out, summary = audited
+    for name in ("report.html", f"report-{summary.run_id}.html"):
+        shutil.copyfile(out / name, tmp_path / name)
+    copy = dataclasses.replace(summary, report_path=tmp_path / "report.html")
+
+    def result(values: dict[float, float]) -> MaxBoxAccResult:
+        return MaxBoxAccResult(values, float(np.mean(list(values.values()))),
+                               dict.fromkeys(values, 0.5), (0.5,), {})
+
+    table = LocalizationTable((
+        LocalizationRow("CAM", result({0.3: 0.9, 0.5: 0.6, 0.7: 0.15}),
+                        result({0.3: 0.8, 0.5: 0.55, 0.7: 0.1}), 0.5),
+        LocalizationRow(HOSTILE, result({0.3: 0.1, 0.5: 0.05, 0.7: 0.0}),
+                        result({0.5: 0.02}), None),
+    ), n_samples=10, dataset="<toy>")
+    assert add_baselines(copy, table) == copy.report_path
+    for name in ("report.html", f"report-{summary.run_id}.html"):
+        page = (tmp_path / name).read_text()
+        assert BASELINES_MARKER not in page
+        assert page.index("<h2>Summary</h2>") < page.index("<h2>Baselines</h2>") < page.index(
+            "<h2>Flags</h2>")
+        baselines = re.search(r'<table id="baselines">(.*?)</table>', page, re.S).group(1)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", baselines)
+        assert cells[:7] == ["CAM", "55.0", "90.0", "60.0", "15.0", "55.0", "50.0"]
+        assert cells[7] == "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;"
+        assert cells[-1] == "n/a" and "10 images of &lt;toy&gt;" in page
+    with pytest.raises(ValueError, match="no place"):
+        add_baselines(copy, table)  # once only
+    with pytest.raises(ValueError, match="wrote no report"):
+        add_baselines(dataclasses.replace(summary, report_path=None), table)
+
+
+@needs_chromium
+def test_audit_report_filter_in_chromium(audited, tmp_path):
+    from camplug.audit.store import ResultStore
+
+    out, summary = audited
+    with ResultStore(summary.db_path) as store:
+        flags = {r.sample_id: r.flags for r in store.rows(summary.run_id)}
+    dom = rendered_dom(tmp_path, summary.report_path, "flag=wrong_class&sort=score&order=asc")
+    shown = tiles(dom)
+    assert shown and all(is_hidden == ("wrong_class" not in flags[name])
+                         for name, is_hidden in shown)
+    status = re.search(r'<p id="gallery-status"[^>]*>(.*?)</p>', dom).group(1)
+    assert status == f"showing {sum(not h for _, h in shown)} of {len(shown)} tiles"

@@ -1,7 +1,8 @@
-"""The report's per-class section from ``classes.ClassStats``: an accuracy table, the top
-confusions (and the whole confusion matrix for few classes), then one block per class with the
-mean map of its correctly classified samples and its groups of look-alike maps, each with its
-mean map and representative samples. Every string is escaped here."""
+"""The report's per-class section from ``classes.ClassStats``: the accuracy table (the
+summary's, with the number of map groups), the top confusions and, for few classes, the whole
+confusion matrix, then one block per class with the mean map of its correctly classified
+samples and its groups of look-alike maps, each with its mean map and representative samples.
+Every string is escaped here."""
 
 from __future__ import annotations
 
@@ -50,18 +51,6 @@ def _heat(values: np.ndarray, alt: str) -> str:
 
 def _percent(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{100 * value:.1f}"
-
-
-def accuracy_rows(stats: Sequence[classes.ClassStats],
-                  name: Callable[[int], str]) -> list[tuple[str, ...]]:
-    """(class, samples, correct, accuracy %, most frequent wrong prediction, map groups)."""
-    rows = []
-    for s in stats:
-        wrong = (f"{name(s.confusions[0][0])} ({s.confusions[0][1]})" if s.confusions else "-")
-        groups = str(len(s.grouping.groups)) if s.grouping.groups else "-"
-        rows.append((name(s.label), str(len(s.samples)), str(s.correct), _percent(s.accuracy),
-                     wrong, groups))
-    return rows
 
 
 def confusion_rows(matrix: np.ndarray, name: Callable[[int], str]) -> list[tuple[str, ...]]:
@@ -128,13 +117,17 @@ def class_block(stats: classes.ClassStats, name: str, examples: dict[int, Exampl
 
 def classes_section(stats: Sequence[classes.ClassStats], matrix: np.ndarray,
                     name: Callable[[int], str], examples: dict[int, Example],
+                    accuracy: Sequence[tuple[int, Sequence[str]]],
                     notes: Sequence[str] = ()) -> Section:
     """The per-class section. ``matrix``: the confusion matrix (``classes.confusion_matrix``);
     ``name``: a class index's display name (escaped here); ``examples``: sample index ->
-    its picture, for the groups' representatives; ``notes``: extra lines under the rule."""
-    parts = [table_html(("class", "samples", "correct", "accuracy (%)",
-                         "most frequent wrong prediction (samples)", "map groups"),
-                        accuracy_rows(stats, name), numeric={1, 2, 3}, table_id="class-accuracy")]
+    its picture, for the groups' representatives; ``accuracy``: (label, (class, samples,
+    accuracy %, top confusions)) per class, as ``AuditSummary.class_table`` gives them (a map
+    groups column is added); ``notes``: extra lines under the rule."""
+    groups = {s.label: len(s.grouping.groups) for s in stats}
+    rows = [(*cells, str(groups.get(label) or "-")) for label, cells in accuracy]
+    parts = [table_html(("class", "samples", "accuracy (%)", "top confusions (samples)",
+                         "map groups"), rows, numeric={1, 2}, table_id="class-accuracy")]
     confusions = confusion_rows(matrix, name)
     parts.append("<h3>Top confusions</h3>" + (
         table_html(("label", "predicted as", "samples", "share of the label (%)"), confusions,

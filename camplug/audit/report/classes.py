@@ -1,6 +1,6 @@
-"""Per-class statistics of an audit, from plain inputs (labels, predictions, maps): accuracy,
-confusions, the mean map of the correctly classified samples, and groups of samples whose maps
-look alike (k-means on small normalized maps), so a class the model recognizes by two
+"""Per-class map statistics of an audit, from plain inputs (labels, predictions, maps): the
+confusion matrix, the mean map of the correctly classified samples, and groups of samples whose
+maps look alike (k-means on small normalized maps), so a class the model recognizes by two
 different cues (the object, or a watermark in a corner) shows as two groups.
 
 Grouping rule (``map_groups``): every map of the class is area-averaged to
@@ -190,16 +190,15 @@ def map_groups(maps: np.ndarray, *, seed: int = SEED) -> Grouping:
 
 @dataclass(frozen=True)
 class ClassStats:
-    """One class: ``samples`` (sample indices labelled with it), ``right`` (whether each is
-    predicted right), ``confusions`` ((predicted class, count) of the wrong predictions,
-    largest first), ``mean_correct_map`` (float64 [h, w], None when none is right or without
+    """One class's maps: ``samples`` (sample indices labelled with it), ``right`` (whether
+    each is predicted right; accuracy and confusions per class are ``AuditSummary.per_class``),
+    ``mean_correct_map`` (float64 [h, w], None when none is right or without
     maps) and ``grouping`` (its samples' maps; group members index ``samples``; no groups
     without maps)."""
 
     label: int
     samples: tuple[int, ...]
     right: tuple[bool, ...]
-    confusions: tuple[tuple[int, int], ...]
     mean_correct_map: np.ndarray | None
     grouping: Grouping
 
@@ -221,7 +220,7 @@ def class_stats(sample_indices: Sequence[int], labels: Sequence[int],
     """Per-class statistics of N samples: ``sample_indices`` int [N], ``labels`` int [N],
     ``predictions`` int [N] and each sample's map of its label, float [h, w] of one size for
     all (any range: min-max scaled here; a None entry, or None for all: the sample counts in
-    the accuracy and confusions but not in mean maps and groups). One ``ClassStats`` per label
+    ``right`` but not in mean maps and groups). One ``ClassStats`` per label
     present, by label."""
     indices = np.asarray(sample_indices, dtype=np.int64)
     labels_array = np.asarray(labels, dtype=np.int64)
@@ -235,9 +234,6 @@ def class_stats(sample_indices: Sequence[int], labels: Sequence[int],
     for label in np.unique(labels_array):
         rows = np.flatnonzero(labels_array == label)
         right = predictions_array[rows] == label
-        values, counts = np.unique(predictions_array[rows][~right], return_counts=True)
-        confusions = sorted(zip(values.tolist(), counts.tolist(), strict=True),
-                            key=lambda x: (-x[1], x[0]))
         mapped = np.asarray([k for k, row in enumerate(rows) if maps[row] is not None],
                             dtype=np.int64)
         mean_map, grouping = None, Grouping((), {})
@@ -248,7 +244,7 @@ def class_stats(sample_indices: Sequence[int], labels: Sequence[int],
             grouping = _positions(map_groups(class_maps, seed=seed), mapped)
         out.append(ClassStats(
             label=int(label), samples=tuple(int(i) for i in indices[rows]),
-            right=tuple(bool(r) for r in right), confusions=tuple(confusions),
+            right=tuple(bool(r) for r in right),
             mean_correct_map=mean_map, grouping=grouping,
         ))
     return out

@@ -243,8 +243,7 @@ class ReportInputs:
         """The run's class names (recorded in its config, else the dataset's or the
         model's), or None."""
         run = self.run
-        return (getattr(run.config, "class_names", None)
-                or getattr(run.data, "class_names", None)
+        return (run.config.class_names or getattr(run.data, "class_names", None)
                 or getattr(run.model, "class_names", None))
 
     def class_name(self, index: int | None) -> str:
@@ -356,8 +355,11 @@ def per_class(inputs: ReportInputs) -> Section | None:
     n_classes = max(len(inputs.class_names or ()), 1 + max(max(labels), max(predictions)))
     stats = classes.class_stats([r.sample_index for r in rows], labels, predictions, maps)
     matrix = classes.confusion_matrix(labels, predictions, n_classes)
+    summary = inputs.summary
+    accuracy = list(zip((c.label for c in summary.per_class), summary.class_table(),
+                        strict=True))
     return classes_section(stats, matrix, inputs.class_name,
-                           class_examples(inputs, stats, stored), notes)
+                           class_examples(inputs, stats, stored), accuracy, notes)
 
 
 def errors_section(inputs: ReportInputs) -> Section:
