@@ -6,7 +6,8 @@ As a script: ``python benchmarks/bench_metrics.py [--maps 500] [--size 224] [--r
 benchmarks/results/. Under pytest-benchmark: ``pytest benchmarks --benchmark-only``.
 
 The maps are CAM-like: 7x7 uniform noise upsampled bilinearly to size x size and min-max
-normalized; one or two random ground-truth boxes per map; the PxAP masks are the boxes' pixels.
+normalized (``--kind noise``: i.i.d. uniform noise, the worst case for both sides); one or two
+random ground-truth boxes per map; the PxAP masks are the boxes' pixels.
 Thresholds: numpy.arange(0, 1, 0.01) for boxes (100), that grid plus 1.0 for PxAP.
 
 The reference loops over maps and thresholds: ``cv2.threshold`` on the uint8 map
@@ -46,11 +47,13 @@ DELTAS = (0.3, 0.5, 0.7)
 PROTOCOLS = ("camplug", "wsolevaluation")
 
 
-def make_case(n: int, size: int, seed: int = 0):
-    """CAM-like maps float32 [n, size, size], boxes float64 [n, 2, 4] (the second box of a
-    map with one object repeats the first), masks bool [n, size, size]."""
+def make_case(n: int, size: int, seed: int = 0, kind: str = "cam"):
+    """Maps float32 [n, size, size] (kind "cam": CAM-like; "noise": i.i.d. uniform, the worst
+    case, thousands of components per threshold), boxes float64 [n, 2, 4] (the second box of
+    a map with one object repeats the first), masks bool [n, size, size]."""
     rng = np.random.default_rng(seed)
-    small = torch.from_numpy(rng.random((n, 1, 7, 7), dtype=np.float32))
+    side = 7 if kind == "cam" else size
+    small = torch.from_numpy(rng.random((n, 1, side, side), dtype=np.float32))
     cams = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     low = cams.amin(dim=(1, 2), keepdim=True)
     high = cams.amax(dim=(1, 2), keepdim=True)
@@ -141,8 +144,8 @@ def _timed(fn):
     return time.perf_counter() - start, value
 
 
-def run(n: int, size: int, rounds: int, device: torch.device) -> dict:
-    cams, boxes, masks = make_case(n, size)
+def run(n: int, size: int, rounds: int, device: torch.device, kind: str) -> dict:
+    cams, boxes, masks = make_case(n, size, kind=kind)
     cams_np, boxes_np, masks_np = cams.numpy(), boxes.numpy(), masks.numpy()
     on_device = cams.to(device), masks.to(device)
 
@@ -177,7 +180,8 @@ def run(n: int, size: int, rounds: int, device: torch.device) -> dict:
                 times["reference"].append(seconds)
         rows.append(_row(name, times, values))
         print(f"{name}: done", file=sys.stderr, flush=True)
-    return {"maps": n, "size": size, "thresholds": 100, "rounds": rounds, "rows": rows}
+    return {"maps": n, "kind": kind, "size": size, "thresholds": 100, "rounds": rounds,
+            "rows": rows}
 
 
 def _row(name: str, times: dict, values: dict) -> dict:
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maps", type=int, default=500, help="number of maps (default 500)")
     parser.add_argument("--size", type=int, default=224, help="map side in pixels")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median)")
+    parser.add_argument("--kind", choices=("cam", "noise"), default="cam",
+                        help="CAM-like maps (default) or i.i.d. noise (worst case)")
     parser.add_argument("--quick", action="store_true", help="50 maps, 1 round")
     parser.add_argument("--threads", type=int, default=None, help="torch and OpenCV threads")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
@@ -239,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     report.update(benchmark="camplug.metrics MaxBoxAccV2 and PxAP vs per-image OpenCV/numpy",
                   opencv=None if cv2 is None else cv2.__version__,
                   timing="median wall clock over rounds, whole set, one call each",
-                  **run(n, args.size, rounds, device))
+                  **run(n, args.size, rounds, device, args.kind))
     # Other work on the machine slows both sides, not always equally: keep the load.
     report["load_average_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
-    out = write_report(report, "metrics", now, args.out)
-    print(f"device: {report['device']}  threads {report['cpu_threads']}  maps {n} x "
+    out = write_report(report, "metrics" if args.kind == "cam" else "metrics-noise", now, args.out)
+    print(f"device: {report['device']}  threads {report['cpu_threads']}  {n} {args.kind} maps "
           f"{args.size}x{args.size}, 100 thresholds  load average "
           f"{load_before[0]:.1f} -> {report['load_average_1min']['after']:.1f}")
     print(format_table(report["rows"]))
