@@ -18,12 +18,30 @@ DECORATION_ATTRIBUTE = "cam"
 
 
 class CamResult(NamedTuple):
-    """What :func:`explain` returns."""
+    """What :func:`explain` returns.
+
+    In Jupyter it shows itself as a grid of the maps of its first 4 samples (rows) and first 3
+    classes (columns), each captioned with the class index, its logit and softmax probability.
+    The input images are not part of the result, so the grid shows the maps alone, each
+    min-max scaled: ``camplug.overlay(image, result.maps[i, j])`` draws one over its image.
+    """
 
     logits: torch.Tensor  # [B, N] the selected model output
     maps: torch.Tensor  # [B, C, H, W]
     targets: torch.Tensor  # int64 [B, C] the classes of the maps
     method: str  # the method that made the maps (what "auto" chose)
+
+    def _repr_png_(self) -> bytes:
+        """The notebook's image of the result (``camplug.overlay.result_png``)."""
+        from .overlay import result_png
+
+        return result_png(self)
+
+    def _repr_html_(self) -> str:
+        """The notebook's HTML of the result (``camplug.overlay.result_html``)."""
+        from .overlay import result_html
+
+        return result_html(self)
 
 
 def attach(

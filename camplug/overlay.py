@@ -123,16 +123,17 @@ def get_colormap(name: str):
                          "'jet', 'turbo', 'viridis', 'inferno' or 'gray'") from None
 
 
-def _colours(cam: Any, colormap: str, size: tuple[int, int] | None) -> np.ndarray:
-    """float64 [H, W, 3] in [0, 255]: the map's colours, unrounded."""
-    return get_colormap(colormap)(cam_values(cam, size))[..., :3] * 255.0
+def _colours(values: np.ndarray, colormap: str) -> np.ndarray:
+    """Values in [0, 1] [..., H, W] in ``colormap``: float64 [..., H, W, 3] in [0, 255],
+    unrounded."""
+    return get_colormap(colormap)(values)[..., :3] * 255.0
 
 
 def heatmap(cam: Any, *, colormap: str = DEFAULT_COLORMAP,
             size: tuple[int, int] | None = None) -> np.ndarray:
     """The map alone in ``colormap``: uint8 [H, W, 3] (``cam`` as in :func:`cam_values`,
     resized to ``size`` (H, W) when given)."""
-    return np.round(_colours(cam, colormap, size)).astype(np.uint8)
+    return np.round(_colours(cam_values(cam, size), colormap)).astype(np.uint8)
 
 
 def overlay(image: Any, cam: Any, *, alpha: float = 0.5,
@@ -153,10 +154,103 @@ def overlay(image: Any, cam: Any, *, alpha: float = 0.5,
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = image_rgb(image)
-    heat = _colours(cam, colormap, rgb.shape[:2])
+    heat = _colours(cam_values(cam, rgb.shape[:2]), colormap)
     blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * heat
     return np.round(blended).astype(np.uint8)
 
+
+
+# notebook display of camplug.explain's result ----------------------------------------------
+GRID_SAMPLES = 4  # CamResult shows the maps of its first samples ...
+GRID_CLASSES = 3  # ... and of their first classes (the best first with topk)
+GRID_CELL = 112  # pixels per map
+
+
+def _display_maps(result: Any) -> tuple[np.ndarray, list[list[tuple[int, float, float]]]]:
+    """The maps ``CamResult`` shows: float64 [b, c, GRID_CELL, GRID_CELL] (the first
+    ``GRID_SAMPLES`` x ``GRID_CLASSES``, each min-max scaled for display, uint8 maps read as
+    v / 255) and per map (class, logit, softmax probability)."""
+    maps, _ = _as_array(result.maps[:GRID_SAMPLES, :GRID_CLASSES])
+    logits, _ = _as_array(result.logits[:GRID_SAMPLES])
+    targets, _ = _as_array(result.targets[:GRID_SAMPLES, :GRID_CLASSES])
+    logits = logits.astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    values = maps.astype(np.float64) / (255.0 if maps.dtype == np.uint8 else 1.0)
+    values = np.nan_to_num(values, nan=0.0)
+    low = values.min(axis=(2, 3), keepdims=True)
+    span = values.max(axis=(2, 3), keepdims=True) - low
+    scaled = np.where(span > 0, (values - low) / np.where(span > 0, span, 1.0), 0.0)
+    cells = np.stack([np.stack([cam_values(m, (GRID_CELL, GRID_CELL)) for m in row])
+                      for row in scaled]) if scaled.size else scaled
+    labels = [[(int(c), float(logits[i, c]), float(probs[i, c])) for c in targets[i]]
+              for i in range(len(targets))]
+    return cells, labels
+
+
+def _caption(sample: int, cls: int, logit: float, prob: float) -> str:
+    return f"#{sample} class {cls}: logit {logit:.2f}, p {prob:.2f}"
+
+
+def _shown(result: Any) -> str:
+    b, c = int(result.maps.shape[0]), int(result.maps.shape[1])
+    return (f"{min(b, GRID_SAMPLES)} of {b} samples x {min(c, GRID_CLASSES)} of {c} classes, "
+            f"method {result.method}; the maps alone, each min-max scaled (the input is not "
+            "kept: camplug.overlay(image, result.maps[i, j]) draws one over its image)")
+
+
+def result_png(result: Any, colormap: str = DEFAULT_COLORMAP) -> bytes:
+    """A PNG of a ``CamResult``: a grid of its first samples' (rows) maps (columns) as
+    heatmaps, each captioned with the sample, the class index, its logit and probability."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    cells, labels = _display_maps(result)
+    heats = np.round(_colours(cells, colormap)).astype(np.uint8)
+    text_height, pad = 14, 4
+    rows, cols = cells.shape[:2]
+    width = max(cols, 1) * (GRID_CELL + pad) + pad
+    height = max(rows, 1) * (GRID_CELL + text_height + pad) + pad + text_height
+    canvas = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(canvas)
+    pen.text((pad, 1), f"{result.method}: {tuple(result.maps.shape)} maps", fill="black")
+    for i in range(rows):
+        for j in range(cols):
+            x = pad + j * (GRID_CELL + pad)
+            y = pad + text_height + i * (GRID_CELL + text_height + pad)
+            canvas.paste(Image.fromarray(heats[i, j]), (x, y))
+            cls, _, prob = labels[i][j]
+            pen.text((x, y + GRID_CELL), f"#{i} class {cls} p {prob:.2f}", fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def result_html(result: Any, colormap: str = DEFAULT_COLORMAP) -> str:
+    """HTML of a ``CamResult``: a table of its first samples' (rows) maps (columns) as inline
+    PNG heatmaps with the class index, logit and probability; every text escaped."""
+    import base64
+    import html
+    import io
+
+    from PIL import Image
+
+    cells, labels = _display_maps(result)
+    heats = np.round(_colours(cells, colormap)).astype(np.uint8)
+    rows = []
+    for i in range(cells.shape[0]):
+        tds = []
+        for j in range(cells.shape[1]):
+            buffer = io.BytesIO()
+            Image.fromarray(heats[i, j]).save(buffer, format="PNG")
+            source = base64.b64encode(buffer.getvalue()).decode("ascii")
+            caption = html.escape(_caption(i, *labels[i][j]))
+            tds.append(f'<td><img src="data:image/png;base64,{source}" alt="{caption}">'
+                       f"<br><small>{caption}</small></td>")
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    return (f"<div><p><b>CamResult</b> ({html.escape(_shown(result))})</p>"
+            f"<table>{''.join(rows)}</table></div>")
 
 class _CallableModule(types.ModuleType):
     """This module, callable as :func:`overlay`: importing ``camplug.overlay`` makes the package

@@ -144,3 +144,57 @@ def test_public_name_is_callable_before_and_after_import():
                           timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
     assert callable(camplug.overlay)
+
+
+# CamResult in notebooks ----------------------------------------------------------------------
+def tiny_result(batch: int = 6, **kwargs) -> camplug.CamResult:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 5)).eval()
+    return camplug.explain(model, torch.randn(batch, 3, 10, 10), **kwargs)
+
+
+def decode(data: str) -> np.ndarray:
+    import base64
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+
+def test_camresult_html_grid():
+    import re
+
+    result = tiny_result(topk=5, size=(6, 7))
+    page = result._repr_html_()
+    cells = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)">', page)
+    assert len(cells) == 4 * 3  # the first 4 samples x the first 3 classes
+    probs = result.logits.double().softmax(dim=1)
+    for k, (data, caption) in enumerate(cells):
+        i, j = divmod(k, 3)
+        cls = int(result.targets[i, j])
+        logit = float(result.logits[i, cls])
+        assert caption == f"#{i} class {cls}: logit {logit:.2f}, p {probs[i, cls]:.2f}"
+        values = result.maps[i, j].double().numpy()
+        scaled = (values - values.min()) / (values.max() - values.min())
+        expected = np.round(colormaps["jet"](reference_resize(scaled, (112, 112)))[..., :3] * 255)
+        assert np.abs(decode(data).astype(int) - expected).max() <= 1
+    assert "4 of 6 samples x 3 of 5 classes, method cam" in page
+
+
+def test_camresult_png_and_other_maps():
+    import io
+
+    result = tiny_result()
+    png = Image.open(io.BytesIO(result._repr_png_()))
+    assert png.format == "PNG" and png.size == (4 + 1 * 116, 4 * 130 + 4 + 14)
+    for kwargs in ({"normalize": False}, {"out_dtype": torch.uint8}, {"topk": 2}):
+        other = tiny_result(batch=2, **kwargs)
+        assert other._repr_html_().count("<img ") == 2 * other.maps.shape[1]
+        assert Image.open(io.BytesIO(other._repr_png_())).size[0] == 4 + 116 * min(
+            3, other.maps.shape[1])
+    hostile = result._replace(method='<script>alert("x")</script>')
+    assert "<script>" not in hostile._repr_html_()
+    empty = result._replace(maps=result.maps[:0], logits=result.logits[:0],
+                            targets=result.targets[:0])
+    assert "<img " not in empty._repr_html_() and empty._repr_png_().startswith(b"\x89PNG")
