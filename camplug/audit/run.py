@@ -30,7 +30,7 @@ SHARD_DIR = "shards"
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.0, 1.0, 0.01), 2))  # Choe
 # names as the user gave them and what the dataset reported: not part of the identity (the
 # dataset's fingerprint covers its content)
-DISPLAY_ONLY = ("model", "dataset", "class_names", "data_warnings")
+DISPLAY_ONLY = ("model", "dataset", "class_names", "data_warnings", "data_source")
 
 
 def describe_dataset(data: Dataset) -> str:
@@ -61,6 +61,13 @@ def dataset_warnings(data: Dataset) -> dict[str, int]:
     return {str(k): int(v) for k, v in (getattr(data, "warnings", None) or {}).items()}
 
 
+def dataset_source(data: Dataset) -> dict[str, Any] | None:
+    """How to open the dataset again (``source()``: ``open_dataset`` keyword arguments), for
+    exporting overlays without the caller's objects; None when it cannot say."""
+    source = getattr(data, "source", None)
+    return source() if callable(source) else None
+
+
 def _output_name(output: int | str | Callable | None) -> Any:
     if output is None or isinstance(output, int | str):
         return output
@@ -74,7 +81,8 @@ class RunConfig:
     its ``fingerprint()``, or its description). ``method``: the map method, a
     ``camplug.methods`` name or ``"auto"`` (CAM on exact heads, else Grad-CAM).
     ``border_fraction``: the border band of ``border_mass`` (share of each side).
-    ``class_names`` / ``data_warnings``: the dataset's, for display (not the identity)."""
+    ``class_names`` / ``data_warnings`` / ``data_source``: the dataset's class names, warning
+    counts and ``open_dataset`` arguments, for display and export (not the identity)."""
 
     model: str
     model_fingerprint: str
@@ -92,6 +100,7 @@ class RunConfig:
     border_fraction: float = 0.1
     class_names: tuple[str, ...] | None = None
     data_warnings: dict[str, int] = field(default_factory=dict)
+    data_source: dict[str, Any] | None = None
 
     @classmethod
     def create(
@@ -126,6 +135,7 @@ class RunConfig:
             method=method.lower(),
             border_fraction=map_stats.check_border_fraction(border_fraction),
             class_names=dataset_class_names(data), data_warnings=dataset_warnings(data),
+            data_source=dataset_source(data),
         )
 
     def to_dict(self) -> dict[str, Any]:

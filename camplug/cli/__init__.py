@@ -16,7 +16,7 @@ from .audit import PROTOCOLS
 from .options import USER_ERRORS, UserError
 
 # The modules that register commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("audit", "compare", "describe", "explain", "sanity")
+COMMAND_MODULES = ("audit", "compare", "describe", "explain", "sanity", "export", "diff")
 
 
 def build_parser() -> argparse.ArgumentParser:

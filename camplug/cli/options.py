@@ -78,6 +78,9 @@ fraction = number(0.0, 1.0, "a value in [0, 1]")
 step = number(0.0, 1.0, "a value in (0, 1]", low_open=True)
 non_negative_float = number(0.0, math.inf, "a finite number >= 0", high_open=True)
 percent = number(0.0, 100.0, "a value in (0, 100]", low_open=True)
+border = number(0.0, 0.5, "a value in [0, 0.5]")
+# camplug.data.annotations.ANNOTATION_FORMATS (spelled out: the parser imports no torch)
+ANNOTATION_FORMATS = ("csv", "json", "voc", "coco")
 
 
 def device(text: str) -> str:
@@ -124,10 +127,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="demo",
         help="'demo' (the shipped model; 'demo:hard' for the hard split), "
+        "'torchvision:NAME' or 'timm:NAME' (e.g. torchvision:resnet50, timm:convnext_tiny; "
+        "that package must be installed; weights from --checkpoint), "
         "'package.module:factory' or 'file.py:factory' (called with no arguments; this runs "
         "that code) (default: demo)")
     parser.add_argument("--checkpoint", type=Path,
                         help="state dict loaded into the model with torch.load(weights_only=True)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="allow a torchvision:/timm: model without --checkpoint (its random "
+                        "initialization; camplug never downloads weights)")
     parser.add_argument("--layer", help="module whose output feeds global pooling (default: "
                         "found automatically)")
     parser.add_argument("--output", type=output_selector,
@@ -138,12 +146,19 @@ def add_data_options(parser: argparse.ArgumentParser, default: str | None) -> No
     parser.add_argument(
         "--data", default=default, required=default is None,
         help="'synthetic', 'synthetic:easy' or 'synthetic:hard' (the built-in benchmark), or "
-        "an image folder with annotations (see --annotations)")
+        "an image folder: one subfolder per class (torchvision's ImageFolder layout; labels "
+        "only) or any layout with --annotations")
     parser.add_argument(
         "--annotations", type=Path,
-        help="CSV (filename,label,x0,y0,x1,y1; one row per object, inclusive pixel corners) or "
-        "JSON ([{\"file\", \"label\", \"boxes\": [[x0,y0,x1,y1], ...], \"mask\"?}]) for an "
-        "image folder (default: the folder's annotations.csv, annotations.json or boxes.csv)")
+        help="labels (and optional boxes) of an image folder: CSV (filename,label[,x0,y0,x1,y1]; "
+        "one row per object, inclusive pixel corners), JSON ([{\"file\", \"label\", "
+        "\"boxes\"?, \"mask\"?}]), a Pascal VOC Annotations/ folder or a COCO instances JSON "
+        "(default: the folder's annotations.csv, annotations.json or boxes.csv, else its class "
+        "subfolders)")
+    parser.add_argument("--annotation-format", choices=ANNOTATION_FORMATS,
+                        help="the format of --annotations (default: from the path: a folder is "
+                        "voc, .csv csv, a .json object with images and annotations coco, "
+                        "another .json json)")
     parser.add_argument("--image-size", type=non_negative,
                         help="resize images to this square size (synthetic default 96, folders "
                         "224, or the demo model's 96 with --model demo; 0 keeps a folder's "
@@ -153,7 +168,9 @@ def add_data_options(parser: argparse.ArgumentParser, default: str | None) -> No
                         "ImageNet's, or the demo model's with --model demo)")
     parser.add_argument("--std", type=floats, help="normalization std (folders)")
     parser.add_argument("--class-names", type=Path,
-                        help="file with one class name per line, for name labels (folders)")
+                        help="the model's classes, one name per line: name labels and class "
+                        "folders map to their line (from 0) (default: the folder's "
+                        "class_names.txt, else the names the annotations carry, sorted)")
     # not "--n": torchrun would take it for an abbreviation of its own options
     parser.add_argument("--num-images", type=positive, default=DEMO_SIZE,
                         help="synthetic: number of images (default %(default)s)")
@@ -189,9 +206,19 @@ def add_run_options(parser: argparse.ArgumentParser, out: str | None) -> None:
     parser.add_argument("--low-confidence", type=fraction, default=0.5,
                         help="flag 'low_confidence': predicted-class probability below this "
                         "(default 0.5)")
+    parser.add_argument("--border", type=border, default=0.1,
+                        help="width of the border band of the 'map mass in the border band' "
+                        "statistic, as a share of each side (default %(default)s)")
+    parser.add_argument("--max-border-mass", type=fraction, default=0.6,
+                        help="flag 'border_focus': at least this share of the map's mass in the "
+                        "border band (default %(default)s)")
+    parser.add_argument("--high-confidence", type=fraction, default=0.9,
+                        help="flag 'confident_wrong': wrong class with at least this "
+                        "probability (default %(default)s)")
     parser.add_argument("--faithfulness", action="store_true",
-                        help="also compute deletion / insertion AUC (2 x (steps + 1) extra "
-                        "forward passes per batch)")
+                        help="also compute deletion / insertion AUC and average drop / "
+                        "increase in confidence (2 x (steps + 1) + 2 extra forward passes per "
+                        "batch)")
     parser.add_argument("--faithfulness-steps", type=positive, default=20)
     parser.add_argument("--gallery-size", type=non_negative, default=8,
                         help="samples per gallery section of the report (default 8)")
@@ -212,7 +239,8 @@ def require(module: str, extra: str, what: str) -> None:
 def load_model(args: argparse.Namespace):
     from camplug.data.specs import load_model
 
-    return load_model(args.model, args.checkpoint)
+    return load_model(args.model, args.checkpoint,
+                      random_weights=getattr(args, "random_weights", False))
 
 
 def dataset(args: argparse.Namespace, model):
@@ -234,7 +262,8 @@ def dataset(args: argparse.Namespace, model):
         lines = args.class_names.read_text().splitlines()
         class_names = [line.strip() for line in lines if line.strip()]
     return open_dataset(
-        args.data, annotations=args.annotations, image_size=image_size,
+        args.data, annotations=args.annotations,
+        annotation_format=getattr(args, "annotation_format", None), image_size=image_size,
         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD, class_names=class_names,
         n=args.num_images, seed=args.seed,
     )

@@ -182,6 +182,8 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise SpecError(f"mean and std need 3 values (std > 0), got {mean} and {std}")
         self.annotations = None if annotations is None else Path(annotations)
+        self.annotation_format = annotation_format
+        self.requested_class_names = None if class_names is None else list(class_names)
         if self.annotations is None:
             found = image_folder_annotations(self.root, class_names)
         else:
@@ -245,6 +247,26 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
                     )
                 item["mask"] = torch.from_numpy(mask_pixels(opened, new_size))
         return item
+
+    def rgb(self, index: int) -> np.ndarray:
+        """The displayable image of item ``index`` at the audited size: uint8 [H, W, 3]."""
+        from PIL import Image
+
+        with Image.open(self.path(self.records[index].file)) as opened:
+            opened.load()
+            pixels = image_pixels(opened, self.image_size or (opened.height, opened.width))
+        return np.round(pixels * 255.0).astype(np.uint8)
+
+    def source(self) -> dict[str, Any] | None:
+        """The keyword arguments of ``open_dataset`` that open this dataset again (None for a
+        non-square size, which ``open_dataset`` cannot express)."""
+        size = self.image_size
+        if size is not None and size[0] != size[1]:
+            return None
+        return {"spec": str(self.root), "annotations": self.annotations and str(self.annotations),
+                "annotation_format": self.annotation_format, "image_size": size[0] if size else 0,
+                "mean": list(self.mean), "std": list(self.std),
+                "class_names": self.requested_class_names}
 
     def describe(self) -> str:
         """A one-line description for the runs table."""

@@ -2,6 +2,10 @@
 
 Model specs (``load_model``):
   - ``demo`` (or ``demo:hard``): the shipped demo model (``camplug.zoo.load_demo_model``);
+  - ``torchvision:NAME`` (e.g. ``torchvision:resnet50``) or ``timm:NAME`` (e.g.
+    ``timm:convnext_tiny``): the architecture built by that package without weights (neither
+    package is a camplug dependency; camplug never downloads weights): give them with
+    ``checkpoint``, or pass ``random_weights=True`` to audit the random initialization;
   - ``package.module:factory`` or ``path/to/file.py:factory``: a callable returning an
     ``nn.Module`` (called with no arguments). This imports and runs that Python code, with
     the permissions of the user running camplug.
@@ -28,6 +32,7 @@ from torch import nn
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 DEMO_MODEL_SPECS = ("demo", "demo:easy", "demo:hard")
+MODEL_ZOOS = ("torchvision", "timm")  # packages whose architectures ``ZOO:NAME`` builds
 
 
 class SpecError(ValueError):
@@ -40,10 +45,19 @@ class SpecError(ValueError):
 _FACTORY_SOURCES: weakref.WeakKeyDictionary[nn.Module, bytes] = weakref.WeakKeyDictionary()
 
 
-def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
+def load_model(spec: str, checkpoint: str | Path | None = None, *,
+               random_weights: bool = False) -> nn.Module:
     """The model named by ``spec`` (see module docstring), with ``checkpoint`` loaded, in eval
-    mode on the CPU."""
-    if spec in DEMO_MODEL_SPECS:
+    mode on the CPU. ``random_weights``: allow a ``torchvision:`` / ``timm:`` model without a
+    checkpoint (its random initialization)."""
+    zoo_name, _, arch = spec.partition(":")
+    if zoo_name in MODEL_ZOOS:
+        if checkpoint is None and not random_weights:
+            raise SpecError(f"model spec {spec!r} has no weights without --checkpoint (camplug "
+                            "never downloads any): pass --checkpoint FILE, or --random-weights "
+                            "to audit the random initialization")
+        model = zoo_model(zoo_name, arch)
+    elif spec in DEMO_MODEL_SPECS:
         from camplug import zoo
 
         model = zoo.load_demo_model(spec.partition(":")[2] or "easy")
@@ -66,6 +80,36 @@ def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def zoo_model(package: str, name: str) -> nn.Module:
+    """Architecture ``name`` of ``package`` (``torchvision`` or ``timm``) without pretrained
+    weights. Raises ``SpecError`` when the package is not installed or has no such model."""
+    if not name:
+        example = "resnet50" if package == "torchvision" else "convnext_tiny"
+        raise SpecError(f"model spec '{package}:': name the architecture, e.g. "
+                        f"{package}:{example}")
+    try:
+        module = importlib.import_module("torchvision.models" if package == "torchvision"
+                                         else package)
+    except ImportError:
+        raise SpecError(f"model spec '{package}:{name}' needs {package}, which is not "
+                        f"installed: pip install {package}") from None
+    if package == "timm":
+        try:
+            model = module.create_model(name, pretrained=False)
+        except RuntimeError as error:  # timm's "Unknown model (...)"
+            raise SpecError(f"model spec 'timm:{name}': {error}") from None
+    else:
+        builder = getattr(module, name, None)
+        if name.startswith("_") or not callable(builder) or isinstance(builder, type):
+            raise SpecError(f"model spec 'torchvision:{name}': torchvision.models has no model "
+                            f"builder {name!r} (e.g. resnet50, convnext_tiny, vit_b_16)")
+        model = builder(weights=None)
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model spec '{package}:{name}' built a {type(model).__name__}, not an "
+                        "nn.Module")
+    return model
 
 
 TORCHSCRIPT_REFUSAL = (

@@ -399,6 +399,12 @@ class SyntheticLocalization(Dataset):
             "id": sample.id,
         }
 
+    def source(self) -> dict[str, object]:
+        """The keyword arguments of ``camplug.data.folders.open_dataset`` that open this set
+        again."""
+        return {"spec": f"synthetic:{self.split}", "n": self.n, "image_size": self.image_size,
+                "seed": self.seed}
+
     def rgb(self, index: int) -> np.ndarray:
         """The displayable image of sample ``index``: uint8 [S, S, 3]."""
         return self.render(index).rgb

@@ -183,3 +183,78 @@ def test_the_fingerprint_covers_the_models_code(tmp_path, monkeypatch):
     with torch.no_grad():
         other.fc.bias.add_(1.0)
     assert model_fingerprint(net) != model_fingerprint(other)
+
+
+# torchvision: / timm: specs (neither package is a dependency: fake modules stand in) -------
+class Small(nn.Module):
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def fake_zoos(monkeypatch):
+    """Fake ``torchvision.models`` and ``timm`` modules that record how they were called."""
+    import types
+
+    calls = []
+    vision = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+
+    def resnet50(*, weights):
+        calls.append(("torchvision", "resnet50", weights))
+        return Small()
+
+    models.resnet50 = resnet50
+    models.ResNet = Small  # a class, not a builder
+    vision.models = models
+    timm = types.ModuleType("timm")
+
+    def create_model(name, pretrained):
+        calls.append(("timm", name, pretrained))
+        if name != "convnext_tiny":
+            raise RuntimeError(f"Unknown model ({name})")
+        return Small(7)
+
+    timm.create_model = create_model
+    monkeypatch.setitem(sys.modules, "torchvision", vision)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    return calls
+
+
+def test_zoo_specs_build_without_pretrained_weights(fake_zoos, tmp_path):
+    model = load_model("torchvision:resnet50", random_weights=True)
+    assert isinstance(model, Small) and not model.training
+    assert isinstance(load_model("timm:convnext_tiny", random_weights=True), Small)
+    assert fake_zoos == [("torchvision", "resnet50", None), ("timm", "convnext_tiny", False)]
+    weights = Small()
+    torch.save(weights.state_dict(), tmp_path / "w.pt")
+    loaded = load_model("torchvision:resnet50", tmp_path / "w.pt")
+    assert torch.equal(loaded.fc.weight, weights.fc.weight)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("torchvision:resnet50", "has no weights without --checkpoint"),
+    ("torchvision:nonesuch", "torchvision.models has no model builder 'nonesuch'"),
+    ("torchvision:ResNet", "no model builder 'ResNet'"),
+    ("timm:nonesuch", r"timm:nonesuch': Unknown model \(nonesuch\)"),
+    ("timm:", "name the architecture, e.g. timm:convnext_tiny"),
+])
+def test_bad_zoo_specs_say_what_is_wrong(fake_zoos, spec, message):
+    random = "without --checkpoint" not in message
+    with pytest.raises(SpecError, match=message):
+        load_model(spec, random_weights=random)
+
+
+@pytest.mark.parametrize("package", ["torchvision", "timm"])
+def test_a_missing_zoo_package_names_what_to_install(monkeypatch, package):
+    monkeypatch.setitem(sys.modules, "torchvision.models" if package == "torchvision"
+                        else package, None)  # None in sys.modules: the import fails
+    with pytest.raises(SpecError, match=f"needs {package}, which is not installed: "
+                                        f"pip install {package}"):
+        load_model(f"{package}:anything", random_weights=True)
