@@ -66,7 +66,8 @@ class Components:
 class _Tree:
     """Components of one chunk of n maps at T cut indices.
 
-    ``basin``: int64 [n*H*W], each pixel's basin (-1 for rank 0). ``group``: int64 [B*T], the
+    ``basin``: int32 (int64 for huge chunks) [n*H*W], each pixel's basin, numbered from 1
+    in raster order of the roots (0 for rank 0). ``group``: int64 [B*T], the
     root node (basin * T + t) of each node's component. ``present``: bool [B, T], whether the
     basin has foreground at cut index t. ``stats``: int64 [5, B, T], the basin's foreground
     at t: pixel count, first and last raster index, first and last column.
@@ -156,13 +157,11 @@ def _basin_stats(rank: torch.Tensor, basin: torch.Tensor, num_basins: int, num_c
     _, h, w = rank.shape
     hw = h * w
     ranks = num_cuts + 1
-    # Rank-0 pixels go to one extra bucket past the end, dropped below.
-    bucket = (basin.to(torch.int64) * ranks + rank.reshape(-1)).masked_fill_(
-        basin < 0, num_basins * ranks
-    )
-    size = num_basins * ranks + 1
+    # Buckets basin * ranks + rank; those of "basin 0" (rank-0 pixels) are dropped below.
+    bucket = (basin.to(torch.int64) * ranks).add_(rank.reshape(-1))
+    size = (num_basins + 1) * ranks
     dtype = basin.dtype
-    position = torch.arange(hw, device=basin.device, dtype=dtype).repeat(rank.shape[0])
+    position = torch.arange(basin.numel(), device=basin.device, dtype=dtype).remainder_(hw)
     column = position % w
 
     def reduce(values: torch.Tensor, how: str, start: int) -> torch.Tensor:
@@ -175,7 +174,7 @@ def _basin_stats(rank: torch.Tensor, basin: torch.Tensor, num_basins: int, num_c
         reduce(position, "amax", -1),
         reduce(column, "amin", hw),
         reduce(column, "amax", -1),
-    ])[:, :-1].reshape(5, num_basins, ranks).to(torch.int64)
+    ])[:, ranks:].reshape(5, num_basins, ranks).to(torch.int64)
     return torch.stack([
         _reverse_cumulative(tables[0], "sum"),
         _reverse_cumulative(tables[1], "min"),
@@ -205,8 +204,8 @@ def _saddles(rank: torch.Tensor, basin: torch.Tensor, num_basins: int, connectiv
         here.append(pixel)
         there.append(pixel + step)
     here, there = torch.cat(here), torch.cat(there)
-    a, b = basin.index_select(0, here).long(), basin.index_select(0, there).long()
-    keep = ((a >= 0) & (b >= 0)).nonzero().squeeze(1)
+    a, b = basin.index_select(0, here).long() - 1, basin.index_select(0, there).long() - 1
+    keep = ((a >= 0) & (b >= 0)).nonzero().squeeze(1)  # basin 0 (now -1): rank-0 pixels
     a, b = a.index_select(0, keep), b.index_select(0, keep)
     level = torch.minimum(flat_rank.index_select(0, here.index_select(0, keep)),
                           flat_rank.index_select(0, there.index_select(0, keep)))
@@ -252,8 +251,8 @@ def _component_tree(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int)
     outside = rank.reshape(-1) == 0
     is_root = (roots == torch.arange(roots.numel(), device=device, dtype=roots.dtype))
     is_root.masked_fill_(outside, False)
-    number = torch.cumsum(is_root, 0, dtype=roots.dtype) - 1
-    basin = number.index_select(0, roots).masked_fill_(outside, -1)
+    number = torch.cumsum(is_root, 0, dtype=roots.dtype)  # basins 1, 2, ...; 0: none
+    basin = number.index_select(0, roots).masked_fill_(outside, 0)
     root_pixels = is_root.nonzero().squeeze(1)
     num_basins = root_pixels.numel()
     stats = _basin_stats(rank, basin, num_basins, num_cuts)
@@ -397,7 +396,7 @@ def label_components(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor
         starts = torch.searchsorted(found.slot, found.slot, side="left")
         label_of_root = torch.zeros_like(tree.group)
         label_of_root[roots] = index - starts + 1
-        inside = (tree.basin >= 0).nonzero().squeeze(1)
-        node = tree.group.index_select(0, tree.basin.index_select(0, inside))  # node = basin
+        inside = tree.basin.nonzero().squeeze(1)
+        node = tree.group.index_select(0, tree.basin.index_select(0, inside) - 1)  # T = 1
         labels[begin * h * w + inside] = label_of_root.index_select(0, node)
     return labels.reshape(masks.shape)
