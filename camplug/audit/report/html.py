@@ -300,7 +300,7 @@ def table_section(title: str, header: Sequence[str], rows: Sequence[Sequence[obj
 
 def plots_section(title: str, plots: Sequence[Plot]) -> Section:
     figures = "".join(
-        f'<figure><img alt="{html.escape(plot.title)}" src="{data_uri(plot.png)}">'
+        f"<figure>{image_tag(plot.png, plot.title)}"
         f"<figcaption>{html.escape(plot.caption)}</figcaption></figure>"
         for plot in plots
     )
