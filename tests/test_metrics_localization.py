@@ -617,8 +617,9 @@ def test_pointing_game_tolerance_hand_case():
     assert metrics.pointing_game(cams, box).tolist() == [False, False, False]
     assert metrics.pointing_game(cams, box, tolerance=15).tolist() == [True, True, False]
     assert metrics.pointing_game(cams, box, tolerance=14.9).tolist() == [False, False, False]
-    with pytest.raises(ValueError, match="tolerance"):
-        metrics.pointing_game(cams, box, tolerance=-1)
+    for bad in (-1, float("nan"), True):
+        with pytest.raises(ValueError, match="tolerance"):
+            metrics.pointing_game(cams, box, tolerance=bad)
 
 
 def test_pointing_game_tolerance_matches_reference():

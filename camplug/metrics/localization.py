@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from .components import Components, chunk_bounds, superlevel_components
 from .validation import BoxesLike, as_box_batch, as_thresholds, check_cams, check_masks
@@ -536,28 +535,31 @@ def _object_masks(target: torch.Tensor | BoxesLike, cams: torch.Tensor) -> torch
     return (inside & valid[..., None, None]).any(dim=1)
 
 
-def _within(mask: torch.Tensor, radius: float) -> torch.Tensor:
-    """Pixels at Euclidean distance <= ``radius`` from a True pixel of ``mask`` [N, H, W].
+def _all_within(points: torch.Tensor, target: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per map, whether every True pixel of ``points`` lies at Euclidean distance <= ``radius``
+    from a True pixel of ``target`` (both bool [N, H, W]) -> bool [N].
 
-    The disk is a union of horizontal segments, one per row offset dy, of half-width
-    isqrt(floor(radius^2) - dy^2): one max-pool along rows per offset.
+    The disk around a point is one horizontal segment per row offset dy, of half-width
+    isqrt(floor(radius^2) - dy^2); prefix sums along the rows of ``target`` count its pixels
+    in each segment, so the work is one pass over the maps plus O(radius) per point.
     """
+    n, h, w = target.shape
     reach_squared = math.floor(radius * radius)
     reach = math.isqrt(reach_squared)
-    if reach == 0:
-        return mask
-    h = mask.shape[1]
-    work = mask.to(torch.float32).unsqueeze(1)
-    out = torch.zeros_like(mask)
+    prefix = torch.zeros(n, h, w + 1, dtype=torch.int32, device=target.device)
+    prefix[..., 1:] = target.cumsum(-1, dtype=torch.int32)
+    image, y, x = points.nonzero().unbind(1)
+    hit = torch.zeros_like(image, dtype=torch.bool)
     for dy in range(-reach, reach + 1):
         half = math.isqrt(reach_squared - dy * dy)
-        rows = F.max_pool2d(work, kernel_size=(1, 2 * half + 1), stride=1, padding=(0, half))
-        rows = rows[:, 0] > 0
-        if dy >= 0:  # out[y] |= rows[y + dy]
-            out[:, : h - dy] |= rows[:, dy:]
-        else:
-            out[:, -dy:] |= rows[:, : h + dy]
-    return out
+        row = y + dy
+        inside = (row >= 0) & (row < h)
+        row = row.clamp(0, h - 1)
+        low, high = (x - half).clamp(0, w), (x + half + 1).clamp(0, w)
+        hit |= inside & (prefix[image, row, high] > prefix[image, row, low])
+    missed = torch.zeros(n, dtype=torch.bool, device=target.device)
+    missed[image[~hit]] = True
+    return ~missed
 
 
 def pointing_game(
@@ -571,11 +573,11 @@ def pointing_game(
     pixels share the maximum, all of them must hit (so a flat map cannot score).
     """
     check_cams(cams)
-    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
+    finite = isinstance(tolerance, int | float) and not isinstance(tolerance, bool)
+    if not (finite and math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
-    inside = _within(_object_masks(target, cams), float(tolerance))
-    peak = cams == cams.amax(dim=(1, 2), keepdim=True)
-    return ~(peak & ~inside).any(dim=(1, 2))
+    peaks = cams == cams.amax(dim=(1, 2), keepdim=True)
+    return _all_within(peaks, _object_masks(target, cams), float(tolerance))
 
 
 def energy_pointing_game(
