@@ -509,3 +509,34 @@ def test_audit_report_filter_in_chromium(audited, tmp_path):
                          for name, is_hidden in shown)
     status = re.search(r'<p id="gallery-status"[^>]*>(.*?)</p>', dom).group(1)
     assert status == f"showing {sum(not h for _, h in shown)} of {len(shown)} tiles"
+
+
+def test_report_of_a_run_without_boxes(tmp_path):
+    """A labels-only audit: no localization plots or parts; classes and gallery still there."""
+    import torch
+    from torch import nn
+
+    from camplug.audit import run_audit
+    from camplug.data.synthetic import SyntheticLocalization
+
+    class LabelsOnly(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.data = SyntheticLocalization(n=8, image_size=32, seed=4)
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __getitem__(self, index: int) -> dict:
+            item = self.data[index]
+            return {"image": item["image"], "label": item["label"], "id": f"s{index}"}
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8))
+    summary = run_audit(model, LabelsOnly(), out_dir=tmp_path, batch_size=4, gallery_size=3,
+                        progress=False)
+    page = summary.report_path.read_text()
+    titles = re.findall(r"<h[23]>([^<]*)</h[23]>", page)
+    assert "Least confident in the label" in titles and "Best localized (highest IoU)" not in titles
+    assert "Classes" in titles and "Box accuracy" not in page
+    assert len(re.findall(r'<figure class="tile"', page)) >= 3
