@@ -1,7 +1,8 @@
 """Statistics of a map that need no ground truth: how much of its mass lies in a border band,
 how spread out it is, and where its centre of mass lies. A map's mass is its values (maps in
-[0, 1], as scoring uses them); a map of zero mass (constant maps normalize to 0) has no
-statistics (NaN)."""
+[0, 1], as scoring uses them; negative values count as 0); a map of zero mass (constant maps
+normalize to 0) has no statistics (NaN). Each is one pass over the pixels (sums accumulate in
+float64)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ def border_band(height: int, width: int, fraction: float,
 
 
 def _mass(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(maps as float64 [N, H, W] with negative values clamped to 0, total mass [N] with 0
-    replaced by NaN)."""
+    """(maps as float32 [N, H, W] with negative values clamped to 0, total mass float64 [N]
+    with 0 replaced by NaN)."""
     if maps.dim() != 3:
         raise ValueError(f"maps must be [N, H, W], got shape {tuple(maps.shape)}")
-    values = maps.detach().double().clamp_min(0.0)
-    total = values.sum(dim=(1, 2))
+    values = maps.detach().float().clamp_min(0.0)
+    total = values.sum(dim=(1, 2), dtype=torch.float64)
     return values, torch.where(total > 0, total, torch.full_like(total, math.nan))
 
 
@@ -48,20 +49,18 @@ def border_mass(maps: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
     0.1)."""
     values, total = _mass(maps)
     band = border_band(*maps.shape[-2:], fraction, device=maps.device)
-    return (values * band).sum(dim=(1, 2)) / total
+    return (values * band).sum(dim=(1, 2), dtype=torch.float64) / total
 
 
-def mass_area(maps: torch.Tensor, share: float = 0.5) -> torch.Tensor:
-    """The smallest fraction of the pixels that holds ``share`` of each map's mass (its largest
-    values), float64 [N]: small for a concentrated map, ``share`` for a uniform one."""
-    if not 0.0 < share <= 1.0:
-        raise ValueError(f"share must be in (0, 1], got {share}")
+def effective_area(maps: torch.Tensor) -> torch.Tensor:
+    """How much of the image each map covers, float64 [N]: ``exp(entropy) / pixels`` of its
+    mass distribution ``p = m / sum(m)`` (entropy ``-sum p log p``, 0 log 0 = 0). 1 for a
+    uniform map, ``k / pixels`` for a map spread evenly over k pixels, ``1 / pixels`` for a
+    single pixel."""
     values, total = _mass(maps)
-    ranked = values.flatten(1).sort(dim=1, descending=True).values.cumsum(dim=1)
-    # pixels before the running sum reaches the share, plus the one that reaches it
-    needed = (ranked < share * total[:, None]).sum(dim=1) + 1
-    needed = needed.clamp_max(ranked.shape[1]).double()
-    return torch.where(total.isnan(), total, needed / ranked.shape[1])
+    p = values / total.float()[:, None, None]
+    entropy = -torch.xlogy(p, p).sum(dim=(1, 2), dtype=torch.float64)
+    return torch.exp(entropy) / (maps.shape[-2] * maps.shape[-1])
 
 
 def centroid(maps: torch.Tensor) -> torch.Tensor:
@@ -72,6 +71,6 @@ def centroid(maps: torch.Tensor) -> torch.Tensor:
     height, width = maps.shape[-2:]
     xs = (torch.arange(width, device=maps.device, dtype=torch.float64) + 0.5) / width
     ys = (torch.arange(height, device=maps.device, dtype=torch.float64) + 0.5) / height
-    cx = (values.sum(dim=1) * xs).sum(dim=1) / total
-    cy = (values.sum(dim=2) * ys).sum(dim=1) / total
+    cx = (values.sum(dim=1, dtype=torch.float64) * xs).sum(dim=1) / total
+    cy = (values.sum(dim=2, dtype=torch.float64) * ys).sum(dim=1) / total
     return torch.stack([cx, cy], dim=1)

@@ -286,11 +286,11 @@ METRICS: tuple[MetricDefinition, ...] = (
                      per_sample=_border_mass, higher_is_better=False,
                      meaning="share of the map's mass near the sides (the band: --border of "
                      "each side); a uniform map puts the band's area share there"),
-    MetricDefinition("mass_area_50", "area holding half the map's mass (%)",
-                     mean_of("mass_area_50"), per_sample=lambda b: map_stats.mass_area(b.cams),
+    MetricDefinition("effective_area", "map effective area (%)", mean_of("effective_area"),
+                     per_sample=lambda b: map_stats.effective_area(b.cams),
                      higher_is_better=None,
-                     meaning="smallest share of the pixels holding 50% of the mass; low: a "
-                     "concentrated map, 50: a uniform one"),
+                     meaning="spread: exp(entropy of the map's mass) / pixels; 100 for a "
+                     "uniform map, small for a concentrated one"),
     MetricDefinition("centroid_x", "map centre of mass x", mean_of("centroid_x"),
                      per_sample=lambda b: b.centroid[:, 0], format=number,
                      higher_is_better=None, rows=_centroid_rows),

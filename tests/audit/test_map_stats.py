@@ -41,19 +41,23 @@ def test_border_mass_matches_a_loop():
         map_stats.border_mass(maps(), 0.6)
 
 
-def test_mass_area_matches_sorting_in_numpy():
+def test_effective_area_matches_the_entropy_written_out():
     m = maps().double().numpy()
-    got = map_stats.mass_area(maps(), 0.5).numpy()
+    got = map_stats.effective_area(maps()).numpy()
+    pixels = 13 * 17
     for i in range(m.shape[0]):
-        values = np.sort(m[i].ravel())[::-1]
-        if values.sum() == 0:
+        total = m[i].sum()
+        if total == 0:
             assert np.isnan(got[i])
             continue
-        k = next(k for k in range(1, values.size + 1)
-                 if values[:k].sum() >= 0.5 * values.sum() * (1 - 1e-12))
-        assert abs(got[i] * values.size - k) <= 1, i
-    assert got[1] == pytest.approx(1 / (13 * 17))
-    assert got[2] == pytest.approx(np.ceil(0.5 * 13 * 17) / (13 * 17))
+        p = m[i].ravel() / total
+        entropy = -sum(float(q * np.log(q)) for q in p if q > 0)
+        assert got[i] == pytest.approx(np.exp(entropy) / pixels, rel=1e-6)
+    assert got[1] == pytest.approx(1 / pixels)  # one pixel
+    assert got[2] == pytest.approx(1.0)  # uniform
+    even = torch.zeros(1, 13, 17)
+    even[0, 2:5, 3:7] = 0.5  # 12 pixels of equal mass
+    assert float(map_stats.effective_area(even)[0]) == pytest.approx(12 / pixels)
 
 
 def test_centroid_matches_a_weighted_mean():
