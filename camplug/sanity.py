@@ -243,8 +243,9 @@ class SanityResult:
 def curve_plot(result: SanityResult, variant: str) -> bytes:
     """PNG of one variant: mean Spearman correlation (left) and SSIM (right) with the trained
     model's maps per step (x: the layer randomized at the step; cascading: cumulative, from
-    the top), starting from the trained model itself (1), one line per method, a band of +-
-    one standard deviation, the verdict threshold dashed at +- threshold."""
+    the top), starting from the trained model itself (1), one colour per method, +- one
+    standard deviation as a band (cascading) or error bars (independent), the verdict
+    threshold dashed at +- threshold."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10.0, 3.8))
@@ -260,8 +261,12 @@ def curve_plot(result: SanityResult, variant: str) -> bytes:
             stats = [s.stats(metric) for s in steps]
             mean = np.array([1.0, *(st["mean"] for st in stats)])
             std = np.array([0.0, *(st["std"] for st in stats)])
-            ax.plot(x, mean, marker="o", markersize=3, color=f"C{k}", label=method)
-            ax.fill_between(x, mean - std, mean + std, color=f"C{k}", alpha=0.15)
+            if variant == "cascading":  # a sequence: a line and a band
+                ax.plot(x, mean, marker="o", markersize=3, color=f"C{k}", label=method)
+                ax.fill_between(x, mean - std, mean + std, color=f"C{k}", alpha=0.15)
+            else:  # separate experiments: points with error bars
+                ax.errorbar(x + 0.1 * k, mean, yerr=std, fmt="o", markersize=3, capsize=2,
+                            color=f"C{k}", label=method)
     for ax, title in zip(axes, ("Spearman rank correlation", "SSIM"), strict=True):
         ax.set_xticks(np.arange(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylim(-1.05, 1.05)
@@ -357,13 +362,14 @@ def _maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None,
           methods: Sequence[MethodSpec], layer: LayerSpec,
           output: OutputSelector) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward of ``images`` [N, ...] through ``model``: (predicted classes int64 [N], each
-    method's maps fp64 [N, H, W] normalized to [0, 1]) of ``classes`` (None: the predictions).
-    Callables run after the forward, once each."""
-    named = [m for m in methods if isinstance(m, (str, method_registry.Method))]
-    out: dict[str, torch.Tensor] = {}
+    method's maps fp64 [N, H, W] normalized to [0, 1], by display name: ``method_name``, and
+    for ``"auto"`` the method it chose, e.g. ``"auto (cam)"``) of ``classes`` (None: the
+    predictions). Callables run after the forward, once each."""
+    out: dict[int, tuple[str, torch.Tensor]] = {}  # by position in ``methods``
     with attach(model, layer, output=output) as capture:
         capture.discover(images)
-        chosen = {method_name(m): capture.resolve_method(m) for m in named}
+        chosen = {k: capture.resolve_method(m) for k, m in enumerate(methods)
+                  if isinstance(m, (str, method_registry.Method))}
         if any(c.uses_gradients for c in chosen.values()) and not capture.exact_head:
             with torch.inference_mode(False), torch.enable_grad(), capture.tracking_gradients():
                 model(images)
@@ -372,11 +378,14 @@ def _maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None,
                 model(images)
         predictions = capture.logits.argmax(dim=1)
         targets = (predictions if classes is None else classes).to(predictions.device)
-        for name, method in chosen.items():
+        for k, method in chosen.items():
             maps = capture.maps(targets[:, None], method=method, size="input")
-            out[name] = normalize_maps(maps[:, 0])
-    for method in methods:
-        if not isinstance(method, (str, method_registry.Method)):
+            name = method_name(methods[k])
+            if name == method_registry.AUTO:
+                name = f"{name} ({method.name})"
+            out[k] = name, normalize_maps(maps[:, 0])
+    for k, method in enumerate(methods):
+        if k not in chosen:
             name = method_name(method)
             maps = method(model, images, targets)
             if not isinstance(maps, torch.Tensor) or maps.dim() != 3 or (
@@ -385,8 +394,8 @@ def _maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None,
                 got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
                 raise ValueError(f"method {name!r} must return maps [N, H, W] with N = "
                                  f"{images.shape[0]}, got {got}")
-            out[name] = normalize_maps(maps)
-    return targets, {name: out[name] for name in map(method_name, methods)}
+            out[k] = name, normalize_maps(maps)
+    return targets, dict(out[k] for k in range(len(methods)))
 
 
 # inputs -------------------------------------------------------------------------------------
@@ -517,8 +526,8 @@ def model_randomization(
     layers = parameterized_layers(work, images[:1])
     if not layers:
         raise ValueError("the model owns no parameters: there is nothing to randomize")
-    names = [method_name(m) for m in methods]
     classes, maps = _maps(work, images, None, methods, layer, output)
+    names = list(maps)
     reference = _Reference(names, classes, maps)
     result = SanityResult(names, layers, images.shape[0], threshold,
                           excluded={n: int((~reference.keep[n]).sum()) for n in names})
@@ -572,8 +581,8 @@ def data_randomization(
     work = _working_copy(model, device)
     other = _working_copy(retrained, _device(work))
     images = _usable(images, work)
-    names = [method_name(m) for m in methods]
     classes, maps = _maps(work, images, None, methods, layer, output)
+    names = list(maps)
     reference = _Reference(names, classes, maps)
     _, other_maps = _maps(other, images, classes, methods, layer, output)
     result = SanityResult(names, [], images.shape[0], threshold,

@@ -86,3 +86,16 @@ def test_map_agreement_resizes_to_the_larger_map():
 def test_pair_image_is_a_png_of_two_tiles():
     png = pair_image(np.eye(5), np.ones((3, 3)))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diff_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom camplug.cli import main\ntry:\n    main(['diff', '--help'])\n"
+             "except SystemExit as exit:\n    assert exit.code == 0\n"
+             "print('torch imported:', 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True)
+    assert "usage: camplug diff" in result.stdout
+    assert result.stdout.rstrip().endswith("torch imported: False")
