@@ -31,6 +31,7 @@ import contextlib
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import methods
@@ -47,7 +48,8 @@ from ..discovery.heads import (
 )
 from ..errors import UnsupportedHeadError
 from ..kernels.checks import check_cam_inputs, normalize_size
-from ..kernels.reference import cam_reference
+from ..kernels.reference import to_out_dtype, weighted_sum_reference
+from ..kernels.semantics import min_max_normalize
 from ..options import SizeSpec, resolve_size
 from ..targets import resolve_targets
 from .head import check_differentiable, fold_weights, jacobian_rows
@@ -198,6 +200,15 @@ class CamModel(nn.Module):
                 "construction): did the model take another path for this input?"
             )
         input_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
+        if self.head.token_grid is not None and torch.compiler.is_exporting() and any(
+            isinstance(s, torch.SymInt) for s in input_size or ()
+        ):
+            raise ValueError(
+                "CamModel cannot be exported with a dynamic height or width for this model: its "
+                "features are tokens, arranged on the patch grid by Python arithmetic on the "
+                "input size, which torch.export cannot keep symbolic. Export with a dynamic "
+                "batch only (dynamic_shapes=({0: Dim('batch')},)), once per input size"
+            )
         features = to_feature_map(self.head, tap.captured, input_size)
         return logits, self._maps(features, logits.detach(), input_size)
 
@@ -207,14 +218,30 @@ class CamModel(nn.Module):
             targets = resolve_targets(logits, None, self.topk)
         else:
             targets = logits.new_full((logits.shape[0], 1), self.target, dtype=torch.long)
-        out_size = normalize_size(resolve_size(self.size, input_size), *features.shape[-2:])
+        out_size = resolve_size(self.size, input_size)  # (H, W), None ("features") or fixed
+        if out_size is None:
+            out_size = (features.shape[-2], features.shape[-1])
         with _no_autocast(features.device):
             weights = self.method.weights(_ForwardSource(self.head, features), targets)
             if weights.dim() == 5 and weights.shape[-2:] == (1, 1):
                 weights = weights[..., 0, 0]  # per-position weights constant over space
-            maps, _ = cam_reference(features, weights.detach(), out_size, relu=self.relu,
-                                    normalize=self.normalize, out_dtype=self.out_dtype)
-        return maps
+            return render(features, weights.detach(), out_size, relu=self.relu,
+                          normalize=self.normalize, out_dtype=self.out_dtype)
+
+
+def render(features: torch.Tensor, weights: torch.Tensor, out_size: tuple[int, int], *,
+           relu: bool, normalize: bool, out_dtype: torch.dtype | None) -> torch.Tensor:
+    """``camplug.kernels.reference.cam_reference``'s maps [B, C, H, W] from features
+    [B, K, h, w] and weights [B, C, K], always resized: its "resize only when the size differs"
+    test guards on symbolic sizes (``1 + (H - 1) // 4 != H``) that ``torch.export`` cannot
+    prove for a dynamic height or width; a bilinear resize to the same size is the identity."""
+    maps = weighted_sum_reference(features, weights)
+    if relu:
+        maps = maps.clamp_min(0)
+    if normalize:
+        maps = min_max_normalize(maps)
+    maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
+    return to_out_dtype(maps, out_dtype)
 
 
 def _check_targets(target: object, topk: object, num_classes: int) -> tuple[int | None, Any]:
