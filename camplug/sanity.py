@@ -198,8 +198,8 @@ class Verdict:
 @dataclass
 class SanityResult:
     """All steps of a sanity check. ``layers``: the parameterized layers in forward order
-    (bottom first); ``steps``: every comparison, by variant, then method, then step order
-    (cascading: top layer first); ``excluded``: per method, samples left out because their
+    (bottom first); ``steps``: every comparison, by variant, then step (top layer first), then
+    method; ``excluded``: per method, samples left out because their
     trained map is constant; ``verdicts``: one per method."""
 
     methods: list[str]
@@ -218,21 +218,22 @@ class SanityResult:
     def variants(self) -> list[str]:
         return list(dict.fromkeys(s.variant for s in self.steps))
 
-    def table(self) -> list[tuple[str, str, str, str, str, str]]:
-        """(variant, method, layer, Spearman mean +- std [IQR], SSIM mean +- std [IQR],
-        constant maps) per step."""
+    def table(self) -> list[tuple[str, str, str, str, str, str, str]]:
+        """(variant, method, layer, Spearman mean +- std [IQR], mean |Spearman| (what the
+        verdict reads), SSIM mean +- std [IQR], constant maps) per step."""
         def cell(step: Step, metric: str) -> str:
             s = step.stats(metric)
             return f"{s['mean']:.3f} ± {s['std']:.3f} [{s['q25']:.2f}, {s['q75']:.2f}]"
 
-        return [(s.variant, s.method, s.layer, cell(s, "spearman"), cell(s, "ssim"),
-                 str(s.constant)) for s in self.steps]
+        return [(s.variant, s.method, s.layer, cell(s, "spearman"),
+                 f"{s.mean_abs_spearman:.3f}", cell(s, "ssim"), str(s.constant))
+                for s in self.steps]
 
     def to_markdown(self) -> str:
         """The step table and the verdicts as GitHub Markdown."""
         lines = ["| variant | method | randomized | Spearman mean ± std [IQR] | "
-                 "SSIM mean ± std [IQR] | constant maps |",
-                 "| --- | --- | --- | --- | --- | ---: |"]
+                 "mean abs. Spearman | SSIM mean ± std [IQR] | constant maps |",
+                 "| --- | --- | --- | --- | ---: | --- | ---: |"]
         lines += ["| " + " | ".join(row) + " |" for row in self.table()]
         lines.append("")
         lines += [f"- {v.method}: {verdict_word(v)}: {v.reason}" for v in self.verdicts]

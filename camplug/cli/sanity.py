@@ -151,8 +151,8 @@ def write_report(path: Path, results: list, run_info: list[tuple[str, str]]) -> 
                  "|Spearman| per sample with it)")
             for variant in first.variants]),
         table_section("Steps", ("variant", "method", "randomized", "Spearman mean ± std [IQR]",
-                                "SSIM mean ± std [IQR]", "constant maps"),
+                                "mean |Spearman|", "SSIM mean ± std [IQR]", "constant maps"),
                       [row for r in results for row in r.table()], table_id="steps",
-                      numeric={5}),
+                      numeric={4, 6}),
     ])
     return write_report(path, content)
