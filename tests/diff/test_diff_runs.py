@@ -157,3 +157,26 @@ def test_bad_paths_run_ids_and_gates(runs, tmp_path, capsys):
         capsys.readouterr().err)
     assert main(["diff", str(runs["a"]), str(runs["b"]), "--fail-if", "deletion_auc_drop>1"]) == 2
     assert "deletion_auc_drop is not measurable for these runs" in capsys.readouterr().err
+
+
+def test_two_runs_in_one_results_file_are_picked_by_id(runs, tmp_path, capsys):
+    both = tmp_path / "both"
+    shutil.copytree(runs["a"], both)
+    with ResultStore(runs["b"] / "audit.sqlite") as store:
+        (run_b,) = store.runs()
+    with ResultStore(both / "audit.sqlite") as store:
+        store.merge_from([runs["b"] / "audit.sqlite"], run_b.run_id)
+    with sqlite3.connect(both / "audit.sqlite") as conn, sqlite3.connect(
+            runs["b"] / "audit.sqlite") as source:
+        record = source.execute("SELECT * FROM runs").fetchone()
+        conn.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(record))})", record)
+    with ResultStore(both / "audit.sqlite") as store:
+        run_a = next(r for r in store.runs() if r.run_id != run_b.run_id)
+    with pytest.raises(DiffError, match="A and B are the same run"):
+        compare_runs(both, both)
+    result = compare_runs(both, both, run_a=run_a.run_id[:6], run_b=run_b.run_id[:6])
+    reference = compare_runs(runs["a"], runs["b"])
+    assert result.table() == reference.table()
+    assert main(["diff", str(both), str(both), "--run-a", run_a.run_id, "--run-b",
+                 run_b.run_id[:4], "--fail-if", "map_similarity_p10<0.999"]) == 1
+    assert "FAIL" in capsys.readouterr().out
