@@ -137,3 +137,61 @@ def test_second_gpu():
     assert_matches_oracle(
         "triton", features, weights, (64, 64), relu=False, normalize=True, out_dtype=None
     )
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_split_k_is_bitwise_reproducible(channels_last):
+    """Launch 1 splits K over programs; launch 2 adds the parts in a fixed order."""
+    from camplug.kernels import triton_cam
+
+    features, weights = gpu_inputs(8, 2048, 7, 7, 3, dtype=torch.float16,
+                                   channels_last=channels_last)  # fmt: skip
+    p = triton_cam.plan_for(features, weights, (224, 224), relu=False, normalize=False,
+                            out_dtype=None)  # fmt: skip
+    assert p.splits > 1
+    runs = [cam(features, weights, (224, 224), normalize=False, backend="triton")
+            for _ in range(3)]  # fmt: skip
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_uint8_nan_maps_on_gpu():
+    from camplug.kernels import triton_cam
+
+    features, weights = gpu_inputs(4, 256, 7, 7, 2)
+    features[2, 7, 3, 3] = float("nan")
+    maps, nan_maps = triton_cam.cam_triton(features, weights, (64, 64), relu=False,
+                                           normalize=True, out_dtype=torch.uint8)  # fmt: skip
+    want = torch.zeros(4, 2, dtype=torch.bool, device="cuda")
+    want[2] = True
+    assert torch.equal(nan_maps, want) and (maps[2] == 0).all()
+
+
+class TestCudaGraph:
+    """triton_cam.CudaGraphCam: opt-in replay of repeated calls from captured graphs."""
+
+    def test_replay_matches_eager_and_follows_new_data(self):
+        from camplug.kernels import triton_cam
+
+        graphed = triton_cam.CudaGraphCam()
+        features, weights = gpu_inputs(16, 512, 7, 7, 2, dtype=torch.float16)
+        kw = {"relu": True, "normalize": True, "out_dtype": torch.uint8}
+        first, _ = graphed(features, weights, (224, 224), **kw)
+        eager, _ = triton_cam.cam_triton(features, weights, (224, 224), **kw)
+        assert torch.equal(first, eager)
+        features.copy_(torch.randn_like(features))  # same addresses: the graph replays
+        again, nan_maps = graphed(features, weights, (224, 224), **kw)
+        assert len(graphed._graphs) == 1 and again.data_ptr() == first.data_ptr()
+        eager, eager_nan = triton_cam.cam_triton(features, weights, (224, 224), **kw)
+        assert torch.equal(again, eager) and torch.equal(nan_maps, eager_nan)
+
+    def test_new_addresses_capture_new_graphs_up_to_the_limit(self):
+        from camplug.kernels import triton_cam
+
+        graphed = triton_cam.CudaGraphCam(max_graphs=2)
+        kw = {"relu": False, "normalize": True, "out_dtype": None}
+        tensors = [gpu_inputs(2, 64, 7, 7, 1, seed=s) for s in range(3)]
+        for features, weights in tensors:
+            maps, _ = graphed(features, weights, (32, 32), **kw)
+            eager, _ = triton_cam.cam_triton(features, weights, (32, 32), **kw)
+            assert torch.equal(maps, eager)
+        assert len(graphed._graphs) == 2

@@ -7,6 +7,8 @@ large shapes live in test_kernel_cuda.py. With a GPU the same cases run on CUDA.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -77,9 +79,64 @@ def test_class_counts_cover_both_accumulators_and_class_blocks(classes, channels
 def test_map_split_over_several_position_blocks(classes):
     """h*w larger than one block of low-res positions (several programs per map)."""
     features, weights = inputs(1, 6, 17, 16, classes, channels_last=True, seed=3)
-    settings = triton_cam.launch_settings(1, classes, 6, 17 * 16, 5, 5, num_sms=1)
-    assert settings.position_blocks > 1
+    p = triton_cam.plan_for(features, weights, (5, 5), relu=False, normalize=True,
+                            out_dtype=None)  # fmt: skip
+    assert not p.flat and p.position_blocks > 1
     check(features, weights, (5, 5))
+
+
+@pytest.fixture
+def many_splits(monkeypatch):
+    """Pretend to run on 132 SMs with 1 K step per split: launch 1 splits K widely."""
+    triton_cam.plan.cache_clear()
+    monkeypatch.setattr(triton_cam, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_cam, "_FLAT_MIN_STEPS", 1)
+    yield
+    triton_cam.plan.cache_clear()
+
+
+@pytest.fixture
+def flat_path(monkeypatch):
+    """Take the flat NCHW path even for short K loops (by default it needs many steps)."""
+    triton_cam.plan.cache_clear()
+    monkeypatch.setattr(triton_cam, "_FLAT_MIN_STEPS", 1)
+    yield
+    triton_cam.plan.cache_clear()
+
+
+@pytest.mark.parametrize("in_dtype", IN_DTYPES, ids=str)
+@pytest.mark.parametrize("classes", [1, 3, 4, "positional"], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize(("out_dtype", "relu"), [(None, False), (torch.uint8, True)], ids=str)
+def test_flat_nchw_path(flat_path, in_dtype, classes, out_dtype, relu):
+    """Contiguous NCHW samples streamed as flat vectors (h*w = 15 is not a multiple of the
+    vector width), several steps per program, folded per position at the end."""
+    positional = classes == "positional"
+    features, weights = inputs(2, 300, 3, 5, 2 if positional else classes, dtype=in_dtype,
+                               per_sample_weights=not positional,
+                               per_position_weights=positional, seed=16)  # fmt: skip
+    p = triton_cam.plan_for(features, weights, (6, 7), relu=relu, normalize=True,
+                            out_dtype=out_dtype)  # fmt: skip
+    assert p.flat and p.split_steps > 1
+    check(features, weights, (6, 7), relu=relu, out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize(
+    ("layout", "classes", "flat"),
+    [("nchw", 2, True), ("channels_last", 3, False), ("channels_last", 6, False),
+     ("positional", 2, True)],
+)  # fmt: skip
+def test_k_split_over_programs_is_exact_and_reproducible(many_splits, layout, classes, flat):
+    """Partial sums of K slices, added in a fixed order by launch 2: matches the oracle and
+    gives the same bits on every run."""
+    features, weights = inputs(2, 300, 3, 5, classes, dtype=torch.float16,
+                               channels_last=layout == "channels_last",
+                               per_position_weights=layout == "positional", seed=15)  # fmt: skip
+    p = triton_cam.plan_for(features, weights, (6, 7), relu=True, normalize=False,
+                            out_dtype=None)  # fmt: skip
+    assert p.flat == flat and p.splits > 2
+    first = check(features, weights, (6, 7), relu=True, normalize=False)
+    again, _ = run_triton(features, weights, (6, 7), relu=True, normalize=False)
+    assert torch.equal(first, again)
 
 
 def test_min_max_over_several_chunks():
@@ -169,8 +226,8 @@ def test_empty_result_launches_nothing(monkeypatch, batch, classes):
     def no_launch(*args, **kwargs):
         raise AssertionError("an empty result must not launch a kernel")
 
-    monkeypatch.setattr(triton_cam, "_weighted_sum_kernel", no_launch)
-    monkeypatch.setattr(triton_cam, "_normalize_upsample_kernel", no_launch)
+    for kernel in ("_tile_sum_kernel", "_flat_sum_kernel", "_map_kernel", "_output_kernel"):
+        monkeypatch.setattr(triton_cam, kernel, no_launch)
     features, weights = inputs(batch, 8, 3, 3, classes)
     out = cam(features, weights, (6, 7), out_dtype=torch.uint8, backend="triton")
     assert out.shape == (batch, classes, 6, 7) and out.dtype == torch.uint8
@@ -192,75 +249,127 @@ def test_matches_torch_backend_closely():
         assert (ours - ref).abs().max() <= (1 if out_dtype == torch.uint8 else 1e-6)
 
 
+def plan_of(features, weights, size, **kw):
+    flags = {"relu": False, "normalize": True, "out_dtype": None, **kw}
+    return triton_cam.plan_for(features, weights, size, **flags)
+
+
+def wide_flags(p):
+    return dict(p.weighted_sum.meta)["WIDE"], dict(p.output.meta)["WIDE"]
+
+
 class TestOffsets:
     """Offsets between samples and maps are always 64-bit; inside one sample or map they
     switch to 64-bit only when that sample or map passes 2**31 elements."""
 
-    def settings(self, features, weights, size):
-        b, k, h, w = features.shape
-        return triton_cam.launch_settings(b, weights.shape[-2], k, h * w, *size, num_sms=132)
-
     def test_big_batch_keeps_32_bit_offsets_inside_samples(self):
         features = torch.empty(257, 2048, 64, 64, device="meta")  # B*K*h*w > 2**31
         weights = torch.empty(257, 64, 2048, device="meta")
-        size = (1024, 1024)  # B*C*H*W > 2**31 as well
-        s = self.settings(features, weights, size)
-        assert triton_cam.wide_offsets(features, weights, size, s) == (False, False)
+        p = plan_of(features, weights, (1024, 1024))  # B*C*H*W > 2**31 as well
+        assert wide_flags(p) == (False, False)
 
     def test_huge_sample_or_map_switches_to_64_bit(self):
         features = torch.empty(1, 2**19, 64, 64, device="meta").to(
             memory_format=torch.channels_last
         )
         weights = torch.empty(3, 2**19, device="meta")
-        s = self.settings(features, weights, (8, 8))
-        assert triton_cam.wide_offsets(features, weights, (8, 8), s) == (True, False)
+        assert wide_flags(plan_of(features, weights, (8, 8))) == (True, False)
         small = torch.empty(1, 4, 7, 7, device="meta")
-        s = self.settings(small, weights[:, :4], (50_000, 50_000))
-        assert triton_cam.wide_offsets(small, weights[:, :4], (50_000, 50_000), s) == (False, True)
+        assert wide_flags(plan_of(small, weights[:, :4], (50_000, 50_000))) == (False, True)
 
-    @pytest.mark.parametrize("classes", [2, 6], ids=lambda c: f"C{c}")
+    @pytest.mark.parametrize(
+        ("classes", "layout"),
+        [(2, "nchw"), (2, "channels_last"), (6, "channels_last"), (2, "positional")],
+    )
     @pytest.mark.parametrize(("size", "out_dtype"), [((5, 7), None), (None, torch.uint8)])
-    def test_64_bit_offset_path(self, monkeypatch, classes, size, out_dtype):
+    def test_64_bit_offset_path(self, monkeypatch, classes, layout, size, out_dtype):
         """Force the int64 path on tiny tensors: same results as the int32 path."""
+        triton_cam.plan.cache_clear()
         monkeypatch.setattr(triton_cam, "_INT32_LIMIT", 1)
-        features, weights = inputs(2, 9, 3, 4, classes, channels_last=True,
-                                   per_sample_weights=True, seed=14)  # fmt: skip
-        s = self.settings(features, weights, size or (3, 4))
-        assert triton_cam.wide_offsets(features, weights, size or (3, 4), s) == (True, True)
-        check(features, weights, size, relu=True, out_dtype=out_dtype)
+        try:
+            features, weights = inputs(2, 9, 3, 4, classes, seed=14,
+                                       channels_last=layout == "channels_last",
+                                       per_sample_weights=layout != "positional",
+                                       per_position_weights=layout == "positional")  # fmt: skip
+            assert wide_flags(plan_of(features, weights, size or (3, 4))) == (True, True)
+            check(features, weights, size, relu=True, out_dtype=out_dtype)
+        finally:
+            triton_cam.plan.cache_clear()
 
 
 class TestLaunchSettings:
-    """The one helper that picks block sizes and grids."""
+    """``plan``: the one cached function that picks block sizes, splits and grids."""
 
-    def test_small_batch_still_fills_an_h100(self):
-        s = triton_cam.launch_settings(1, 1, 2048, 49, 224, 224, num_sms=132)
-        assert s.tiles_per_map >= 4 * 132
-        assert s.position_blocks > 1  # the one sample's map is split too
-        assert s.block_h * s.block_w <= triton_cam._TILE_ELEMENTS
+    def setup(self, batch, classes, channels=2048, hw=(7, 7), size=(224, 224), **kw):
+        features = torch.empty(batch, channels, *hw, dtype=torch.float16, device="meta")
+        if kw.pop("channels_last", False):
+            features = features.to(memory_format=torch.channels_last)
+        weights = torch.empty(classes, channels, device="meta")
+        return triton_cam.plan(
+            tuple(features.shape), features.stride(), 2, (1, *weights.shape),
+            (0, *weights.stride()), size, 132, False, True, False,
+        )  # fmt: skip
 
-    def test_large_batch_uses_full_tiles(self):
-        s = triton_cam.launch_settings(256, 1, 2048, 49, 224, 224, num_sms=132)
-        assert s.block_w == 256 and s.block_h * s.block_w == triton_cam._TILE_ELEMENTS
-        assert s.sum_grid == 1 and not s.use_dot  # one program reads a whole sample
+    @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+    def test_small_batch_still_fills_an_h100(self, channels_last):
+        p = self.setup(1, 1, channels_last=channels_last)
+        assert p.splits > 1 and p.weighted_sum.grid[0] >= 64  # K is split across programs
+        assert math.prod(p.output.grid) >= 132
+
+    @pytest.mark.parametrize("batch", [8, 256, 1024])
+    def test_flat_path_only_when_each_program_has_many_steps(self, batch):
+        p = self.setup(batch, 1)
+        assert p.flat == (batch == 1024)
+        assert p.flat == (p.split_steps >= triton_cam._FLAT_MIN_STEPS)
+        assert not self.setup(batch, 1, channels_last=True).flat
+
+    def test_large_batch_walks_whole_rows(self):
+        p = self.setup(256, 1)
+        assert p.block_w == 256 and p.col_tiles == 1  # 224 px rows in one vector pass
+        assert p.block_h * p.block_w == triton_cam._OUT_TILE
+        assert (p.row_groups - 1) * p.row_steps * p.block_h < 224 <= (
+            p.row_groups * p.row_steps * p.block_h
+        )
+        assert p.weighted_sum.grid[0] >= triton_cam._PROGRAMS_PER_SM * 132
+
+    @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+    def test_tile_does_not_shrink_for_up_to_four_classes(self, channels_last):
+        tiles = set()
+        for classes in (1, 2, 3, 4):
+            meta = dict(self.setup(8, classes, channels_last=channels_last).weighted_sum.meta)
+            tile = meta["BLOCK_L"] if "BLOCK_L" in meta else meta["BLOCK_K"] * meta["BLOCK_S"]
+            tiles.add(tile)
+        assert tiles == {triton_cam._SUM_TILE}
 
     @pytest.mark.parametrize("classes", [1, 4, 5, 64, 65, 200])
-    @pytest.mark.parametrize("hw", [1, 49, 196, 4096])
-    def test_blocks_cover_every_class_and_position(self, classes, hw):
-        s = triton_cam.launch_settings(8, classes, 512, hw, 1024, 1000, num_sms=132)
-        assert s.block_c * s.class_blocks >= classes
-        assert s.block_c <= 64
-        assert s.block_s * s.position_blocks >= hw
-        assert s.block_h * s.row_tiles >= 1024 and s.block_w * s.col_tiles >= 1000
-        if s.use_dot:
-            assert min(s.block_c, s.block_k, s.block_s) >= 16  # tl.dot's minimum
+    @pytest.mark.parametrize("hw", [(1, 1), (7, 7), (14, 14), (64, 64)], ids=str)
+    @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+    def test_blocks_cover_every_class_position_and_channel(self, classes, hw, channels_last):
+        p = self.setup(8, classes, 512, hw, (1024, 1000), channels_last=channels_last)
+        meta = dict(p.weighted_sum.meta)
+        assert meta["BLOCK_C"] * p.class_blocks >= classes and meta["BLOCK_C"] <= 64
+        k_step = meta["CHANNELS"] if p.flat else meta["BLOCK_K"]
+        assert p.splits * p.split_steps * k_step >= 512
+        assert (p.splits - 1) * p.split_steps * k_step < 512  # no empty split
+        if p.flat:
+            assert meta["CHANNELS"] * hw[0] * hw[1] <= meta["BLOCK_L"]
+            assert meta["CHANNELS"] % meta["VEC"] == 0 and meta["VEC"] == 16 // 2
         else:
-            assert s.block_c * s.block_k * s.block_s <= triton_cam._SUM_REGISTER_BUDGET
+            assert meta["BLOCK_S"] * p.position_blocks >= hw[0] * hw[1]
+            if meta["USE_DOT"]:
+                assert min(meta["BLOCK_C"], meta["BLOCK_K"], meta["BLOCK_S"]) >= 16
+        assert p.block_h * p.row_steps * p.row_groups >= 1024
+        assert p.block_w * p.col_tiles >= 1000
 
     def test_features_are_read_once_for_up_to_64_classes(self):
         for classes in (1, 7, 64):
-            s = triton_cam.launch_settings(4, classes, 2048, 49, 224, 224, num_sms=132)
-            assert s.class_blocks == 1
+            assert self.setup(4, classes).class_blocks == 1
+
+    def test_repeated_shapes_hit_the_cache(self):
+        first = self.setup(3, 2)
+        hits = triton_cam.plan.cache_info().hits
+        assert self.setup(3, 2) is first
+        assert triton_cam.plan.cache_info().hits == hits + 1
 
 
 def run_triton(features, weights, size, *, relu=False, normalize=True, out_dtype=None):
@@ -364,3 +473,11 @@ class TestNanReport:
         features, weights = inputs(0, 4, 3, 3, 2)
         maps, nan_maps = run_triton(features, weights, (4, 4), out_dtype=torch.uint8)
         assert maps.shape == (0, 2, 4, 4) and nan_maps.shape == (0, 2)
+
+
+def test_cuda_graph_replay_refuses_cpu_tensors():
+    """CudaGraphCam (opt-in CUDA-graph replay) is exercised in test_kernel_cuda.py."""
+    features, weights = make_inputs(1, 4, 3, 3, 1)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        triton_cam.CudaGraphCam()(features, weights, (4, 4), relu=False, normalize=True,
+                                  out_dtype=None)  # fmt: skip
