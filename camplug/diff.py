@@ -156,7 +156,8 @@ class AuditSide:
 
     @property
     def name(self) -> str:
-        return f"{self.label}: {self.record.model} ({self.record.run_id}, {self.db_path})"
+        """The model, run id and results file, for display."""
+        return f"{self.record.model} ({self.record.run_id}, {self.db_path})"
 
 
 def results_file(path: str | Path) -> Path:
