@@ -8,8 +8,10 @@ summary section) shows each definition's ``table_rows``. Adding a metric is addi
 ``METRICS``.
 
 Evidence every run stores whatever the metrics (``SampleRow`` columns): prediction, score,
-label_score, ``box_ious`` / ``box_ious_v1`` (best IoU per CAM threshold, all boxes / largest
-box) and ``pixel_counts`` (tp, fp, fn per PxAP threshold, samples with a mask).
+label_score, the low-resolution maps of label and prediction, ``box_ious`` / ``box_ious_v1``
+(best IoU per CAM threshold, all boxes / largest box; samples with boxes) and ``pixel_counts``
+(tp, fp, fn per PxAP threshold, samples with a mask). Samples without boxes (labels-only) get
+every metric whose definition has ``needs_boxes=False``.
 """
 
 from __future__ import annotations

@@ -170,3 +170,16 @@ def test_the_command_line_audits_an_image_folder(tmp_path, capsys):
     assert run.config["border_fraction"] == 0.2
     assert run.config["flags"]["high_confidence"] == 0.7
     assert run.config["class_names"] == ["a", "b", "c"]
+
+
+def test_worker_processes_give_the_same_rows(labels_run, tmp_path):
+    model, ds, summary, rows, _ = labels_run
+    again = run_audit(model, ds, out_dir=tmp_path, batch_size=4, thresholds=GRID,
+                      report=False, faithfulness=True, faithfulness_steps=2, num_workers=1)
+    assert again.run_id == summary.run_id  # workers do not change the results
+    with ResultStore(tmp_path / "audit.sqlite") as store:
+        other = store.rows(again.run_id)
+    for a, b in zip(rows, other, strict=True):
+        assert (a.sample_id, a.prediction, a.error, a.flags) == (
+            b.sample_id, b.prediction, b.error, b.flags)
+        assert a.metrics == pytest.approx(b.metrics)
