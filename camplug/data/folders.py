@@ -263,7 +263,8 @@ class AnnotatedImageFolder(torch.utils.data.Dataset):
         size = self.image_size
         if size is not None and size[0] != size[1]:
             return None
-        return {"spec": str(self.root), "annotations": self.annotations and str(self.annotations),
+        return {"spec": str(self.root.resolve()),
+                "annotations": self.annotations and str(self.annotations.resolve()),
                 "annotation_format": self.annotation_format, "image_size": size[0] if size else 0,
                 "mean": list(self.mean), "std": list(self.std),
                 "class_names": self.requested_class_names}
