@@ -35,6 +35,7 @@ _LAZY_ATTRIBUTES = {
     **{name: ("camplug.api", name)
        for name in ("CamResult", "attach", "decorate", "describe", "explain", "undecorate")},
     "CamCapture": ("camplug.capture", "CamCapture"),
+    "CamModel": ("camplug.deploy", "CamModel"),
     "cam": ("camplug.kernels", "cam"),
     "ClassActivationMap": ("camplug.captum.attribution", "ClassActivationMap"),
     "compare": ("camplug.comparison.harness", "compare"),
