@@ -266,7 +266,8 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     # by qualified name and source, not module name: a file imported by path gets a module
     # name that differs between processes
-    sources = sorted({(t.__qualname__, _class_source(t)) for t in map(type, model.modules())})
+    # each class once (inspect parses the class's whole file per call)
+    sources = sorted((t.__qualname__, _class_source(t)) for t in set(map(type, model.modules())))
     for name, source in sources:
         digest.update(name.encode() + b"\0" + source)
     digest.update(_FACTORY_SOURCES.get(model, b""))
