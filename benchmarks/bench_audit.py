@@ -14,7 +14,9 @@ num_workers=--workers)``:
 
 Rounds alternate bare and audit (order flipped each round) so drifting machine load biases
 neither; the ratio is ``median(audit images/s) / median(bare images/s)`` (target >= 0.8), also
-from the best times. The machine is shared: the load average before and after is recorded.
+from the best times and from the process CPU time (``--workers 0``: all work is in this
+process), the robust figure on a shared machine. The load average before and after is
+recorded.
 
 ``python benchmarks/bench_audit.py [--images 2000] [--batch-size 64] [--workers 0]
 [--rounds 2] [--threads T] [--device cpu]`` prints the numbers and writes JSON under
@@ -99,8 +101,9 @@ def export_image_folder(root: Path, n: int, size: int) -> None:
 
 
 def bare_pass(model: nn.Module, data, batch_size: int, workers: int,
-              device: torch.device) -> float:
-    """Seconds of one pass: the audit's DataLoader and ``model(images)`` per batch."""
+              device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one pass: the audit's DataLoader and
+    ``model(images)`` per batch."""
     from torch.utils.data import DataLoader
 
     from camplug.audit.batches import GuardedDataset, collate
@@ -110,28 +113,29 @@ def bare_pass(model: nn.Module, data, batch_size: int, workers: int,
                                                                      batch_size),
                         collate_fn=collate, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for batch in loader:
             model(batch.images.to(device, non_blocking=True))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def audit_pass(model: nn.Module, data, batch_size: int, workers: int, device: torch.device,
-               out: Path) -> tuple[float, float]:
-    """(seconds of the whole ``run_audit`` call, the run's own images/s)."""
+               out: Path) -> tuple[float, float, float]:
+    """(wall seconds, process CPU seconds of the whole ``run_audit`` call, the run's own
+    images/s)."""
     from camplug.audit import run_audit
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = run_audit(model, data, out_dir=out, batch_size=batch_size, num_workers=workers,
                         device=device, report=False, fresh=True, progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert summary.n_errors == 0 and summary.n_stored == len(data)
-    return seconds, float(summary.images_per_second)
+    return seconds, cpu, float(summary.images_per_second)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     from camplug.data.folders import open_dataset
 
     model = ResNet18Like().eval().to(device)
-    bare, audit, audit_loop = [], [], []
+    bare, audit, audit_loop, bare_cpu, audit_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         started = time.perf_counter()
@@ -165,11 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
             order = ("bare", "audit") if r % 2 == 0 else ("audit", "bare")
             for side in order:
                 if side == "bare":
-                    bare.append(bare_pass(model, data, args.batch_size, args.workers, device))
+                    seconds, cpu = bare_pass(model, data, args.batch_size, args.workers, device)
+                    bare.append(seconds)
+                    bare_cpu.append(cpu)
                 else:
-                    seconds, ips = audit_pass(model, data, args.batch_size, args.workers,
-                                              device, Path(tmp) / "out")
+                    seconds, cpu, ips = audit_pass(model, data, args.batch_size, args.workers,
+                                                   device, Path(tmp) / "out")
                     audit.append(seconds)
+                    audit_cpu.append(cpu)
                     audit_loop.append(ips)
             print(f"round {r + 1}: bare {args.images / bare[-1]:.1f} img/s, audit "
                   f"{args.images / audit[-1]:.1f} img/s (call), {audit_loop[-1]:.1f} img/s "
@@ -191,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_call_median": statistics.median(bare) / statistics.median(audit),
         "ratio_loop_median": statistics.median(audit_loop) / bare_ips,
         "ratio_call_best": min(bare) / min(audit),
+        "bare_cpu_seconds": bare_cpu, "audit_call_cpu_seconds": audit_cpu,
+        "ratio_call_cpu_median": statistics.median(bare_cpu) / statistics.median(audit_cpu),
         "target_ratio": 0.8,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "note": "shared machine: other jobs ran at the same time (see the load averages)",
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"bare {bare_ips:.1f} img/s; audit {report['audit_call_images_per_second']:.1f} "
           f"img/s (whole call), {report['audit_loop_images_per_second_median']:.1f} img/s "
           f"(scoring loop); ratio {report['ratio_call_median']:.3f} (call), "
-          f"{report['ratio_loop_median']:.3f} (loop); {path}")
+          f"{report['ratio_loop_median']:.3f} (loop), {report['ratio_call_cpu_median']:.3f} "
+          f"(call, process CPU time); {path}")
     return report
 
 
