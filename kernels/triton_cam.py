@@ -58,7 +58,8 @@ _MIN_STEPS_PER_SPLIT = 1  # ... down to one K step per program (batch 1-8: laten
 _OUT_TILE = 2048  # output elements per step of launch 3
 _OUT_PROGRAMS_PER_SM = 2  # launch 3 splits maps into row groups until it has this many
 _ROW_TILE = 1024  # row elements per step of launch 2's x interpolation
-_MINMAX_CHUNK = 1024  # low-res values per step of launch 2's reduction
+_MINMAX_CHUNK = 4096  # partial values (splits x positions) per step of launch 2's reduction
+_MAX_SPLITS = 128  # launch 1 splits K into at most this many slices
 _VECTOR_BYTES = 16  # widest global load/store
 _INT32_LIMIT = 2**31  # per-element offsets at or past this switch to int64
 
@@ -275,6 +276,7 @@ def _map_kernel(
     NORMALIZE: tl.constexpr,
     RESAMPLE: tl.constexpr,
     NAN_FLAGS: tl.constexpr,
+    SPLITS_P2: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_X: tl.constexpr,
@@ -290,9 +292,12 @@ def _map_kernel(
     for start in range(0, HW, BLOCK_HW):
         offs = start + tl.arange(0, BLOCK_HW)
         mask = offs < HW
-        v = tl.load(low + offs, mask=mask, other=0.0)
-        for split in range(1, SPLITS):  # fixed order: bitwise reproducible
-            v += tl.load(low + split * SPLIT_STRIDE + offs, mask=mask, other=0.0)
+        # All partial maps of these positions in one load (one memory round trip, not one
+        # per split), added by a reduction tree of fixed shape: bitwise reproducible.
+        split = tl.arange(0, SPLITS_P2)
+        parts_mask = (split < SPLITS)[:, None] & mask[None, :]
+        parts = low + split[:, None].to(tl.int64) * SPLIT_STRIDE + offs[None, :]
+        v = tl.sum(tl.load(parts, mask=parts_mask, other=0.0), axis=0)
         if RELU:
             v = tl.where(v < 0.0, 0.0, v)  # keeps NaN, unlike maximum()
         tl.store(low + offs, v, mask=mask)
@@ -423,7 +428,7 @@ def _source_scale(in_size: int, out_size: int) -> float:
 def _splits(programs: int, steps: int, num_sms: int) -> tuple[int, int]:
     """(splits, steps per split) of a K loop of ``steps`` steps, ``programs`` programs each."""
     want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, max(programs, 1))
-    splits = max(1, min(want, steps // _MIN_STEPS_PER_SPLIT))
+    splits = max(1, min(want, steps // _MIN_STEPS_PER_SPLIT, _MAX_SPLITS))
     split_steps = triton.cdiv(steps, splits)
     return triton.cdiv(steps, split_steps), split_steps
 
@@ -539,7 +544,8 @@ def plan(
     map_pass = Launch(
         grid=(batch * classes,),
         meta=(("RELU", relu), ("NORMALIZE", normalize), ("RESAMPLE", resample),
-              ("NAN_FLAGS", out_uint8), ("BLOCK_HW", min(_pow2(hw), _MINMAX_CHUNK)),
+              ("NAN_FLAGS", out_uint8), ("SPLITS_P2", _pow2(splits)),
+              ("BLOCK_HW", max(16, min(_pow2(hw), _MINMAX_CHUNK // _pow2(splits)))),
               ("BLOCK_I", max(1, min(_pow2(h), _ROW_TILE // block_x))), ("BLOCK_X", block_x)),
         num_warps=4,
     )  # fmt: skip

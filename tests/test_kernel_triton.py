@@ -139,13 +139,21 @@ def test_k_split_over_programs_is_exact_and_reproducible(many_splits, layout, cl
     assert torch.equal(first, again)
 
 
-def test_min_max_over_several_chunks():
-    """A low-res map longer than one min/max chunk (33 * 32 > 1024 values)."""
-    features, _ = inputs(1, 3, 33, 32, 1, seed=4)
-    weights = torch.tensor([[1.0, 0.5, 0.25]], device=DEVICE)
-    features[0, :, 32, 20] = 40.0  # the maximum (70) and minimum (-70) of the map both sit
-    features[0, :, 32, 5] = -40.0  # in the second chunk (flat positions 1044 and 1029)
-    check(features, weights, (9, 8))
+def test_min_max_over_several_chunks(monkeypatch):
+    """A low-res map longer than one step of launch 2's reduction (1056 > 256 values)."""
+    triton_cam.plan.cache_clear()
+    monkeypatch.setattr(triton_cam, "_MINMAX_CHUNK", 256)
+    try:
+        features, _ = inputs(1, 3, 33, 32, 1, seed=4)
+        weights = torch.tensor([[1.0, 0.5, 0.25]], device=DEVICE)
+        features[0, :, 32, 20] = 40.0  # the maximum (70) and minimum (-70) of the map both
+        features[0, :, 32, 5] = -40.0  # sit in the last step (flat positions 1044 and 1029)
+        p = triton_cam.plan_for(features, weights, (9, 8), relu=False, normalize=True,
+                                out_dtype=None)  # fmt: skip
+        assert dict(p.map_pass.meta)["BLOCK_HW"] * 4 < 33 * 32
+        check(features, weights, (9, 8))
+    finally:
+        triton_cam.plan.cache_clear()
 
 
 def test_long_channel_loop():
