@@ -323,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     path = write_report(report, "kernel_static", now, args.out)
     print(markdown(reports))
-    print(f"\nhost: launch settings of a repeated shape in {report['host_plan_us_cache_hit']} us "
-          "(median, cached plan, this CPU)")
+    print(
+        f"\nhost: launch settings of a repeated shape in {report['host_plan_us_cache_hit']} us "
+        "(median, cached plan, this CPU)"
+    )
     print(f"\nwrote {path}")
     return 0
 

@@ -335,8 +335,10 @@ class TestLaunchSettings:
         p = self.setup(256, 1)
         assert p.block_w == 256 and p.col_tiles == 1  # 224 px rows in one vector pass
         assert p.block_h * p.block_w == triton_cam._OUT_TILE
-        assert (p.row_groups - 1) * p.row_steps * p.block_h < 224 <= (
-            p.row_groups * p.row_steps * p.block_h
+        assert (
+            (p.row_groups - 1) * p.row_steps * p.block_h
+            < 224
+            <= (p.row_groups * p.row_steps * p.block_h)
         )
         assert p.weighted_sum.grid[0] >= triton_cam._PROGRAMS_PER_SM * 132
 
