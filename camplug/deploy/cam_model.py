@@ -19,10 +19,11 @@ are not. A torch-function mode is traced by Dynamo, runs as plain Python under t
 
 The maps are computed with traceable tensor code only: targets by ``argmax`` / ``topk``; weights
 by folding the head, the gradient methods' closed forms from the head's Jacobian written out
-without autograd (:mod:`camplug.deploy.head`); the map itself by
-``camplug.kernels.reference.cam_reference`` (the
-CPU fast path of ``camplug.kernels.cam`` writes into preallocated outputs, which export and ONNX
-cannot express). The logits keep their autograd graph; the maps are detached.
+without autograd (:mod:`camplug.deploy.head`); the map itself by :func:`render`, the eager
+reference of ``camplug.kernels`` on every device (the CPU fast path of ``camplug.kernels.cam``
+writes into preallocated outputs, which export and ONNX cannot express, and the Triton kernel
+is no registered custom op yet, so the tracers cannot keep it as one op). The logits keep
+their autograd graph; the maps are detached.
 """
 
 from __future__ import annotations

@@ -129,6 +129,31 @@ def test_model_changing_its_features_in_place_after_pooling():
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["resnet", "convnext"])
+def test_under_autocast(name):
+    case, model = family(name)
+    x = images(2, case.size)
+    deployed = CamModel(model, method="gradcam")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, maps = deployed(x)
+        expected = _explain(model, x, "gradcam")
+    assert logits.dtype == torch.bfloat16 and maps.dtype == torch.float32
+    torch.testing.assert_close(maps, expected.maps, rtol=0, atol=1e-6)
+
+
+def test_threads_each_see_their_own_forward():
+    from concurrent.futures import ThreadPoolExecutor
+
+    case, model = family("densenet")
+    deployed = CamModel(model, topk=2)
+    batches = [images(2, case.size, seed=seed) for seed in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda x: deployed(x)[1], batches))
+    for x, maps in zip(batches, results, strict=True):
+        torch.testing.assert_close(maps, _explain(model, x, "cam", topk=2).maps, rtol=0,
+                                   atol=1e-6)
+
+
 def test_logits_keep_their_graph_and_maps_are_detached():
     case, model = family("resnet")
     logits, maps = CamModel(model)(images(2, case.size))
