@@ -211,6 +211,13 @@ class CamModel(nn.Module):
                 "batch only (dynamic_shapes=({0: Dim('batch')},)), once per input size"
             )
         features = to_feature_map(self.head, tap.captured, input_size)
+        if features.dim() != 4 or features.shape[1] != self.head.num_features:
+            raise RuntimeError(
+                f"the tensor taken as the features ({self.site.describe()}) has shape "
+                f"{list(features.shape)}, not [B, {self.head.num_features}, h, w]: the model "
+                "made other torch calls than in the probe at construction (eval mode); a "
+                "model whose forward depends on its mode must run in eval mode here"
+            )
         return logits, self._maps(features, logits.detach(), input_size)
 
     def _maps(self, features: torch.Tensor, logits: torch.Tensor,

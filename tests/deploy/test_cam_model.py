@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from deploy_references import FAMILIES, family, reference_maps
 from kernel_oracle import expected_output
 from models import UNSUPPORTED, build, images
@@ -152,6 +153,31 @@ def test_threads_each_see_their_own_forward():
     for x, maps in zip(batches, results, strict=True):
         torch.testing.assert_close(maps, _explain(model, x, "cam", topk=2).maps, rtol=0,
                                    atol=1e-6)
+
+
+class _ExtraPoolingInTraining(nn.Module):
+    """Pools its input once more in training mode only, before the head's pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = x + 0 * F.adaptive_avg_pool2d(x, 1)
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1).flatten(1))
+
+
+def test_a_forward_taking_another_path_is_reported():
+    torch.manual_seed(0)
+    model = _ExtraPoolingInTraining()
+    deployed = CamModel(model.train())  # the probes run in eval mode
+    with pytest.raises(RuntimeError, match=r"has shape \[2, 3, 16, 16\], not \[B, 6, h, w\]"):
+        deployed(images(2, 16))
+    model.eval()
+    torch.testing.assert_close(deployed(images(2, 16))[1],
+                               camplug.explain(model, images(2, 16)).maps, rtol=0, atol=1e-6)
 
 
 def test_logits_keep_their_graph_and_maps_are_detached():
