@@ -12,6 +12,7 @@ from .capture import CamCapture
 from .discovery.heads import HeadInfo, LayerSpec, OutputSelector, find_head
 from .discovery.layers import FeatureLayer, find_feature_layer
 from .errors import UnsupportedHeadError
+from .methods import Method
 from .options import SizeSpec
 
 DECORATION_ATTRIBUTE = "cam"
@@ -80,7 +81,7 @@ def explain(
     x: torch.Tensor,
     target: Any = None,
     *,
-    method: str = "cam",
+    method: str | Method = "cam",
     topk: int | None = None,
     layer: LayerSpec = None,
     output: OutputSelector = None,
@@ -110,7 +111,7 @@ def explain(
             with torch.no_grad():
                 model(x)
         targets = capture.resolve_targets(target, topk)
-        maps = capture.maps(targets, method=chosen.name, size=size, relu=relu,
+        maps = capture.maps(targets, method=chosen, size=size, relu=relu,
                             normalize=normalize, out_dtype=out_dtype)
         return CamResult(capture.logits, maps, targets, chosen.name)
 

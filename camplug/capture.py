@@ -512,10 +512,7 @@ class CamCapture:
         """The exact head, checked to be the one (with the weights) the last forward used."""
         forward = self._ready()
         if self._head is None:
-            raise UnsupportedHeadError(
-                f"{self._head_error} (method='cam' needs an exact head: use method='gradcam', "
-                "or method='auto' to pick CAM where possible)"
-            )
+            raise UnsupportedHeadError(f"{self._head_error} (method='cam' needs an exact head)")
         changed = [t for t, version in forward.head_stamp if t._version != version]
         if changed:
             raise RuntimeError(
@@ -566,7 +563,7 @@ class CamCapture:
         """Class indices int64 [B, C] (see ``camplug.targets.resolve_targets``)."""
         return resolve_targets(self.logits, target, topk)
 
-    def resolve_method(self, method: str = "cam") -> methods.Method:
+    def resolve_method(self, method: str | methods.Method = "cam") -> methods.Method:
         """The method ``maps(method=...)`` runs (``"auto"``: CAM on an exact head, else
         Grad-CAM); known once the head is discovered."""
         return methods.resolve(method, self.exact_head)
@@ -652,7 +649,7 @@ class CamCapture:
         self,
         target: Any = None,
         *,
-        method: str = "cam",
+        method: str | methods.Method = "cam",
         topk: int | None = None,
         size: SizeSpec = "input",
         relu: bool | None = None,

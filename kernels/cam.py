@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Literal
 
@@ -10,6 +9,7 @@ import torch
 
 from .checks import check_cam_inputs, check_output_fits, normalize_size, num_classes
 from .cpu_cam import cam_cpu
+from .environment import triton_interpreter
 from .reference import cam_reference
 
 Backend = Literal["auto", "torch", "triton"]
@@ -24,7 +24,7 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
         return "triton is not installed (pip install triton, Linux x86_64 only)"
     if device.type == "cuda":
         return None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+    if device.type == "cpu" and triton_interpreter():
         return None
     return (
         f"the triton backend runs on CUDA tensors, or on CPU tensors when the environment "

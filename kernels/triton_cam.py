@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,11 +40,12 @@ import triton
 import triton.language as tl
 
 from .checks import num_classes
+from .environment import triton_interpreter
 from .semantics import CONSTANT_RTOL, EPS
 
 _EPS = tl.constexpr(EPS)
 _CONSTANT_RTOL = tl.constexpr(CONSTANT_RTOL)
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on")
+_INTERPRET = triton_interpreter()
 
 # Launch settings: every block size, warp count and split count is chosen here.
 _SUM_TILE = 2048  # feature elements per step of launch 1's elementwise tile
