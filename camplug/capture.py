@@ -342,6 +342,10 @@ class CamCapture:
         key = HEAD_CACHE.key(self.model, args, kwargs, layer=self._layer, output=self.output,
                              single_sample=_single_sample(args, kwargs))
         cached = HEAD_CACHE.get(self.model, key) if key is not None else None
+        if isinstance(cached, layers.FeatureLayer):
+            self._head_error = UnsupportedHeadError(cached.reason)
+            self._install_feature_layer(cached)
+            return
         if cached is not None:
             self._head = cached
             self._install(cached.capture)
@@ -354,6 +358,8 @@ class CamCapture:
             except UnsupportedHeadError as error:
                 self._head_error = error
                 self._discover_feature_layer(probe_args, probe_kwargs)
+                if self._feature_layer is not None and attempt == 0 and key is not None:
+                    HEAD_CACHE.put(self.model, key, self._feature_layer)
                 return
             except Exception as error:  # kept and raised by the accessors
                 self._head_error = error
@@ -372,6 +378,9 @@ class CamCapture:
                                               output=self.output, example_kwargs=kwargs)
         except (ValueError, RuntimeError):
             return  # the head's refusal stays the error raised by the accessors
+        self._install_feature_layer(found)
+
+    def _install_feature_layer(self, found: layers.FeatureLayer) -> None:
         self._feature_layer = found
         self._point_handles.append(self._names[found.module].register_forward_hook(
             self._counted(f"{found.module}:post", found.call, self._store_layer_output)))

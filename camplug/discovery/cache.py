@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 from .heads import HeadInfo, OutputSelector
+from .layers import FeatureLayer
 
 MAX_HEADS_PER_MODEL = 8  # call signatures kept per model state (e.g. several input sizes)
 MAX_STATES_PER_MODEL = 4  # states kept per model (e.g. a cache of its own empty and filled)
@@ -374,7 +375,7 @@ class _State:
 
     fingerprint: Fingerprint
     plan: _Plan | None
-    heads: OrderedDict[Hashable, tuple[Fingerprint, HeadInfo]] = field(
+    heads: OrderedDict[Hashable, tuple[Fingerprint, HeadInfo | FeatureLayer]] = field(
         default_factory=OrderedDict)
 
 
@@ -445,8 +446,9 @@ class HeadCache:
                 state.plan = None
         return None
 
-    def get(self, model: nn.Module, key: CacheKey) -> HeadInfo | None:
-        """The head cached for ``key``, if ``model`` is (again) in the state it describes."""
+    def get(self, model: nn.Module, key: CacheKey) -> HeadInfo | FeatureLayer | None:
+        """The head (or, for a model without an exact head, the feature layer) cached for
+        ``key``, if ``model`` is (again) in the state it describes."""
         with self._lock:
             entry = self._entry(model)
             state = self._state(entry, key.model) if entry is not None else None
@@ -467,7 +469,7 @@ class HeadCache:
                 return state
         return None
 
-    def put(self, model: nn.Module, key: CacheKey, head: HeadInfo) -> bool:
+    def put(self, model: nn.Module, key: CacheKey, head: HeadInfo | FeatureLayer) -> bool:
         """Cache ``head``, found by a probe from the state ``key`` describes, under that state
         and under the state the probe left (a forward that fills a cache of its own changes its
         model). Not when the head refers to the model itself. Returns whether it was stored."""
@@ -509,9 +511,11 @@ class HeadCache:
         return forget
 
 
-def _refers_to(head: HeadInfo, model: nn.Module) -> bool:
+def _refers_to(head: HeadInfo | FeatureLayer, model: nn.Module) -> bool:
     """Whether ``head``'s steps or capture point hold ``model`` itself (caching it would keep
-    the model alive)."""
+    the model alive). A FeatureLayer holds names and shapes only."""
+    if isinstance(head, FeatureLayer):
+        return False
     pending: list[Any] = [head.steps, head.capture.path]
     while pending:
         obj = pending.pop()

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 import torch
-from models import SUPPORTED, build, images
+from models import SUPPORTED, UNSUPPORTED, build, images
 from torch import nn
 
 import camplug
@@ -290,3 +290,17 @@ def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change):
     same = model_fingerprint(model).matches(before)
     assert same == (what in ("nothing", "mode flags"))
     assert plan.matches(model) == same
+
+
+def test_the_feature_layer_of_a_model_without_exact_head_is_cached_too():
+    """Gradient methods on VGG-like models re-probe once, not on every explain call."""
+    case = next(c for c in UNSUPPORTED if c.name == "vgg")
+    model = build(case).eval()
+    x = images(2, case.size)
+    counter = ProbeCounter(model)  # registered first: part of the cached fingerprint
+    first = camplug.explain(model, x, method="gradcam")
+    probes = counter.probes
+    again = camplug.explain(model, x, method="gradcam")
+    assert probes >= 1 and counter.probes == probes and again.method == "gradcam"
+    assert torch.equal(first.maps, again.maps)
+    counter.handle.remove()
