@@ -183,3 +183,26 @@ def test_worker_processes_give_the_same_rows(labels_run, tmp_path):
         assert (a.sample_id, a.prediction, a.error, a.flags) == (
             b.sample_id, b.prediction, b.error, b.flags)
         assert a.metrics == pytest.approx(b.metrics)
+
+
+def test_clipped_boxes_are_counted_and_boxes_wholly_outside_are_error_rows(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / name)
+    (root / "annotations.csv").write_text("filename,label,x0,y0,x1,y1\n"
+                                          "a.png,0,-5,2,10,40\nb.png,1,40,0,50,9\nc.png,1,,,,\n")
+    ds = open_dataset(str(root), image_size=SIZE)
+    summary = run_audit(TinyNet(classes=3), ds, out_dir=tmp_path / "out", thresholds=GRID,
+                        report=False)
+    with ResultStore(summary.db_path) as store:
+        a, b, c = store.rows(summary.run_id)
+    assert a.warnings == [f"box clipped: [-5.0, 2.0, 10.0, 40.0] reached outside the "
+                          f"{SIZE}x{SIZE} image"]
+    assert a.box_ious is not None and "energy_inside" in a.metrics
+    assert b.error == (f"ValueError: b.png: box [40.0, 0.0, 50.0, 9.0] lies wholly outside the "
+                       f"{SIZE}x{SIZE} image")
+    assert c.error is None and c.box_ious is None and "border_mass" in c.metrics
+    assert summary.warnings == {"box clipped": 1}
+    assert summary.max_box_acc_v2 is not None  # over the one sample with a box
