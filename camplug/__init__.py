@@ -40,7 +40,7 @@ _LAZY_ATTRIBUTES = {
     "ClassActivationMap": ("camplug.captum.attribution", "ClassActivationMap"),
     "compare": ("camplug.comparison.harness", "compare"),
     "run_audit": ("camplug.audit.pipeline", "run_audit"),
-    "overlay": ("camplug.overlay", "overlay"),
+    "overlay": ("camplug.drawing", "overlay"),
 }
 _LAZY_SUBPACKAGES = (
     "audit", "captum", "comparison", "data", "discovery", "kernels", "methods", "metrics", "zoo",

@@ -33,14 +33,14 @@ class CamResult(NamedTuple):
     method: str  # the method that made the maps (what "auto" chose)
 
     def _repr_png_(self) -> bytes:
-        """The notebook's image of the result (``camplug.overlay.result_png``)."""
-        from .overlay import result_png
+        """The notebook's image of the result (``camplug.drawing.result_png``)."""
+        from .drawing import result_png
 
         return result_png(self)
 
     def _repr_html_(self) -> str:
-        """The notebook's HTML of the result (``camplug.overlay.result_html``)."""
-        from .overlay import result_html
+        """The notebook's HTML of the result (``camplug.drawing.result_html``)."""
+        from .drawing import result_html
 
         return result_html(self)
 

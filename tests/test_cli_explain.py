@@ -14,7 +14,7 @@ from PIL import Image
 import camplug
 from camplug.cli import main
 from camplug.data.synthetic import MEAN, STD, SyntheticLocalization
-from camplug.overlay import overlay
+from camplug.drawing import overlay
 
 HELP_PROBE = """
 import sys

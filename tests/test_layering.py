@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("camplug.discovery",),
     ("camplug.capture", "camplug.methods"),
     ("camplug.api", "camplug.metrics", "camplug.data", "camplug.zoo", "camplug.deploy",
-     "camplug.overlay"),
+     "camplug.drawing"),
     ("camplug.captum", "camplug.comparison", "camplug.sanity"),
     ("camplug.audit", "camplug.diff"),
     ("camplug.cli", "camplug.__main__", "camplug"),

@@ -113,7 +113,7 @@ def class_label(names: Any, index: int) -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
-    from camplug.overlay import get_colormap
+    from camplug.drawing import get_colormap
 
     get_colormap(args.colormap)  # an unknown name fails before any work
     pictures = read_images(args.images)
@@ -125,7 +125,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     import camplug
     from camplug.data.folders import image_pixels
-    from camplug.overlay import overlay
+    from camplug.drawing import overlay
 
     model = load_model(args)
     if args.device:

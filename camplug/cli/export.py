@@ -98,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.png is not None:
         from PIL import Image
 
-        from camplug.overlay import get_colormap, heatmap, overlay
+        from camplug.drawing import get_colormap, heatmap, overlay
 
         get_colormap(args.colormap)  # an unknown name fails before any work
         data = _reopen(run.config, sys.stderr)

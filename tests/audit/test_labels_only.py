@@ -127,7 +127,7 @@ def test_per_class_accuracy_and_confusions(labels_run):
 
 def test_export_writes_the_stored_maps_and_overlays(labels_run, tmp_path, capsys):
     from camplug.audit.scoring import input_maps
-    from camplug.overlay import overlay
+    from camplug.drawing import overlay
 
     _, ds, summary, rows, out = labels_run
     npz, png = tmp_path / "maps.npz", tmp_path / "png"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from camplug.overlay import heatmap
+from camplug.drawing import heatmap
 
 from . import classes
 from .html import Section, image_tag, png_bytes, table_html

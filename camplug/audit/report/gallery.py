@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from camplug import metrics
-from camplug.overlay import overlay
+from camplug.drawing import overlay
 
 from .. import metric_table
 from ..batches import Sample, canonical_sample

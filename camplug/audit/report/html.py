@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camplug.overlay import overlay
+from camplug.drawing import overlay
 
 GT_COLOUR = (0, 200, 0)
 PRED_COLOUR = (230, 30, 30)

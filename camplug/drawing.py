@@ -1,4 +1,5 @@
-"""``camplug.overlay``: a class activation map drawn over its image, as uint8 RGB pixels.
+"""Drawing maps: ``overlay`` (``camplug.overlay``), a class activation map drawn over its image
+as uint8 RGB pixels; ``heatmap``; and the notebook display of ``CamResult``.
 
 The one place camplug turns an image and a map into a picture: the audit report, ``camplug
 explain`` and ``camplug export`` all call :func:`overlay`, and :func:`heatmap` colours a map
@@ -7,8 +8,6 @@ alone (how ``CamResult`` shows itself in Jupyter, where the input image is not a
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import numpy as np
@@ -251,15 +250,3 @@ def result_html(result: Any, colormap: str = DEFAULT_COLORMAP) -> str:
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return (f"<div><p><b>CamResult</b> ({html.escape(_shown(result))})</p>"
             f"<table>{''.join(rows)}</table></div>")
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`overlay`: importing ``camplug.overlay`` makes the package
-    attribute ``camplug.overlay`` this module (Python sets it on import), so
-    ``camplug.overlay(image, cam)`` keeps working after the first import."""
-
-    def __call__(self, image: Any, cam: Any, *, alpha: float = 0.5,
-                 colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
-        return overlay(image, cam, alpha=alpha, colormap=colormap)
-
-
-sys.modules[__name__].__class__ = _CallableModule
