@@ -19,11 +19,11 @@ are not. A torch-function mode is traced by Dynamo, runs as plain Python under t
 
 The maps are computed with traceable tensor code only: targets by ``argmax`` / ``topk``; weights
 by folding the head, the gradient methods' closed forms from the head's Jacobian written out
-without autograd (:mod:`camplug.deploy.head`); the map itself by :func:`render`, the eager
-reference of ``camplug.kernels`` on every device (the CPU fast path of ``camplug.kernels.cam``
-writes into preallocated outputs, which export and ONNX cannot express, and the Triton kernel
-is no registered custom op yet, so the tracers cannot keep it as one op). The logits keep
-their autograd graph; the maps are detached.
+without autograd (:mod:`camplug.deploy.head`); the map itself by :func:`render`: on CUDA the
+custom operator ``torch.ops.camplug.cam`` (the fused Triton kernel, one node for compile and
+export), elsewhere the eager reference of ``camplug.kernels`` (the CPU fast path of
+``camplug.kernels.cam`` writes into preallocated outputs, which export and ONNX cannot
+express). The logits keep their autograd graph; the maps are detached.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from ..discovery.heads import (
 )
 from ..errors import UnsupportedHeadError
 from ..kernels.checks import check_cam_inputs, normalize_size
+from ..kernels.ops import cam_op
 from ..kernels.reference import to_out_dtype, weighted_sum_reference
 from ..kernels.semantics import min_max_normalize
 from ..options import SizeSpec, resolve_size
@@ -58,6 +59,8 @@ from .tap import FeatureTap, TapSite, locate
 
 # Methods whose weights need no backward through the model on an exact head.
 DEPLOYABLE_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
+# Devices whose maps come from the custom operator torch.ops.camplug.cam (see ``render``).
+CUSTOM_OP_DEVICES = frozenset({"cuda"})
 
 
 def deployable_method(method: str | methods.Method) -> methods.Method:
@@ -239,10 +242,16 @@ class CamModel(nn.Module):
 
 def render(features: torch.Tensor, weights: torch.Tensor, out_size: tuple[int, int], *,
            relu: bool, normalize: bool, out_dtype: torch.dtype | None) -> torch.Tensor:
-    """``camplug.kernels.reference.cam_reference``'s maps [B, C, H, W] from features
-    [B, K, h, w] and weights [B, C, K], always resized: its "resize only when the size differs"
-    test guards on symbolic sizes (``1 + (H - 1) // 4 != H``) that ``torch.export`` cannot
-    prove for a dynamic height or width; a bilinear resize to the same size is the identity."""
+    """Maps [B, C, H, W] in ``out_dtype`` from features [B, K, h, w] and weights [B, C, K].
+
+    On ``CUSTOM_OP_DEVICES`` (CUDA): ``torch.ops.camplug.cam``, the fused Triton kernel as one
+    opaque node of the compiled or exported graph (ONNX has no translation for it: export
+    ONNX from a CamModel on the CPU). Elsewhere ``camplug.kernels.reference.cam_reference``'s
+    computation, always resized: its "resize only when the size differs" test guards on symbolic
+    sizes (``1 + (H - 1) // 4 != H``) that ``torch.export`` cannot prove for a dynamic height or
+    width; a bilinear resize to the same size is the identity."""
+    if features.device.type in CUSTOM_OP_DEVICES:
+        return cam_op(features, weights, out_size[0], out_size[1], relu, normalize, out_dtype)
     maps = weighted_sum_reference(features, weights)
     if relu:
         maps = maps.clamp_min(0)

@@ -14,6 +14,7 @@ from models import images
 from torch.export import Dim
 from torch_threads import single_intra_op_thread
 
+import camplug
 from camplug.deploy import CamModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
@@ -128,3 +129,29 @@ def test_onnx_runtime(name, method, out_dtype, tmp_path):
     # fp32 tolerance; uint8: a value at a rounding boundary may move one level
     _assert_same(got, deployed(x), atol=1e-5 if out_dtype == torch.float32 else 1,
                  what=f"{name} {method} onnxruntime batch 5")
+
+
+@pytest.fixture
+def custom_op_on_cpu(monkeypatch):
+    """Route the CPU maps through torch.ops.camplug.cam, as CUDA does (its CPU body is the
+    eager reference), to check the wiring and that the tracers keep it as one node."""
+    from camplug.deploy import cam_model
+
+    monkeypatch.setattr(cam_model, "CUSTOM_OP_DEVICES", frozenset({"cpu", "cuda"}))
+
+
+def test_custom_op_kept_as_one_node(custom_op_on_cpu):
+    case, model = family("convnext")
+    deployed = CamModel(model, method="gradcam++", topk=2, out_dtype=torch.uint8)
+    x = images(3, case.size, seed=2)
+    logits, maps = deployed(x)
+    expected = camplug.explain(model, x, method="gradcam++", topk=2, out_dtype=torch.uint8)
+    assert maps.dtype == torch.uint8
+    assert (maps.int() - expected.maps.int()).abs().max() <= 1
+    program = torch.export.export(deployed, (x,), dynamic_shapes=(BATCH,))
+    calls = [node for node in program.graph.nodes if "camplug.cam" in str(node.target)]
+    assert len(calls) == 1, program.graph
+    x5 = images(5, case.size, seed=8)
+    _assert_same(program.module()(x5), deployed(x5), what="exported with the custom op")
+    compiled = torch.compile(deployed, fullgraph=True, backend="aot_eager")
+    _assert_same(compiled(x5), deployed(x5), what="compiled with the custom op")
