@@ -22,12 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from camplug import metrics
 
+from ..comparison.registry import map_function
+from ..kernels.semantics import min_max_normalize
 from .batches import GuardedDataset, collate
 from .scoring import pixel_thresholds
 
@@ -38,13 +39,9 @@ NOISE_SIGMA = 1 / 16  # of the image side
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalization of [N, H, W] to [0, 1] (float32); flat maps become 0."""
-    flat = maps.detach().float().flatten(1)
-    low = flat.amin(1, keepdim=True)
-    span = flat.amax(1, keepdim=True) - low
-    out = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(torch.float32).tiny),
-                      torch.zeros_like(flat))
-    return out.clamp(0, 1).view_as(maps)
+    """Per-map min-max normalization of [N, H, W] to [0, 1] (float32) with the kernel's rule
+    (``camplug.kernels.semantics.min_max_normalize``): flat maps become 0."""
+    return min_max_normalize(maps.detach().float()).clamp(0, 1)
 
 
 def centre_gaussian(n: int, height: int, width: int, sigma: float = CENTRE_SIGMA,
@@ -65,12 +62,6 @@ def smoothed_random(n: int, height: int, width: int, generator: torch.Generator,
     noise = torch.rand(n, 1, height, width, generator=generator, dtype=torch.float64)
     blurred = metrics.gaussian_blur(noise, sigma * min(height, width))
     return minmax(blurred[:, 0]).to(device)
-
-
-def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[N, h, w] -> [N, H, W] bilinear (align_corners=False)."""
-    return F.interpolate(maps.float().unsqueeze(1), size=size, mode="bilinear",
-                         align_corners=False)[:, 0]
 
 
 @dataclass
@@ -137,38 +128,6 @@ def _cam_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torc
             model(images)
             maps = capture.maps(target=labels.unsqueeze(1), size="input", normalize=True)
         return maps[:, 0].float().clamp(0, 1)
-
-    return run
-
-
-def _grad_cam_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    from captum.attr import LayerGradCam
-
-    from camplug.discovery.heads import find_head
-
-    name = find_head(model).feature_module
-    if name is None:
-        raise ValueError("LayerGradCam needs a module whose output is CAM's feature map; "
-                         "this model computes it outside any module")
-    explainer = LayerGradCam(model, model.get_submodule(name))
-
-    def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        maps = explainer.attribute(images, target=labels, relu_attributions=True)
-        # as for CAM: normalize the low-resolution map, then upsample
-        return _upsample(minmax(maps[:, 0]), tuple(images.shape[-2:])).clamp(0, 1)
-
-    return run
-
-
-def _saliency_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    from captum.attr import Saliency
-
-    explainer = Saliency(model)
-
-    def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        grads = explainer.attribute(images.detach().clone().requires_grad_(True),
-                                    target=labels, abs=True)
-        return minmax(grads.detach().amax(dim=1))
 
     return run
 
@@ -249,7 +208,7 @@ def _runners(model: nn.Module, untrained: nn.Module | None, methods: Sequence[st
     makers = {
         "CAM": lambda: _cam_method(model),
         "untrained CAM": lambda: _cam_method(untrained),
-        "LayerGradCam": lambda: _grad_cam_method(model),
-        "Saliency": lambda: _saliency_method(model),
+        "LayerGradCam": lambda: map_function("LayerGradCam", model, relu_attributions=True),
+        "Saliency": lambda: map_function("Saliency", model, channel_reduction="max_abs"),
     }
     return {m: makers[m]() for m in methods if m in makers}

@@ -124,6 +124,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         table = localization_table(model, data, batch_size=args.batch_size, device=args.device)
         print()
         print(table.to_markdown())
+        if summary.report_path is not None:
+            from camplug.audit.report.gallery import add_baselines
+
+            add_baselines(summary, table)
     return 0
 
 

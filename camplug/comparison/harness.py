@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..discovery.heads import LayerSpec, OutputSelector, select_output
@@ -29,11 +28,13 @@ from .registry import (
     DEFAULT_METHODS,
     LAYER_METHODS,
     NT_TYPES,
+    ChannelReduction,
     MethodContext,
     build_method,
     canonical_method,
     known_methods,
     method_context,
+    to_input_maps,
 )
 from .table import ComparisonRow, ComparisonTable
 
@@ -54,7 +55,6 @@ __all__ = [
     "top_percent_mask",
 ]
 
-ChannelReduction = Literal["sum", "abs"]
 # progress(index, total, name): called before method ``index`` (0-based) of ``total`` runs.
 MethodProgress = Callable[[int, int, str], None]
 
@@ -235,22 +235,7 @@ def _run(
 
     result, times = time_call(call, ctx.inputs.device, warmup=warmup, repeats=repeats)
     peak = peak_memory_bytes(call, ctx.inputs.device) if measure_memory else None
-    return _to_common(result, space, size, channel_reduction), times, peak
-
-
-def _to_common(
-    result: Any, space: str, size: tuple[int, int], channel_reduction: ChannelReduction
-) -> torch.Tensor:
-    """A method's attribution as fp32 [N, H, W] at the input resolution."""
-    attribution = (result[0] if isinstance(result, tuple) else result).detach().float()
-    if space == "layer":
-        maps = attribution.sum(1, keepdim=True)
-        if tuple(maps.shape[-2:]) != size:
-            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        return maps[:, 0]
-    if channel_reduction == "abs":
-        return attribution.abs().sum(1)
-    return attribution.sum(1)
+    return to_input_maps(result, space, size, channel_reduction), times, peak
 
 
 def _faithfulness(

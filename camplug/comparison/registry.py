@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import methods
 from ..discovery.heads import LayerSpec, OutputSelector, find_head, layer_name, select_output
+from ..kernels.semantics import min_max_normalize
 
 Space = Literal["layer", "input"]  # layer maps [N, 1, h, w] or input maps [N, C, H, W]
+# How input-space maps [N, C, H, W] become [N, H, W]: signed sum, sum or maximum of |values|.
+ChannelReduction = Literal["sum", "abs", "max_abs"]
 
 DEFAULT_METHODS: tuple[str, ...] = (
     "CAM",
@@ -264,3 +268,46 @@ def method_context(
         layer_input=layer_input,
         layer_problem=problem,
     )
+
+
+def to_input_maps(result: Any, space: Space, size: tuple[int, int],
+                  channel_reduction: ChannelReduction) -> torch.Tensor:
+    """A method's attribution (a tensor or a 1-tuple) as fp32 [N, H, W] at the input size:
+    layer maps summed over channels and upsampled bilinearly, input maps reduced over the
+    colour channels by ``channel_reduction``."""
+    attribution = (result[0] if isinstance(result, tuple) else result).detach().float()
+    if space == "layer":
+        maps = attribution.sum(1, keepdim=True)
+        if tuple(maps.shape[-2:]) != tuple(size):
+            maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+        return maps[:, 0]
+    if channel_reduction == "max_abs":
+        return attribution.abs().amax(1)
+    if channel_reduction == "abs":
+        return attribution.abs().sum(1)
+    return attribution.sum(1)
+
+
+def map_function(
+    name: str,
+    model: nn.Module,
+    *,
+    channel_reduction: ChannelReduction = "abs",
+    **attribute_kwargs: Any,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``run(images [N, C, H, W], targets [N]) -> maps fp32 [N, H, W]`` in [0, 1] for the
+    registered method ``name`` (min-max normalized per image with the kernel's rule), built
+    once on the first call; ``attribute_kwargs`` go to its ``attribute`` call."""
+    canonical = canonical_method(name)
+    built: list[Any] = []
+
+    def run(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not built:
+            ctx = method_context(model, images, None, None, [canonical])
+            built.extend(build_method(canonical, ctx))
+        method, kwargs, space = built
+        result = method.attribute(images, target=targets, **kwargs, **attribute_kwargs)
+        maps = to_input_maps(result, space, tuple(images.shape[-2:]), channel_reduction)
+        return min_max_normalize(maps.nan_to_num(0.0, 0.0, 0.0)).clamp(0, 1)
+
+    return run
