@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from peers.measure import fix_mmap_threshold
     from peers.report import headline
     from peers.run import model_entry, run_case
     from peers.zoo import MODELS
@@ -114,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     cv2.setNumThreads(args.threads)
-    mmap_fixed = fix_mmap_threshold()
-    run = {"now": datetime.datetime.now(datetime.timezone.utc), "mmap_fixed": mmap_fixed,
+    run = {"now": datetime.datetime.now(datetime.timezone.utc),
            "load_before": os.getloadavg(), "start": time.monotonic()}
     built = {name: MODELS[name].build() for name in args.models}
     entries = [model_entry(MODELS[name], built[name]) for name in args.models]
@@ -144,11 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_report(args: argparse.Namespace, run: dict, models: list[dict],
                  not_run: list[dict]) -> dict:
-    """The JSON report of the cases run so far (``run``: the start time, load average and
-    whether glibc's mmap threshold was fixed)."""
+    """The JSON report of the cases run so far (``run``: the start time and load average)."""
     import torch
     from benchmark_io import device_name
-    from peers.measure import MMAP_THRESHOLD_BYTES
     from peers.methods import camplug_has_gradcam
 
     return {
@@ -178,11 +174,11 @@ def build_report(args: argparse.Namespace, run: dict, models: list[dict],
         "machine) of interleaved rounds (one call of each method per round, the order rotated "
         "each round), after one warm-up call whose maps are compared",
         "memory": {
-            "short": "median rise of the process RSS high-water mark during one call",
-            "method": "VmHWM reset through /proc/self/clear_refs before the call, VmHWM after "
-            "it minus VmRSS before it (/proc/self/status); counts PyTorch, NumPy and OpenCV "
-            "allocations alike",
-            "glibc_mmap_threshold_bytes": MMAP_THRESHOLD_BYTES if run["mmap_fixed"] else None,
+            "short": "rise of the process RSS high-water mark during one more, untimed call",
+            "method": "after the timed rounds, one call per method: malloc_trim(0) (malloc's "
+            "kept memory back to the kernel), VmHWM reset through /proc/self/clear_refs, then "
+            "VmHWM after the call minus VmRSS before it (/proc/self/status); counts PyTorch, "
+            "NumPy and OpenCV allocations alike",
         },
         "agreement": "max |peer - camplug| over all pixels of the normalized maps at the input "
         "size. aligned: camplug's map of the same family (CAM or Grad-CAM) with the peer's "
