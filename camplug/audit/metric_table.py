@@ -268,7 +268,8 @@ METRICS: tuple[MetricDefinition, ...] = (
     MetricDefinition("cam_paper_gt_known", "CAM-paper localization, GT-known (%)",
                      _fraction_of("cam_paper_hit"), key="cam_paper_hit",
                      meaning="20% of max, largest component, IoU >= 0.5",
-                     per_sample=lambda b: metrics.cam_paper_localization(b.cams, b.boxes),
+                     per_sample=lambda b: metrics.cam_paper_localization(
+                         b.cams, b.boxes, protocol=b.settings.protocol),
                      needs_boxes=True),
     MetricDefinition("cam_paper_top1", "CAM-paper localization, top-1 (%)", _cam_paper_top1,
                      meaning="GT-known hit and the class is right"),

@@ -109,6 +109,7 @@ def run_audit(
     progress: bool | None = None,
     method: str = "cam",
     border_fraction: float = 0.1,
+    protocol: str = "camplug",
 ) -> AuditSummary:
     """Audit ``model``'s CAMs on ``data`` and return the run's summary.
 
@@ -123,6 +124,9 @@ def run_audit(
     when present, else the CPU. ``method``: the map method (``camplug.methods.available()`` or
     ``"auto"``; part of the run's identity). ``border_fraction``: the border band of the
     ``border_mass`` statistic and the ``border_focus`` flag, as a share of each side.
+    ``protocol``: the MaxBoxAcc box protocol, ``"camplug"`` (tight boxes of the 8-connected
+    components) or ``"wsolevaluation"`` (Choe et al.'s reference code, exactly);
+    ``camplug.metrics.PROTOCOLS``.
     ``data[i]`` may leave out the boxes (labels-only audit): such samples get every metric
     that needs no boxes (prediction, confidence, map statistics, faithfulness).
     Writes ``audit.sqlite`` and (``report``) ``report.html`` under ``out_dir``. The model's
@@ -140,7 +144,7 @@ def run_audit(
         model, data, model_name=model_name or type(model).__name__, layer=layer, output=output,
         thresholds=thresholds, iou_thresholds=iou_thresholds, flags=flags or FlagThresholds(),
         faithfulness=faithfulness, faithfulness_steps=faithfulness_steps, method=method,
-        border_fraction=border_fraction,
+        border_fraction=border_fraction, protocol=protocol,
     )
     ctx = distributed.setup()
     try:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import metrics
 from ..data.specs import model_fingerprint
 from . import map_stats
 from .distributed import DistContext
@@ -98,6 +99,7 @@ class RunConfig:
     faithfulness_steps: int | None
     method: str = "cam"
     border_fraction: float = 0.1
+    protocol: str = "camplug"
     class_names: tuple[str, ...] | None = None
     data_warnings: dict[str, int] = field(default_factory=dict)
     data_source: dict[str, Any] | None = None
@@ -107,7 +109,7 @@ class RunConfig:
         cls, model: nn.Module, data: Dataset, *, model_name: str, layer: str | None,
         output: Any, thresholds: Sequence[float] | None, iou_thresholds: Sequence[float],
         flags: FlagThresholds, faithfulness: bool, faithfulness_steps: int, method: str,
-        border_fraction: float = 0.1,
+        border_fraction: float = 0.1, protocol: str = metrics.DEFAULT_PROTOCOL,
     ) -> RunConfig:
         """Validate the options and fingerprint the model and the data."""
         grid = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds,
@@ -123,6 +125,9 @@ class RunConfig:
         from camplug import methods
 
         methods.resolve(method, exact_head=True)  # an unknown name raises, listing the names
+        if protocol not in metrics.PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(metrics.PROTOCOLS)}, got "
+                             f"{protocol!r}")
         return cls(
             model=model_name, model_fingerprint=model_fingerprint(model),
             dataset=describe_dataset(data), dataset_fingerprint=dataset_fingerprint(data),
@@ -134,7 +139,8 @@ class RunConfig:
             faithfulness_steps=faithfulness_steps if faithfulness else None,
             method=method.lower(),
             border_fraction=map_stats.check_border_fraction(border_fraction),
-            class_names=dataset_class_names(data), data_warnings=dataset_warnings(data),
+            protocol=protocol, class_names=dataset_class_names(data),
+            data_warnings=dataset_warnings(data),
             data_source=dataset_source(data),
         )
 
@@ -167,7 +173,7 @@ class RunConfig:
     def scoring_settings(self) -> ScoringSettings:
         return ScoringSettings(torch.tensor(self.thresholds, dtype=torch.float64), self.flags,
                                self.faithfulness, self.faithfulness_steps or 0, self.method,
-                               self.border_fraction)
+                               self.border_fraction, self.protocol)
 
 
 @dataclass(frozen=True)

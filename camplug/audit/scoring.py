@@ -27,7 +27,8 @@ class ScoringSettings:
     followed by 1.0); ``faithfulness``: also compute deletion / insertion AUC (``steps`` model
     forwards each) and average drop / increase in confidence; ``method``: the map method (a
     ``camplug.methods`` name or ``"auto"``); ``border_fraction``: the border band's width per
-    side, as a share of the side (``map_stats.border_mass``)."""
+    side, as a share of the side (``map_stats.border_mass``); ``protocol``: the box protocol of
+    MaxBoxAcc and the CAM paper's localization (``camplug.metrics.PROTOCOLS``)."""
 
     thresholds: torch.Tensor
     flags: FlagThresholds
@@ -35,6 +36,7 @@ class ScoringSettings:
     faithfulness_steps: int = 16
     method: str = "cam"
     border_fraction: float = 0.1
+    protocol: str = "camplug"  # the MaxBoxAcc box protocol (camplug.metrics.PROTOCOLS)
 
     @property
     def pixel_thresholds(self) -> torch.Tensor:
@@ -147,7 +149,8 @@ def _located(batch: Batch, keep: list[int], scored: ScoredBatch):
     boxes = [batch.boxes[keep[k]].to(device) for k in located]
     masks = [batch.masks[keep[k]] for k in located]
     height, width = cams.shape[-2:]
-    ious = metrics.box_ious_v1_v2(cams, boxes, settings.thresholds.to(device))
+    ious = metrics.box_ious_v1_v2(cams, boxes, settings.thresholds.to(device),
+                                  protocol=settings.protocol)
     objects = torch.stack([
         m.to(device) if m is not None else boxes_to_mask(b, height, width)
         for m, b in zip(masks, boxes, strict=True)

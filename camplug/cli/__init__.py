@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 from camplug.version import __version__
 
-from .audit import PROTOCOLS
-from .options import USER_ERRORS, UserError
+from .options import PROTOCOLS, USER_ERRORS, UserError
 
 # The modules that register commands, in the order ``--help`` lists them.
 COMMAND_MODULES = ("audit", "compare", "describe", "explain", "sanity", "export", "diff")

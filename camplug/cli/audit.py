@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 from typing import Any
 
 from .options import (
-    DEFAULT_AUDIT_METHOD,
     DEMO_SEED,
     DEMO_SIZE,
-    PROTOCOLS,
-    UserError,
     add_data_options,
     add_model_options,
     add_run_options,
@@ -55,20 +51,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _audit_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``method`` and ``protocol`` for ``run_audit``, passed when it accepts them; a run_audit
-    that does not yet accepts only their defaults."""
-    from camplug.audit import run_audit
-
-    accepted = inspect.signature(run_audit).parameters
-    options = {}
-    for name, default in (("method", DEFAULT_AUDIT_METHOD), ("protocol", PROTOCOLS[0])):
-        value = getattr(args, name)
-        if name in accepted:
-            options[name] = value
-        elif value != default:
-            raise UserError(f"--{name} {value}: this version of the audit supports only "
-                            f"--{name} {default}")
-    return options
+    """The map method and the box protocol, as ``run_audit`` takes them."""
+    return {"method": args.method, "protocol": args.protocol}
 
 
 def _run_audit(model, data, args: argparse.Namespace, model_name: str,

@@ -351,3 +351,26 @@ def test_stored_maps_are_the_low_resolution_maps_of_the_label_and_the_prediction
                                 features[i])
             span = float(want.max() - want.min())
             assert np.abs(stored[channel] - want.numpy()).max() <= span * 2.0**-11 + 1e-5
+
+
+def test_the_box_protocol_is_part_of_the_run_and_reaches_the_metrics(tmp_path):
+    model = TinyNet()
+    ds = SyntheticLocalization(n=6, image_size=32, seed=5)
+    summary = run_audit(model, ds, out_dir=tmp_path, batch_size=6, thresholds=GRID,
+                        report=False, protocol="wsolevaluation")
+    default = run_audit(model, ds, out_dir=tmp_path, batch_size=6, thresholds=GRID,
+                        report=False)
+    assert summary.run_id != default.run_id  # two runs, neither resumes the other
+    with ResultStore(tmp_path / "audit.sqlite") as store:
+        rows = store.rows(summary.run_id)
+    data = stacked(ds, range(6))
+    maps = camplug.explain(model, data["images"], target=data["labels"]).maps[:, 0].clamp(0, 1)
+    ious_v1, ious_v2 = metrics.box_ious_v1_v2(maps, data["boxes"], GRID,
+                                              protocol="wsolevaluation")
+    hits = metrics.cam_paper_localization(maps, data["boxes"], protocol="wsolevaluation")
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(row.box_ious, ious_v2[i].numpy())
+        np.testing.assert_array_equal(row.box_ious_v1, ious_v1[i].numpy())
+        assert row.metrics["cam_paper_hit"] == bool(hits[i])
+    with pytest.raises(ValueError, match=r"protocol must be one of \['camplug', 'wsolevaluation'"):
+        run_audit(model, ds, out_dir=tmp_path / "x", report=False, protocol="voc")
