@@ -19,11 +19,11 @@ are not. A torch-function mode is traced by Dynamo, runs as plain Python under t
 
 The maps are computed with traceable tensor code only: targets by ``argmax`` / ``topk``; weights
 by folding the head, the gradient methods' closed forms from the head's Jacobian written out
-without autograd (:mod:`camplug.deploy.head`); the map itself by :func:`render`: on CUDA the
-custom operator ``torch.ops.camplug.cam`` (the fused Triton kernel, one node for compile and
-export), elsewhere the eager reference of ``camplug.kernels`` (the CPU fast path of
-``camplug.kernels.cam`` writes into preallocated outputs, which export and ONNX cannot
-express). The logits keep their autograd graph; the maps are detached.
+without autograd (:mod:`camplug.deploy.head`); the map itself by :func:`render`: eager, the
+kernels of ``camplug.explain``; traced, on CUDA the custom operator ``torch.ops.camplug.cam``
+(the fused Triton kernel, one node for compile and export), elsewhere the eager reference of
+``camplug.kernels`` (the CPU fast path writes into preallocated outputs, which export and ONNX
+cannot express). The logits keep their autograd graph; the maps are detached.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from ..discovery.heads import (
     to_feature_map,
 )
 from ..errors import UnsupportedHeadError
+from ..kernels import cam
 from ..kernels.checks import check_cam_inputs, normalize_size
 from ..kernels.ops import cam_op
 from ..kernels.reference import to_out_dtype, weighted_sum_reference
@@ -244,12 +245,17 @@ def render(features: torch.Tensor, weights: torch.Tensor, out_size: tuple[int, i
            relu: bool, normalize: bool, out_dtype: torch.dtype | None) -> torch.Tensor:
     """Maps [B, C, H, W] in ``out_dtype`` from features [B, K, h, w] and weights [B, C, K].
 
-    On ``CUSTOM_OP_DEVICES`` (CUDA): ``torch.ops.camplug.cam``, the fused Triton kernel as one
-    opaque node of the compiled or exported graph (ONNX has no translation for it: export
-    ONNX from a CamModel on the CPU). Elsewhere ``camplug.kernels.reference.cam_reference``'s
-    computation, always resized: its "resize only when the size differs" test guards on symbolic
-    sizes (``1 + (H - 1) // 4 != H``) that ``torch.export`` cannot prove for a dynamic height or
-    width; a bilinear resize to the same size is the identity."""
+    Eager: ``camplug.kernels.cam`` (the CPU fast path, the Triton kernel on CUDA), as
+    ``camplug.explain``. Traced (compile, export): on ``CUSTOM_OP_DEVICES`` (CUDA)
+    ``torch.ops.camplug.cam``, the fused Triton kernel as one opaque node of the graph (ONNX has
+    no translation for it: export ONNX from a CamModel on the CPU); elsewhere
+    ``camplug.kernels.reference.cam_reference``'s computation, always resized: its "resize only
+    when the size differs" test guards on symbolic sizes (``1 + (H - 1) // 4 != H``) that
+    ``torch.export`` cannot prove for a dynamic height or width; a bilinear resize to the same
+    size is the identity. The traced CPU maps differ from the eager ones by fp32 rounding."""
+    if not torch.compiler.is_compiling():  # eager: the kernels camplug.explain uses
+        return cam(features, weights, out_size, relu=relu, normalize=normalize,
+                   out_dtype=out_dtype)
     if features.device.type in CUSTOM_OP_DEVICES:
         return cam_op(features, weights, out_size[0], out_size[1], relu, normalize, out_dtype)
     maps = weighted_sum_reference(features, weights)
