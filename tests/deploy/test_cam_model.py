@@ -50,6 +50,16 @@ def test_matches_fp64_reference(name, method):
     assert_close(maps, expected, torch.float32, f"{name} {method} raw maps")
 
 
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++"])
+def test_distillation_head_of_two_branches(method):
+    case = next(c for c in __import__("models").SUPPORTED if c.name == "levit")
+    model = build(case)
+    x = images(3, case.size, seed=2)
+    _, maps = CamModel(model, method=method, topk=2, example_input=images(1, case.size))(x)
+    torch.testing.assert_close(maps, _explain(model, x, method, topk=2).maps, rtol=0,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.uint8])
 def test_out_dtypes(out_dtype):
     case, model = family("convnext")
