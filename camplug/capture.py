@@ -46,9 +46,9 @@ from .discovery.heads import (
 )
 from .discovery.recorder import first_tensor, func_name, tensors_in
 from .errors import UnsupportedHeadError
-from .kernels import cam
+from .kernels import cam, check_backend
 from .methods.gradients import batched_gradients, head_jacobian
-from .options import SizeSpec, check_backend, resolve_size
+from .options import SizeSpec, resolve_size
 from .targets import check_targets, resolve_targets
 
 

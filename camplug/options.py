@@ -1,21 +1,11 @@
-"""Options shared by the plugin's entry points, parsed in one place: the kernel backend and the
-output size of the maps."""
+"""Options shared by the plugin's entry points, parsed in one place: the output size of the
+maps. (The backend name is checked by ``camplug.kernels.check_backend``.)"""
 
 from __future__ import annotations
 
-from typing import Any, get_args
-
-from .kernels import Backend
+from typing import Any
 
 SizeSpec = Any  # "input", "features", an int or a pair (H, W)
-BACKENDS: tuple[str, ...] = get_args(Backend)
-
-
-def check_backend(backend: object) -> None:
-    """Raise ValueError unless ``backend`` names a ``camplug.kernels.cam`` backend."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got "
-                         f"{backend!r}")
 
 
 def resolve_size(size: SizeSpec, input_size: tuple[int, int] | None) -> Any:

@@ -1,6 +1,6 @@
 """camplug.kernels: the compute layer. Pure tensor functions, no nn.Module knowledge."""
 
-from .cam import Backend, cam
+from .cam import BACKENDS, Backend, cam, check_backend
 from .checks import OutputTooLargeError
 
-__all__ = ["Backend", "OutputTooLargeError", "cam"]
+__all__ = ["BACKENDS", "Backend", "OutputTooLargeError", "cam", "check_backend"]

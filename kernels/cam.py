@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -13,6 +13,13 @@ from .environment import triton_interpreter
 from .reference import cam_reference
 
 Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+def check_backend(backend: object) -> None:
+    """Raise ValueError unless ``backend`` names a backend of ``cam``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
 _NAN_PAIRS_SHOWN = 10  # (sample, class) pairs a NaN-map warning lists
 
 
@@ -83,8 +90,7 @@ def cam(
     """
     check_cam_inputs(features, weights, normalize=normalize, out_dtype=out_dtype)
     out_size = normalize_size(size, *features.shape[-2:])
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    check_backend(backend)
     if backend == "auto":
         use_triton = (
             features.device.type == "cuda" and _triton_unavailable_reason(features.device) is None
