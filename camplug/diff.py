@@ -491,14 +491,10 @@ TILE_SIZE = 112
 
 def _heat(map_: np.ndarray) -> np.ndarray:
     """A map [h, w] as a jet-coloured uint8 [TILE_SIZE, TILE_SIZE, 3] (min-max, bilinear)."""
-    from matplotlib import colormaps
+    from .audit.report.classes import minmax_maps
+    from .drawing import heatmap
 
-    values = torch.from_numpy(np.asarray(map_, dtype=np.float64))[None, None]
-    values = F.interpolate(values, size=(TILE_SIZE, TILE_SIZE), mode="bilinear",
-                           align_corners=False)[0, 0].numpy()
-    low, high = values.min(), values.max()
-    values = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    return np.round(colormaps["jet"](values)[..., :3] * 255).astype(np.uint8)
+    return heatmap(minmax_maps(np.asarray(map_)[None])[0], size=(TILE_SIZE, TILE_SIZE))
 
 
 def pair_image(map_a: np.ndarray, map_b: np.ndarray) -> bytes:

@@ -51,6 +51,7 @@ from . import methods as method_registry
 from .api import attach
 from .comparison.agreement import spearman
 from .discovery.heads import LayerSpec, OutputSelector
+from .kernels.semantics import min_max_normalize
 
 MapFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 MethodSpec = Union[str, method_registry.Method, MapFunction]  # noqa: UP007 (runtime alias)
@@ -71,16 +72,12 @@ CAVEAT = (
 
 # similarity -------------------------------------------------------------------------------
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalize each map of ``maps`` [N, H, W] to [0, 1] in fp64: ``(m - min) /
-    (max - min)``; a constant map (or one holding NaN/inf) becomes 0."""
+    """Min-max normalize each map of ``maps`` [N, H, W] to [0, 1] in fp64 with the kernel's rule
+    (``camplug.kernels.semantics.min_max_normalize``); a constant map (or one holding NaN/inf)
+    becomes 0."""
     if maps.dim() != 3:
         raise ValueError(f"maps must have shape [N, H, W], got {tuple(maps.shape)}")
-    flat = maps.detach().double().flatten(1)
-    low = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - low
-    usable = torch.isfinite(span) & (span > 0)
-    out = torch.where(usable, (flat - low) / span.where(usable, torch.ones_like(span)), 0.0)
-    return out.view(maps.shape)
+    return min_max_normalize(maps.detach().double()).nan_to_num(0.0)
 
 
 def constant_maps(maps: torch.Tensor) -> torch.Tensor:

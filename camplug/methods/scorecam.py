@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels.semantics import min_max_normalize
 from .base import MapSource, Method
 
-EPS = 1e-7
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -54,9 +54,7 @@ class ScoreCAM(Method):
             samples, kept = rows // channels, rows % channels
             masks = F.interpolate(features[samples, kept].float()[:, None], size=size,
                                   mode="bilinear", align_corners=False)
-            low = masks.amin(dim=(-2, -1), keepdim=True)
-            high = masks.amax(dim=(-2, -1), keepdim=True)
-            masks = ((masks - low) / (high - low + EPS)).to(device=x.device, dtype=x.dtype)
+            masks = min_max_normalize(masks).to(device=x.device, dtype=x.dtype)
             samples = samples.to(x.device)
             masked = x[samples] * masks.view(len(rows), *mask_shape, *size)
             scores[start:start + len(rows)] = source.class_scores(masked, samples, targets)

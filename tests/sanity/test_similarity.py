@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from camplug.kernels.semantics import EPS
 from scipy import stats
 from tolerances import assert_close
 
@@ -74,7 +75,8 @@ def test_normalize_maps_min_max_and_constant_maps():
     maps = torch.tensor([[[1.0, 3.0], [5.0, 2.0]], [[4.0, 4.0], [4.0, 4.0]],
                          [[0.0, float("nan")], [1.0, 2.0]]])
     out = normalize_maps(maps)
-    assert_close(out[0], torch.tensor([[0.0, 0.5], [1.0, 0.25]]), torch.float64, "min-max")
+    expected = (torch.tensor([[1.0, 3.0], [5.0, 2.0]], dtype=torch.float64) - 1) / (4 + EPS)
+    assert_close(out[0], expected, torch.float64, "min-max (the kernel's rule)")
     assert torch.equal(out[1:], torch.zeros(2, 2, 2, dtype=torch.float64))
     assert constant_maps(maps).tolist() == [False, True, True]
 

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from ...kernels.semantics import min_max_normalize
 
 GROUP_MAP_SIZE = 8
 MAX_GROUPS = 4
@@ -70,10 +73,8 @@ def _area_matrix(out: int, size: int) -> np.ndarray:
 
 def minmax_maps(maps: np.ndarray) -> np.ndarray:
     """Each map [N, h, w] min-max scaled to [0, 1] (float64; a flat map becomes 0)."""
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float64))
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
+    maps = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float64)))
+    return min_max_normalize(maps).clamp(0, 1).numpy()
 
 
 def map_features(maps: np.ndarray, size: int = GROUP_MAP_SIZE) -> np.ndarray:
