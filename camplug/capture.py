@@ -692,8 +692,14 @@ class CamCapture:
 
 def _structure_of(model: nn.Module) -> tuple[int, ...]:
     """Identities of the model's modules, parameters and buffers: changes when one of them is
-    replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates."""
-    return (*map(id, model.modules()), *map(id, model.parameters()), *map(id, model.buffers()))
+    replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates.
+    One walk over the modules (``parameters()``/``buffers()`` would walk them twice more)."""
+    found: list[int] = []
+    for module in model.modules():
+        found.append(id(module))
+        found.extend(map(id, module._parameters.values()))
+        found.extend(map(id, module._buffers.values()))
+    return tuple(found)
 
 
 def _head_stamp(head: HeadInfo) -> tuple[tuple[torch.Tensor, int], ...]:
