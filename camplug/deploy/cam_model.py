@@ -128,6 +128,11 @@ class CamModel(nn.Module):
     normalize, out_dtype (float32, float16, bfloat16, uint8): as ``camplug.kernels.cam``.
     layer, output: as ``camplug.attach``.
 
+    Tracing: ``torch.compile(..., fullgraph=True)``; ``torch.export.export`` with a dynamic
+    batch (and dynamic H, W for feature maps; token heads, e.g. ViT, take a fixed size and
+    refuse a dynamic one with a clear error); ``torch.onnx.export(..., dynamo=True)`` of a
+    CamModel on the CPU (on CUDA the maps are the custom op ``camplug::cam``, which ONNX lacks).
+
     Raises at construction: UnsupportedHeadError when the model has no exact CAM head,
     ValueError for a method that needs a backward pass or for bad options, RuntimeError when
     the features cannot be located without hooks.
