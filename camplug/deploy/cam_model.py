@@ -116,9 +116,10 @@ class CamModel(nn.Module):
     see ``camplug.describe``); it is not modified (no hook, no attribute) and becomes this
     module's submodule ``model``. Its head is discovered once, here, by probe forwards on
     ``example_input`` (a tensor [1, C, H, W]; default: synthesized from the model's declared
-    input size, see ``camplug.discovery.heads.synthesize_input``). Modules or parameters
-    replaced later are refused by the eager forward (build a new CamModel); in-place weight
-    updates are seen.
+    input size, see ``camplug.discovery.heads.synthesize_input``). When modules, parameters or
+    buffers were replaced since (a new classifier, ``.to(device)``, which replaces buffers), the
+    next eager forward discovers again on its first sample; compile or export after that.
+    In-place weight updates are seen.
     method: "cam" (default), or a gradient method with a closed form on exact heads:
         "gradcam", "gradcam++", "xgradcam", "layercam" (see ``camplug.methods``).
     target: "top1" (each sample's predicted class) or one class index for every sample;
@@ -163,8 +164,22 @@ class CamModel(nn.Module):
         if example_input is not None and not isinstance(example_input, torch.Tensor):
             raise TypeError("example_input must be a tensor [1, C, H, W] (CamModel.forward takes "
                             f"one input tensor), got {type(example_input).__name__}")
+        self.size = _check_size(size)
+        check_cam_inputs(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), normalize=normalize,
+                         out_dtype=out_dtype)  # the option errors of camplug.kernels.cam
+        self.out_dtype = None if out_dtype == torch.float32 else out_dtype
+        self.relu = self.method.relu if relu is None else bool(relu)
+        self.normalize = bool(normalize)
+        self.layer, self.output = layer, output
+        self._target, self._topk = target, topk
+        self.model = model
+        self._discover(example_input)
+
+    def _discover(self, example_input: torch.Tensor | None) -> None:
+        """Find the head and the features' tap site by probe forwards on ``example_input``
+        (None: synthesized), and check the options that depend on the head."""
         try:
-            head = find_head(model, example_input, layer=layer, output=output)
+            head = find_head(self.model, example_input, layer=self.layer, output=self.output)
         except UnsupportedHeadError as error:
             raise UnsupportedHeadError(
                 f"CamModel needs an exact CAM head (methods {', '.join(DEPLOYABLE_METHODS)} "
@@ -172,20 +187,22 @@ class CamModel(nn.Module):
             ) from None
         if self.method.uses_gradients:
             check_differentiable(head.steps)
+        self.topk, self.target = _check_targets(self._target, self._topk, head.num_classes)
         if example_input is None:
-            example_input, _ = synthesize_input(model)  # the same input find_head probed
-        self.topk, self.target = _check_targets(target, topk, head.num_classes)
-        self.size = _check_size(size)
-        check_cam_inputs(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), normalize=normalize,
-                         out_dtype=out_dtype)  # the option errors of camplug.kernels.cam
-        self.out_dtype = None if out_dtype == torch.float32 else out_dtype
-        self.relu = self.method.relu if relu is None else bool(relu)
-        self.normalize = bool(normalize)
-        self.output = output
-        self.model = model
+            example_input, _ = synthesize_input(self.model)  # the same input find_head probed
         self.head: HeadInfo = head
-        self.site: TapSite = locate(model, head, (example_input,), output)
-        self._structure = _structure_of(model)
+        self.site: TapSite = locate(self.model, head, (example_input,), self.output)
+        self._structure = _structure_of(self.model)
+        self._example = example_input[:1].detach()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CamModel:
+        """``.to()``, ``.cuda()``, ``.half()``, ...: then discover again on the converted
+        example when the model's tensors were replaced (buffers are), so that a compiled or
+        exported CamModel folds the converted head."""
+        super()._apply(fn, recurse)
+        if _structure_of(self.model) != self._structure:
+            self._discover(fn(self._example))
+        return self
 
     def extra_repr(self) -> str:
         target = f"topk={self.topk}" if self.topk else f"target={self.target!r}"
@@ -196,10 +213,7 @@ class CamModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, N], maps [B, C, H, W])`` of one forward of the model on ``x``."""
         if not torch.compiler.is_compiling() and _structure_of(self.model) != self._structure:
-            raise RuntimeError(
-                "the model's modules, parameters or buffers were replaced since this CamModel "
-                "was built (its head was discovered then): build a new CamModel"
-            )
+            self._discover(x[:1])  # replaced modules or tensors (``.to()`` replaces buffers)
         tap = FeatureTap(self.site)
         with tap:
             output = self.model(x)

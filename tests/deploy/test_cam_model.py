@@ -198,7 +198,7 @@ def test_logits_keep_their_graph_and_maps_are_detached():
     assert model.fc.weight.grad is not None
 
 
-def test_in_place_weight_updates_are_seen_and_replacements_refused():
+def test_in_place_weight_updates_are_seen_and_replacements_rediscovered():
     case, model = family("resnet")
     x = images(2, case.size)
     deployed = CamModel(model, target=1)
@@ -206,9 +206,24 @@ def test_in_place_weight_updates_are_seen_and_replacements_refused():
         model.fc.weight.mul_(-1.0)
     torch.testing.assert_close(deployed(x)[1], _explain(model, x, "cam", target=1).maps,
                                rtol=0, atol=1e-6)
-    model.fc = nn.Linear(16, 7)
-    with pytest.raises(RuntimeError, match="replaced since this CamModel was built"):
-        deployed(x)
+    model.fc = nn.Linear(16, 7)  # a new classifier: the next forward discovers again
+    torch.testing.assert_close(deployed(x)[1], _explain(model, x, "cam", target=1).maps,
+                               rtol=0, atol=1e-6)
+    assert deployed.head.steps[-1].weight is model.fc.weight
+
+
+def test_conversion_rediscovers_before_compiling():
+    from models import NormHeadNet
+
+    torch.manual_seed(0)
+    model = NormHeadNet("batchnorm").eval()
+    deployed = CamModel(model, example_input=images(1, 32)).to(torch.float64)  # new buffers
+    with torch.no_grad():
+        model.norm.running_var.mul_(torch.linspace(0.2, 5.0, 10))  # the new buffer only
+    x = images(2, 32, seed=3).double()
+    compiled = torch.compile(deployed, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x)[1], camplug.explain(model, x).maps, rtol=0,
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("case", UNSUPPORTED, ids=lambda c: c.name)
