@@ -40,7 +40,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_io import add_run_options, parse_run_options, run_environment, write_report  # noqa: E402,I001
+from benchmark_io import (  # noqa: E402
+    add_run_options,
+    interleaved_times,
+    parse_run_options,
+    run_environment,
+    write_report,
+)
 from models import resnet50_like  # noqa: E402
 
 from camplug.deploy import CamModel  # noqa: E402
@@ -67,26 +73,6 @@ def onnx_session(deployed: CamModel, x: torch.Tensor, threads: int, folder: Path
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def interleaved_times(calls: dict[str, Call], device: torch.device, rounds: int
-                      ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process CPU seconds per call, one call of each per round (order alternating);
-    CUDA synchronized around calls. Every call ran (warm) before."""
-    wall: dict[str, list[float]] = {name: [] for name in calls}
-    cpu: dict[str, list[float]] = {name: [] for name in calls}
-    for index in range(rounds):
-        order = list(calls.items())
-        for name, fn in order if index % 2 == 0 else order[::-1]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
 
 
 def _first_call(fn: Call) -> tuple[object, float]:
@@ -120,7 +106,7 @@ def run_batch(model: torch.nn.Module, deployed: CamModel, compiled_model: Call,
     if session is not None:
         differences["onnxruntime CamModel"] = (
             torch.from_numpy(results["onnxruntime CamModel"][1]).to(device) - reference)
-    wall, cpu = interleaved_times(calls, device, rounds)
+    wall, cpu = interleaved_times(calls, device, 0, rounds)
     median = {name: statistics.median(values) for name, values in wall.items()}
     best = {name: min(values) for name, values in wall.items()}
     cpu_median = {name: statistics.median(values) for name, values in cpu.items()}

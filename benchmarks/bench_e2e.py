@@ -29,7 +29,6 @@ import datetime
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_io import (  # noqa: E402
     add_run_options,
     device_name,
+    interleaved_times,
     parse_run_options,
     run_environment,
     write_report,
@@ -72,32 +72,6 @@ def timed_calls(model: ResNet50Like, twin: ResNet50Like, x: torch.Tensor,
         return capture.maps()
 
     return {"forward": forward, "forward + CAM": forward_and_cam, "CAM only": capture.maps}
-
-
-def interleaved_times(
-    calls: dict[str, Callable[[], object]], device: torch.device, warmup: int, rounds: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per call, one call of each per round (the order
-    alternating between rounds); CUDA synchronized around calls."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    wall: dict[str, list[float]] = {name: [] for name in calls}
-    cpu: dict[str, list[float]] = {name: [] for name in calls}
-    for index in range(rounds):
-        order = list(calls.items())
-        for name, fn in order if index % 2 == 0 else order[::-1]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
-
-
 
 
 def run_batch(device: torch.device, batch: int, size: int, dtype: torch.dtype,

@@ -32,7 +32,6 @@ import datetime
 import gc
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_io import (  # noqa: E402
     add_run_options,
+    interleaved_times,
     parse_run_options,
     run_environment,
     write_report,
@@ -148,23 +148,11 @@ def autograd_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, classe
     return call
 
 
-def interleaved_times(calls: dict[str, Callable[[], object]], device: torch.device,
-                      rounds: int) -> dict[str, dict[str, float]]:
-    """``rounds`` rounds of every call (order alternating): median and best wall seconds,
-    median process CPU seconds."""
-    wall: dict[str, list[float]] = {name: [] for name in calls}
-    cpu: dict[str, list[float]] = {name: [] for name in calls}
-    names = list(calls)
-    for index in range(rounds):
-        for name in names if index % 2 == 0 else names[::-1]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            calls[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+def summarized_times(calls: dict[str, Callable[[], object]], device: torch.device,
+                     rounds: int) -> dict[str, dict[str, float]]:
+    """``rounds`` interleaved rounds of every call (``benchmark_io.interleaved_times``): median
+    and best wall seconds, median process CPU seconds."""
+    wall, cpu = interleaved_times(calls, device, 0, rounds)
     return {name: {"median_s": statistics.median(wall[name]), "best_s": min(wall[name]),
                    "cpu_median_s": statistics.median(cpu[name])} for name in calls}
 
@@ -206,13 +194,13 @@ def run_model(name: str, device: torch.device, batch: int, size: int, rounds: in
         calls = model_calls(name, model, capture, x, scorecam)
         for _, timed, _ in calls.values():  # warm-up
             timed()
-        times = interleaved_times({key: timed for key, (_, timed, _) in calls.items()}, device,
+        times = summarized_times({key: timed for key, (_, timed, _) in calls.items()}, device,
                                   rounds)
         alone = {}
         for key in calls:  # the maps alone, on the stored forward that suits the method
             if key[0] in camplug.methods.available():
                 method_call(model, capture, x, *key)()
-                alone[key] = interleaved_times({key: maps_call(capture, *key)}, device,
+                alone[key] = summarized_times({key: maps_call(capture, *key)}, device,
                                                5 * rounds)[key]["cpu_median_s"]
     for (label, classes), (how, _, fresh) in calls.items():
         gc.collect()  # tensors of earlier calls held in reference cycles: not freed mid-call

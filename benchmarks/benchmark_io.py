@@ -7,6 +7,8 @@ import argparse
 import datetime
 import json
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,3 +69,27 @@ def run_environment(device: torch.device, now: datetime.datetime) -> dict:
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
     }
+
+
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], device: torch.device, warmup: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per call, one call of each per round (the order
+    alternating between rounds); CUDA synchronized around calls."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for index in range(rounds):
+        order = list(calls.items())
+        for name, fn in order if index % 2 == 0 else order[::-1]:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
