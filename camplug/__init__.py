@@ -15,6 +15,7 @@ from .version import __version__
 
 __all__ = [
     "CamCapture",
+    "CamModel",
     "CamResult",
     "ClassActivationMap",
     "DegenerateMapWarning",
@@ -25,6 +26,7 @@ __all__ = [
     "decorate",
     "describe",
     "explain",
+    "overlay",
     "run_audit",
     "undecorate",
     "__version__",
@@ -43,7 +45,8 @@ _LAZY_ATTRIBUTES = {
     "overlay": ("camplug.drawing", "overlay"),
 }
 _LAZY_SUBPACKAGES = (
-    "audit", "captum", "comparison", "data", "discovery", "kernels", "methods", "metrics", "zoo",
+    "audit", "captum", "comparison", "data", "deploy", "diff", "discovery", "drawing", "kernels",
+    "methods", "metrics", "sanity", "zoo",
 )
 
 

@@ -310,7 +310,7 @@ class CamCapture:
         state.last = None  # a forward that fails leaves no results
         state.calls.clear()
         with self._lock:
-            if self._structure and self._structure != _structure_of(self.model):
+            if self._structure and self._structure != structure_of(self.model):
                 self._forget_discovery()  # modules or parameters were replaced: discover again
             if self._head is None and self._feature_layer is None and not isinstance(
                 self._head_error, ValueError
@@ -337,7 +337,7 @@ class CamCapture:
         another reason than the head itself (a model that needs the whole batch), on the whole
         batch. Only a head found by the first attempt is cached. A model without an exact CAM
         head gets the feature layer for the gradient methods instead."""
-        self._structure = _structure_of(self.model)
+        self._structure = structure_of(self.model)
         first = _first_sample(args, kwargs)
         key = HEAD_CACHE.key(self.model, args, kwargs, layer=self._layer, output=self.output,
                              single_sample=_single_sample(args, kwargs))
@@ -690,7 +690,7 @@ class CamCapture:
                        out_dtype=out_dtype, backend=self.backend)
 
 
-def _structure_of(model: nn.Module) -> tuple[int, ...]:
+def structure_of(model: nn.Module) -> tuple[int, ...]:
     """Identities of the model's modules, parameters and buffers: changes when one of them is
     replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates.
     One walk over the modules (``parameters()``/``buffers()`` would walk them twice more)."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import methods
-from ..capture import _structure_of
+from ..capture import structure_of
 from ..discovery.heads import (
     HeadInfo,
     LayerSpec,
@@ -192,7 +192,7 @@ class CamModel(nn.Module):
             example_input, _ = synthesize_input(self.model)  # the same input find_head probed
         self.head: HeadInfo = head
         self.site: TapSite = locate(self.model, head, (example_input,), self.output)
-        self._structure = _structure_of(self.model)
+        self._structure = structure_of(self.model)
         self._example = example_input[:1].detach()
 
     def _apply(self, fn: Any, recurse: bool = True) -> CamModel:
@@ -200,7 +200,7 @@ class CamModel(nn.Module):
         example when the model's tensors were replaced (buffers are), so that a compiled or
         exported CamModel folds the converted head."""
         super()._apply(fn, recurse)
-        if _structure_of(self.model) != self._structure:
+        if structure_of(self.model) != self._structure:
             self._discover(fn(self._example))
         return self
 
@@ -212,7 +212,7 @@ class CamModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, N], maps [B, C, H, W])`` of one forward of the model on ``x``."""
-        if not torch.compiler.is_compiling() and _structure_of(self.model) != self._structure:
+        if not torch.compiler.is_compiling() and structure_of(self.model) != self._structure:
             self._discover(x[:1])  # replaced modules or tensors (``.to()`` replaces buffers)
         tap = FeatureTap(self.site)
         with tap:
