@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_references import autograd_gradients
 from models import SUPPORTED, build, images
 from tolerances import assert_close
 
@@ -11,28 +12,6 @@ import camplug
 
 # MutatingNet changes its feature map in place after pooling: autograd cannot differentiate it.
 WITH_MODULE = [case for case in SUPPORTED if case.feature_module and case.name != "mutating"]
-
-
-def autograd_gradients(model, x, module_name, targets):
-    """d logit[b, targets[b, c]] / d (output of ``module_name``)[b], fp64 [B, C, K, h, w]."""
-    kept = {}
-
-    def keep(_module, _args, output):
-        output.retain_grad()
-        kept["a"] = output
-
-    handle = dict(model.named_modules())[module_name].register_forward_hook(keep)
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-            grads = []
-            for c in range(targets.shape[1]):
-                kept["a"].grad = None
-                logits.gather(1, targets[:, c : c + 1]).sum().backward(retain_graph=True)
-                grads.append(kept["a"].grad.clone())
-    finally:
-        handle.remove()
-    return torch.stack(grads, dim=1).double()
 
 
 @pytest.mark.parametrize("case", WITH_MODULE, ids=lambda case: case.name)
@@ -44,10 +23,9 @@ def test_closed_form_gradients_equal_autograd(case):
         targets = capture.resolve_targets(topk=2)
         closed = capture.gradients(targets)
         features = capture.features
-    if tuple(features.shape[1:]) != tuple(autograd_gradients(model, x, case.feature_module,
-                                                             targets).shape[2:]):
+    _, expected = autograd_gradients(model, x, case.feature_module, targets)
+    if tuple(features.shape[1:]) != tuple(expected.shape[2:]):
         pytest.skip("the feature module's output is not the feature map itself")
-    expected = autograd_gradients(model, x, case.feature_module, targets)
     assert closed.shape[:3] == expected.shape[:3] and closed.shape[-2:] == (1, 1)
     assert_close(closed.expand_as(expected), expected, torch.float32, f"{case.name} gradients")
 
