@@ -13,7 +13,9 @@ from .options import (
     device,
     load_model,
     non_negative,
+    number,
     positive,
+    step,
 )
 
 REPORT_NAME = "sanity.html"
@@ -36,24 +38,7 @@ def _variants(text: str) -> list[str]:
     return names
 
 
-def _correlation(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a correlation in [-1, 1], got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in (0, 1], got {text!r}")
-    return value
+_correlation = number(-1.0, 1.0, "a correlation in [-1, 1]")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -82,7 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sanity.add_argument("--threshold", type=_correlation, default=0.5,
                         help="a method passes when its mean Spearman correlation is below this "
                         "(default %(default)s)")
-    sanity.add_argument("--top-fraction", type=_fraction, default=0.25,
+    sanity.add_argument("--top-fraction", type=step, default=0.25,
                         help="judge once this share of the layers (from the top) is random "
                         "(default %(default)s)")
     sanity.add_argument("--randomization-seed", type=non_negative, default=0,
