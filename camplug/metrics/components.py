@@ -35,7 +35,9 @@ mask, then by the raster position of their first pixel (the order of
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -81,23 +83,36 @@ class _Tree:
     basin_image: torch.Tensor
 
 
-def _ranks(levels: torch.Tensor, cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel, the number of cuts of its map below its level, and an order of the pixels
-    consistent with it -> (rank, order), int64 [n, H, W] each.
+def _rank_lookup(
+    levels: torch.Tensor, cuts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """How both backends find ranks -> (values, table, low): the rank of a pixel (the number
+    of its map's cuts below its level) is ``table[n, clamp(values - low, 0, L - 1)]``.
 
-    ``order`` is the level clamped to the cuts' range (clamping keeps every rank), or the
-    rank itself when that range is too wide for a lookup table.
+    ``values``: the levels [n, H, W] themselves, with ``table`` int64 [n, L] tabulating every
+    level that matters (low = min cut .. max cut + 1; below it no cut is smaller, above it
+    every cut is); when that range is too wide for a table, the ranks by binary search, with
+    the identity table [n, T + 1] and low = 0.
     """
     n = levels.shape[0]
     low, high = int(cuts.min()), int(cuts.max())
     if high - low + 2 > _MAX_LOOKUP_TABLE:
         rank = torch.searchsorted(cuts, levels.reshape(n, -1), side="left")
-        return rank.view(levels.shape), rank.view(levels.shape)
-    # A table over every value that matters (low .. high + 1) replaces one binary search per
-    # pixel by a gather: below low no cut is smaller, above high every cut is.
-    order = levels.clamp(low, high + 1) - low
+        identity = torch.arange(cuts.shape[1] + 1, device=cuts.device).expand(n, -1)
+        return rank.view(levels.shape), identity.contiguous(), 0
     grid = torch.arange(low, high + 2, device=cuts.device).expand(n, -1)
-    table = torch.searchsorted(cuts, grid.contiguous(), side="left")
+    return levels, torch.searchsorted(cuts, grid.contiguous(), side="left"), low
+
+
+def _ranks(levels: torch.Tensor, cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, the number of cuts of its map below its level, and an order of the pixels
+    consistent with it -> (rank, order), int64 [n, H, W] each.
+
+    ``order`` is the clamped lookup position of ``_rank_lookup`` (it keeps every rank).
+    """
+    n = levels.shape[0]
+    values, table, low = _rank_lookup(levels, cuts)
+    order = (values - low).clamp_(0, table.shape[1] - 1)
     return table.gather(1, order.reshape(n, -1)).view(levels.shape), order
 
 
@@ -328,22 +343,43 @@ def chunk_bounds(n: int, h: int, w: int) -> list[tuple[int, int]]:
     return [(begin, min(begin + step, n)) for begin in range(0, n, step)]
 
 
-def superlevel_components(
-    levels: torch.Tensor, cuts: torch.Tensor, connectivity: int = 8
-) -> Components:
-    """Components of every mask ``levels[n] > cuts[n, t]``.
+ComponentsBackend = Literal["auto", "torch", "numba"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "numba")
 
-    ``levels``: integer [N, H, W]; ``cuts``: integer [N, T], non-decreasing along T;
-    ``connectivity``: 8 (diagonal neighbours touch) or 4. Returns ``Components`` with
-    slot = n * T + t, on the inputs' device.
-    """
-    _check_levels(levels, cuts, connectivity)
-    levels, cuts = levels.to(torch.int64).contiguous(), cuts.to(torch.int64).contiguous()
+
+@functools.cache
+def _compiled_backend():
+    """The numba kernels (``components_compiled``), or None when numba is not installed.
+    Imported on first use: importing numba takes a while."""
+    try:
+        from . import components_compiled
+    except ImportError:
+        return None
+    return components_compiled
+
+
+def _use_compiled(backend: str, levels: torch.Tensor) -> bool:
+    """Whether ``backend`` resolves to the compiled kernels for ``levels`` [N, H, W]."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return False
+    h, w = levels.shape[-2:]
+    eligible = levels.device.type == "cpu" and (h + 2) * (w + 2) < 1 << 31
+    if backend == "auto":
+        return eligible and _compiled_backend() is not None
+    if levels.device.type != "cpu":
+        raise ValueError(f"backend='numba' runs on CPU tensors, got {levels.device}")
+    if not eligible:
+        raise ValueError(f"backend='numba' takes maps of fewer than 2**31 pixels, got {h}x{w}")
+    if _compiled_backend() is None:
+        raise ImportError("backend='numba' needs numba: pip install 'camplug[fast]'")
+    return True
+
+
+def _torch_superlevel(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> Components:
     n, h, w = levels.shape
     num_cuts = cuts.shape[1]
-    if n == 0 or levels.numel() == 0 or num_cuts == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=levels.device)
-        return Components(empty, empty.reshape(0, 4), empty)
     parts = []
     for begin, end in chunk_bounds(n, h, w):
         tree = _component_tree(levels[begin:end], cuts[begin:end], connectivity)
@@ -354,6 +390,76 @@ def superlevel_components(
         boxes=torch.cat([p.boxes for p in parts]),
         areas=torch.cat([p.areas for p in parts]),
     )
+
+
+def _torch_sublevel(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> Components:
+    # levels <= cut  <=>  -levels > -cut - 1; T is flipped to keep the cuts ascending.
+    num_cuts = cuts.shape[1]
+    flipped = _torch_superlevel(-levels, (-cuts - 1).flip(1), connectivity)
+    t = flipped.slot % num_cuts
+    slot = flipped.slot - t + (num_cuts - 1 - t)
+    order = torch.argsort(slot, stable=True)  # within a mask: still by first pixel
+    return Components(slot[order], flipped.boxes[order], flipped.areas[order])
+
+
+def level_set_components(
+    levels: torch.Tensor,
+    cuts: torch.Tensor,
+    connectivity: int = 8,
+    background_connectivity: int | None = None,
+    *,
+    backend: ComponentsBackend = "auto",
+) -> tuple[Components, Components | None]:
+    """Components of every mask ``levels[n] > cuts[n, t]`` and, when
+    ``background_connectivity`` (8 or 4) is given, of every complement ``levels[n] <=
+    cuts[n, t]`` (None otherwise), sharing one ranking of the pixels.
+
+    ``levels``: integer [N, H, W]; ``cuts``: integer [N, T], non-decreasing along T.
+    Returns ``Components`` with slot = n * T + t, on the inputs' device. ``backend``:
+    "numba" (the compiled CPU kernels of the ``fast`` extra), "torch" (any device), or
+    "auto": numba for CPU tensors when it is installed, else torch. Both give identical
+    results.
+    """
+    _check_levels(levels, cuts, connectivity)
+    if background_connectivity is not None:
+        _check_connectivity(background_connectivity)
+    compiled = _use_compiled(backend, levels)
+    levels, cuts = levels.to(torch.int64).contiguous(), cuts.to(torch.int64).contiguous()
+    n, h, w = levels.shape
+    num_cuts = cuts.shape[1]
+    if n == 0 or levels.numel() == 0 or num_cuts == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=levels.device)
+        none = Components(empty, empty.reshape(0, 4), empty)
+        return none, (None if background_connectivity is None else none)
+    if compiled:
+        values, table, low = _rank_lookup(levels, cuts)
+        found = _compiled_backend().level_set_sweeps(
+            values.contiguous().numpy(), table.contiguous().numpy(), low, num_cuts,
+            connectivity, background_connectivity or 0,
+        )
+        found = [torch.from_numpy(x) for x in found]
+        background = None if background_connectivity is None else Components(*found[3:])
+        return Components(*found[:3]), background
+    background = None
+    if background_connectivity is not None:
+        background = _torch_sublevel(levels, cuts, background_connectivity)
+    return _torch_superlevel(levels, cuts, connectivity), background
+
+
+def superlevel_components(
+    levels: torch.Tensor,
+    cuts: torch.Tensor,
+    connectivity: int = 8,
+    *,
+    backend: ComponentsBackend = "auto",
+) -> Components:
+    """Components of every mask ``levels[n] > cuts[n, t]``.
+
+    ``levels``: integer [N, H, W]; ``cuts``: integer [N, T], non-decreasing along T;
+    ``connectivity``: 8 (diagonal neighbours touch) or 4. Returns ``Components`` with
+    slot = n * T + t, on the inputs' device. ``backend``: see ``level_set_components``.
+    """
+    return level_set_components(levels, cuts, connectivity, backend=backend)[0]
 
 
 def _as_levels(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,13 +475,16 @@ def _as_levels(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return levels, torch.zeros(levels.shape[0], 1, dtype=torch.int64, device=masks.device)
 
 
-def connected_components(masks: torch.Tensor, connectivity: int = 8) -> Components:
+def connected_components(
+    masks: torch.Tensor, connectivity: int = 8, *, backend: ComponentsBackend = "auto"
+) -> Components:
     """Bounding boxes and areas of the connected components of ``masks``.
 
     ``masks``: bool [..., H, W] on any device (e.g. [N, H, W] or [N, T, H, W]); the leading
     dims are flattened row-major into ``Components.slot``. ``connectivity``: 8 or 4.
+    ``backend``: see ``level_set_components``.
     """
-    return superlevel_components(*_as_levels(masks), connectivity=connectivity)
+    return superlevel_components(*_as_levels(masks), connectivity=connectivity, backend=backend)
 
 
 def label_components(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor:

@@ -49,7 +49,7 @@ from typing import Literal
 
 import torch
 
-from .components import Components, chunk_bounds, superlevel_components
+from .components import Components, chunk_bounds, level_set_components
 from .validation import BoxesLike, as_box_batch, as_thresholds, check_cams, check_masks
 
 BoxProtocol = Literal["camplug", "wsolevaluation"]
@@ -123,19 +123,15 @@ def _wsolevaluation_ends(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.cat([boxes[:, :2], ends], dim=1)
 
 
-def _hole_borders(levels: torch.Tensor, cuts: torch.Tensor) -> Components:
-    """Boxes of the hole contours cv2.RETR_TREE reports: every 4-connected background
-    component that does not touch the image border, grown by one pixel on each side."""
-    h, w = levels.shape[-2:]
-    t = cuts.shape[1]
-    # Background levels <= cut, i.e. -levels > -cut - 1; flip T to keep the cuts ascending.
-    background = superlevel_components(-levels, (-cuts - 1).flip(1), connectivity=4)
+def _hole_borders(background: Components, h: int, w: int) -> Components:
+    """Boxes of the hole contours cv2.RETR_TREE reports, from the 4-connected background
+    components: every one that does not touch the image border, grown by one pixel on each
+    side."""
     boxes = background.boxes
     enclosed = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w - 1) & (boxes[:, 3] < h - 1)
-    slot = background.slot[enclosed]
-    slot = slot - slot % t + (t - 1 - slot % t)
     grow = torch.tensor([-1, -1, 1, 1], device=boxes.device)
-    return Components(slot, boxes[enclosed] + grow, background.areas[enclosed])
+    return Components(background.slot[enclosed], boxes[enclosed] + grow,
+                      background.areas[enclosed])
 
 
 def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, protocol: str) -> _Candidates:
@@ -143,18 +139,19 @@ def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, protocol: str) -> 
     ascending, order = torch.sort(thresholds, stable=True)
     ascending = ascending.to(cams.device)
     t = thresholds.numel()
+    holes_too = protocol == "wsolevaluation"
     found, holes = [], []
     for begin, end in chunk_bounds(n, h, w):  # quantized levels of a chunk stay in cache
         levels = quantize_cams(cams[begin:end])
         top = levels.amax(dim=(1, 2)).to(torch.float64)
         cuts = torch.floor(ascending[None, :] * top[:, None]).to(torch.int64)
-        part = superlevel_components(levels, cuts)
+        part, background = level_set_components(levels, cuts, 8, 4 if holes_too else None)
         found.append(Components(part.slot + begin * t, part.boxes, part.areas))
-        if protocol == "wsolevaluation":
-            part = _hole_borders(levels, cuts)
+        if holes_too:
+            part = _hole_borders(background, h, w)
             holes.append(Components(part.slot + begin * t, part.boxes, part.areas))
     found = _concatenate(found)
-    if protocol != "wsolevaluation":
+    if not holes_too:
         return _Candidates(found, None, order.to(cams.device), t)
     holes = _concatenate(holes)
     return _Candidates(

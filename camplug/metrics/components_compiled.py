@@ -1,0 +1,266 @@
+"""The compiled CPU backend of ``components.py`` (numba; the ``fast`` extra).
+
+One union-find sweep per map over its pixels in rank order gives the components of every
+cut at once. The pixels are counting-sorted by rank (raster order within a rank). The
+foreground sweep adds the ranks from high to low: after rank r the added pixels are exactly
+the mask ``rank > r - 1``, so the live components at that moment are those of cut index
+r - 1. The background sweep adds the ranks from low to high: after rank r the added pixels
+are the complement ``rank <= r``, the background at cut index r. A pixel joins the
+components of its already-added neighbours (merging them when there are several); each
+component keeps its pixel count, first and last raster index and first and last column.
+
+Pixels carry the id of the component they joined; ids of merged components are resolved
+through a small union-find over components (path halving, union by size), so the per-pixel
+work is one look at the neighbours' ids, most often all equal. The grid is padded by one
+pixel that is never added, so neighbours need no bounds checks.
+
+Output per sweep: int64 arrays slot [K], boxes [K, 4] (x0, y0, x1, y1 inclusive), areas [K],
+sorted by slot, then by the raster index of each component's first pixel, like the torch
+backend's ``Components``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+# numba is optional (the ``fast`` extra): components.py imports this module only when it is
+# importable, and falls back to torch otherwise. Imported by name, like the other optional
+# packages (data/specs.py), so a plain install's import graph does not list it.
+numba = importlib.import_module("numba")
+
+_NO_LABEL = -1
+_SMALL_SORT = 32  # insertion sort below this many live components, argsort above
+
+
+@numba.njit(cache=True, inline="always")
+def _find(parent: np.ndarray, c: int) -> int:
+    while parent[c] != c:
+        grand = parent[parent[c]]
+        parent[c] = grand
+        c = grand
+    return c
+
+
+@numba.njit(cache=True)
+def _union(stats: np.ndarray, parent: np.ndarray, alive: np.ndarray, a: int, b: int) -> int:
+    """Merge the components rooted at a and b (stats rows: area, first, last, left, right);
+    the larger one stays root. Returns the root."""
+    if stats[a, 0] < stats[b, 0]:
+        a, b = b, a
+    parent[b] = a
+    alive[b] = False
+    stats[a, 0] += stats[b, 0]
+    stats[a, 1] = min(stats[a, 1], stats[b, 1])
+    stats[a, 2] = max(stats[a, 2], stats[b, 2])
+    stats[a, 3] = min(stats[a, 3], stats[b, 3])
+    stats[a, 4] = max(stats[a, 4], stats[b, 4])
+    return a
+
+
+@numba.njit(cache=True)
+def _sort_by_first(live: np.ndarray, count: int, stats: np.ndarray) -> None:
+    """Sort live[:count] (component ids) by their first raster index."""
+    if count < _SMALL_SORT:
+        for i in range(1, count):
+            c = live[i]
+            key = stats[c, 1]
+            j = i - 1
+            while j >= 0 and stats[live[j], 1] > key:
+                live[j + 1] = live[j]
+                j -= 1
+            live[j + 1] = c
+        return
+    keys = np.empty(count, np.int64)
+    for i in range(count):
+        keys[i] = stats[live[i], 1]
+    ranked = np.argsort(keys)
+    ids = live[:count].copy()
+    for i in range(count):
+        live[i] = ids[ranked[i]]
+
+
+@numba.njit(cache=True)
+def _sweep(order, column, starts, buckets, eight, w2, label, stats, parent, alive, live, records,
+           level_start):
+    """Add the pixels of ``buckets`` (rank values, in sweep order) one rank at a time; after
+    each rank append every live component's stats to ``records`` (level i's rows start at
+    ``level_start[i]``). Returns (records, number of rows)."""
+    label[:] = _NO_LABEL
+    offsets = np.array([-w2 - 1, -w2, -w2 + 1, -1, 1, w2 - 1, w2, w2 + 1]) if eight else \
+        np.array([-w2, -1, 1, w2])
+    num_components = 0
+    num_live = 0
+    rows = 0
+    for level in range(buckets.shape[0]):
+        bucket = buckets[level]
+        for j in range(starts[bucket], starts[bucket + 1]):
+            p = order[j]
+            x = column[j]
+            # Labels of the added neighbours: all equal (the common case) when their min and
+            # max agree; -1 (not added) is the largest as uint32 and the smallest as int32.
+            if eight:
+                v0, v1, v2 = label[p - w2 - 1], label[p - w2], label[p - w2 + 1]
+                v3, v4 = label[p - 1], label[p + 1]
+                v5, v6, v7 = label[p + w2 - 1], label[p + w2], label[p + w2 + 1]
+                high = max(max(max(v0, v1), max(v2, v3)), max(max(v4, v5), max(v6, v7)))
+                low = min(min(min(np.uint32(v0), np.uint32(v1)),
+                              min(np.uint32(v2), np.uint32(v3))),
+                          min(min(np.uint32(v4), np.uint32(v5)),
+                              min(np.uint32(v6), np.uint32(v7))))
+            else:
+                v0, v1, v2, v3 = label[p - w2], label[p - 1], label[p + 1], label[p + w2]
+                high = max(max(v0, v1), max(v2, v3))
+                low = min(min(np.uint32(v0), np.uint32(v1)), min(np.uint32(v2), np.uint32(v3)))
+            if high == _NO_LABEL:  # no added neighbour: a new component
+                c = num_components
+                num_components += 1
+                parent[c] = c
+                alive[c] = True
+                stats[c, 0] = 1
+                stats[c, 1] = p
+                stats[c, 2] = p
+                stats[c, 3] = x
+                stats[c, 4] = x
+                live[num_live] = c
+                num_live += 1
+                label[p] = c
+                continue
+            c = _find(parent, high)
+            if np.int32(low) != high:  # several labels: merge their components
+                for k in range(offsets.shape[0]):
+                    v = label[p + offsets[k]]
+                    if v != _NO_LABEL and v != high:
+                        other = _find(parent, v)
+                        if other != c:
+                            c = _union(stats, parent, alive, c, other)
+            label[p] = c
+            stats[c, 0] += 1
+            stats[c, 1] = min(stats[c, 1], p)
+            stats[c, 2] = max(stats[c, 2], p)
+            stats[c, 3] = min(stats[c, 3], x)
+            stats[c, 4] = max(stats[c, 4], x)
+        kept = 0
+        for i in range(num_live):
+            if alive[live[i]]:
+                live[kept] = live[i]
+                kept += 1
+        num_live = kept
+        _sort_by_first(live, num_live, stats)
+        level_start[level] = rows
+        if rows + num_live > records.shape[0]:
+            grown = np.empty((max(2 * records.shape[0], rows + num_live), 5), records.dtype)
+            grown[:rows] = records[:rows]
+            records = grown
+        for i in range(num_live):
+            records[rows] = stats[live[i]]
+            rows += 1
+    level_start[buckets.shape[0]] = rows
+    return records, rows
+
+
+@numba.njit(cache=True)
+def _emit(records, level_start, first_slot, slot_step, w2, out_slot, out_boxes, out_areas,
+          size):
+    """Append the recorded levels to the output, level i at slot first_slot + i * slot_step,
+    visiting the slots in increasing order. Returns the (possibly grown) arrays and size."""
+    levels = level_start.shape[0] - 1
+    need = size + level_start[levels]
+    if need > out_slot.shape[0]:
+        capacity = max(need, 2 * out_slot.shape[0])
+        grown_slot = np.empty(capacity, np.int64)
+        grown_slot[:size] = out_slot[:size]
+        grown_boxes = np.empty((capacity, 4), np.int64)
+        grown_boxes[:size] = out_boxes[:size]
+        grown_areas = np.empty(capacity, np.int64)
+        grown_areas[:size] = out_areas[:size]
+        out_slot, out_boxes, out_areas = grown_slot, grown_boxes, grown_areas
+    for step in range(levels):
+        level = step if slot_step > 0 else levels - 1 - step
+        slot = first_slot + level * slot_step
+        for i in range(level_start[level], level_start[level + 1]):
+            out_slot[size] = slot
+            out_boxes[size, 0] = records[i, 3] - 1  # padded columns and rows
+            out_boxes[size, 1] = records[i, 1] // w2 - 1
+            out_boxes[size, 2] = records[i, 4] - 1
+            out_boxes[size, 3] = records[i, 2] // w2 - 1
+            out_areas[size] = records[i, 0]
+            size += 1
+    return out_slot, out_boxes, out_areas, size
+
+
+@numba.njit(cache=True)
+def level_set_sweeps(values, table, low, num_cuts, connectivity, background_connectivity):
+    """Components of ``rank > t`` (and, when background_connectivity > 0, of ``rank <= t``)
+    for t = 0 .. num_cuts - 1, where rank = table[n, clamp(values[n], low, low + L - 1) - low].
+
+    ``values``: int64 [n, H, W]; ``table``: int64 [n, L] with ranks in 0 .. num_cuts;
+    connectivities 8 or 4 (0: no background sweep). Returns (slot, boxes, areas) of the
+    foreground, then of the background (empty without a background sweep), slot = n * T + t.
+    """
+    n, h, w = values.shape
+    w2 = w + 2
+    size2 = (h + 2) * w2
+    pixels = h * w
+    top = table.shape[1] - 1
+    counts = np.zeros(num_cuts + 2, np.int64)
+    starts = np.zeros(num_cuts + 2, np.int64)
+    rank = np.empty(pixels, np.int32)
+    order = np.empty(pixels, np.int32)
+    column = np.empty(pixels, np.int32)
+    label = np.empty(size2, np.int32)
+    stats = np.empty((pixels, 5), np.int64)
+    parent = np.empty(pixels, np.int64)
+    alive = np.empty(pixels, np.bool_)
+    live = np.empty(pixels, np.int64)
+    records = np.empty((1024, 5), np.int64)
+    foreground_levels = np.arange(num_cuts, 0, -1)  # ranks T .. 1: cut indices T - 1 .. 0
+    background_levels = np.arange(0, num_cuts)  # ranks 0 .. T - 1: cut indices 0 .. T - 1
+    level_start = np.empty(num_cuts + 1, np.int64)
+    capacity = max(1024, 4 * n * num_cuts)
+    out = (np.empty(capacity, np.int64), np.empty((capacity, 4), np.int64),
+           np.empty(capacity, np.int64))
+    size = 0
+    back = (np.empty(capacity if background_connectivity else 0, np.int64),
+            np.empty((capacity if background_connectivity else 0, 4), np.int64),
+            np.empty(capacity if background_connectivity else 0, np.int64))
+    back_size = 0
+    for m in range(n):
+        counts[:] = 0
+        i = 0
+        for y in range(h):
+            for x in range(w):
+                r = table[m, min(max(values[m, y, x] - low, 0), top)]
+                rank[i] = r
+                counts[r] += 1
+                i += 1
+        starts[0] = 0
+        for r in range(num_cuts + 1):
+            starts[r + 1] = starts[r] + counts[r]
+        counts[:num_cuts + 1] = starts[:num_cuts + 1]  # next free position per rank
+        i = 0
+        for y in range(h):
+            for x in range(w):
+                position = counts[rank[i]]
+                counts[rank[i]] = position + 1
+                order[position] = (y + 1) * w2 + x + 1
+                column[position] = x + 1
+                i += 1
+        records, _ = _sweep(order, column, starts, foreground_levels, connectivity == 8, w2,
+                            label, stats, parent, alive, live, records, level_start)
+        # Level i is cut index T - 1 - i.
+        out_slot, out_boxes, out_areas, size = _emit(
+            records, level_start, m * num_cuts + num_cuts - 1, -1, w2, out[0], out[1], out[2],
+            size)
+        out = (out_slot, out_boxes, out_areas)
+        if background_connectivity:
+            records, _ = _sweep(order, column, starts, background_levels,
+                                background_connectivity == 8, w2, label, stats, parent, alive,
+                                live, records, level_start)
+            back_slot, back_boxes, back_areas, back_size = _emit(
+                records, level_start, m * num_cuts, 1, w2, back[0], back[1], back[2],
+                back_size)
+            back = (back_slot, back_boxes, back_areas)
+    return (out[0][:size], out[1][:size], out[2][:size],
+            back[0][:back_size], back[1][:back_size], back[2][:back_size])
