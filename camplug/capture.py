@@ -27,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import methods
 from .discovery import layers
-from .discovery.cache import HEAD_CACHE
+from .discovery.cache import HEAD_CACHE, structure_of
 from .discovery.fold import fold_head
 from .discovery.heads import (
     CapturePoint,
@@ -201,7 +201,6 @@ class CamCapture:
         self.backend = backend
         self.output = output
         self._layer = layer_name(model, layer)
-        self._names = dict(model.named_modules())
         self._lock = threading.Lock()
         self._head: HeadInfo | None = None
         self._feature_layer: layers.FeatureLayer | None = None
@@ -324,11 +323,14 @@ class CamCapture:
         ):
             self._open_window(point)  # the pooling runs in the model's own forward
 
+    def _module(self, name: str) -> nn.Module:
+        """The submodule of the model called ``name`` ("" is the model itself)."""
+        return self.model.get_submodule(name)
+
     def _forget_discovery(self) -> None:
         for handle in self._point_handles:
             handle.remove()
         self._point_handles.clear()
-        self._names = dict(self.model.named_modules())
         self._head = self._feature_layer = self._head_error = None
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
@@ -337,10 +339,12 @@ class CamCapture:
         another reason than the head itself (a model that needs the whole batch), on the whole
         batch. Only a head found by the first attempt is cached. A model without an exact CAM
         head gets the feature layer for the gradient methods instead."""
-        self._structure = structure_of(self.model)
         first = _first_sample(args, kwargs)
         key = HEAD_CACHE.key(self.model, args, kwargs, layer=self._layer, output=self.output,
                              single_sample=_single_sample(args, kwargs))
+        # the plan that recognised (or was just made of) this state knows its structure
+        plan = key.plan if key is not None else None
+        self._structure = plan.structure if plan is not None else structure_of(self.model)
         cached = HEAD_CACHE.get(self.model, key) if key is not None else None
         if isinstance(cached, layers.FeatureLayer):
             self._head_error = UnsupportedHeadError(cached.reason)
@@ -382,11 +386,11 @@ class CamCapture:
 
     def _install_feature_layer(self, found: layers.FeatureLayer) -> None:
         self._feature_layer = found
-        self._point_handles.append(self._names[found.module].register_forward_hook(
+        self._point_handles.append(self._module(found.module).register_forward_hook(
             self._counted(f"{found.module}:post", found.call, self._store_layer_output)))
 
     def _install(self, point: CapturePoint) -> None:
-        module = self._names[point.module]
+        module = self._module(point.module)
         add = self._point_handles.append
         if point.kind == "module_input":
             hook = self._counted(f"{point.module}:pre", point.call, self._store_input)
@@ -400,12 +404,12 @@ class CamCapture:
                     self._counted(f"{point.module}:pre", point.call,
                                   lambda *_: self._open_window(point))))
             else:
-                add(self._names[point.anchor].register_forward_hook(
+                add(self._module(point.anchor).register_forward_hook(
                     self._counted(f"{point.anchor}:post", point.anchor_call,
                                   lambda *_: self._open_window(point))))
             add(module.register_forward_hook(lambda *_: self._close_window(), always_call=True))
         elif point.anchor is not None:  # window inside the model's own forward
-            add(self._names[point.anchor].register_forward_hook(
+            add(self._module(point.anchor).register_forward_hook(
                 self._counted(f"{point.anchor}:post", point.anchor_call,
                               lambda *_: self._open_window(point))))
 
@@ -450,7 +454,7 @@ class CamCapture:
             window = _Interceptor(point.func_name, point.op_index, self._store)
             state.window = window
             window.__enter__()
-            frame = _call_frame(self._names[point.module] if point.module else self.model)
+            frame = _call_frame(self._module(point.module))
             if frame is not None:
                 state.watch = _ExitWatch(frame, self._close_window)
 
@@ -688,18 +692,6 @@ class CamCapture:
             return cam(features, weights.detach(), out_size,
                        relu=chosen.relu if relu is None else relu, normalize=normalize,
                        out_dtype=out_dtype, backend=self.backend)
-
-
-def structure_of(model: nn.Module) -> tuple[int, ...]:
-    """Identities of the model's modules, parameters and buffers: changes when one of them is
-    replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates.
-    One walk over the modules (``parameters()``/``buffers()`` would walk them twice more)."""
-    found: list[int] = []
-    for module in model.modules():
-        found.append(id(module))
-        found.extend(map(id, module._parameters.values()))
-        found.extend(map(id, module._buffers.values()))
-    return tuple(found)
 
 
 def _head_stamp(head: HeadInfo) -> tuple[tuple[torch.Tensor, int], ...]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import methods
-from ..capture import structure_of
+from ..discovery.cache import structure_of
 from ..discovery.heads import (
     HeadInfo,
     LayerSpec,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import functools
 import itertools
 import operator
 import threading
@@ -161,9 +160,39 @@ class _Freezer:
         return tuple((name, None if t is None else self.tensor(t)) for name, t in tensors.items())
 
 
-_STRUCTURES = ("_modules", "_parameters", "_buffers")
-_ids = functools.partial(map, id)
-_tensor_meta = operator.attrgetter("_version", "shape", "dtype", "device", "layout")
+_structure_dicts = operator.itemgetter("_modules", "_parameters", "_buffers")
+
+
+def _flat_keys(dicts: list[dict]) -> list[Hashable]:
+    """The keys of all ``dicts``, in order, as one list."""
+    return list(itertools.chain.from_iterable(dicts))
+
+
+def _flat_ids(dicts: list[dict]) -> list[int]:
+    """The ids of the values of all ``dicts``, in order, as one list."""
+    return list(map(id, itertools.chain.from_iterable(map(dict.values, dicts))))
+
+
+def _attributes(dicts: list[dict], places: tuple[list[int], list[str]]) -> list[object]:
+    """The values ``dicts[index][name]`` for the (index, name) pairs of ``places``, as one
+    flat list (C-level iteration only)."""
+    return list(map(operator.getitem, map(dicts.__getitem__, places[0]), places[1]))
+
+
+def structure_of(model: nn.Module) -> tuple[int, ...]:
+    """Identities of the model's modules, parameters and buffers: changes when one of them is
+    replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates.
+    One walk over the modules (``parameters()``/``buffers()`` would walk them twice more)."""
+    found: list[int] = []
+    for module in model.modules():
+        found.append(id(module))
+        found.extend(map(id, module._parameters.values()))
+        found.extend(map(id, module._buffers.values()))
+    return tuple(found)
+
+
+_tensor_meta = operator.attrgetter(
+    "__class__", "_version", "shape", "dtype", "device", "layout")
 
 
 def _any_none(items: list[object]) -> bool:
@@ -181,13 +210,15 @@ def _plain(value: object) -> bool:
 class _Plan:
     """A fast test that a model is still in the state its :func:`model_fingerprint` described.
 
-    It holds weak references to the modules and tensors, the ids of every module attribute
-    (immutable values kept alive so that their ids cannot be reused), the contents of the
-    module/parameter/buffer dicts, each tensor's version and metadata, and, for attributes that
-    are containers or objects, their fingerprint (recomputed at each test). Mostly C-level
-    comparisons: a cached attach does not pay for a full fingerprint. ``matches`` is True only
-    when :func:`model_fingerprint` would give the same value; a False only means "fingerprint
-    again". Train/eval flags are ignored, as by the fingerprint.
+    It holds weak references to the modules and tensors, the attribute names of every module,
+    the ids of the attributes compared by identity (immutable values kept alive so that their
+    ids cannot be reused), the contents of the module/parameter/buffer dicts, each tensor's
+    version and metadata, copies of plain containers, and, for attributes that are other
+    objects, their fingerprint (recomputed at each test). Each of these is one flat list
+    compared at C level: a cached attach does not pay for a full fingerprint. ``structure``
+    is :func:`structure_of` the planned state (a capture reuses it when the plan matches).
+    ``matches`` is True only when :func:`model_fingerprint` would give the same value; a False
+    only means "fingerprint again". Train/eval flags are ignored, as by the fingerprint.
     """
 
     @classmethod
@@ -199,24 +230,33 @@ class _Plan:
             return None
 
     def __init__(self, model: nn.Module) -> None:
-        modules = [module for _, module in model.named_modules()]
+        modules = list(model.modules())
         dicts = [module.__dict__ for module in modules]
         self.modules = [weakref.ref(module) for module in modules]
         self.types = list(map(type, modules))
         self.forwards = {kind: kind.forward for kind in set(self.types)}
-        self.keys = list(map(tuple, dicts))
-        self.ids = list(map(tuple, map(_ids, map(dict.values, dicts))))
-        self.structures = [self._structure(dicts, name) for name in _STRUCTURES]
+        # Attribute names of all modules as one flat list (one C-level comparison); the
+        # per-module lengths keep the boundaries.
+        self.lengths = list(map(len, dicts))
+        self.keys = _flat_keys(dicts)
+        self.structures = self._structures(dicts)
+        self.structure = structure_of(model)
         self.pins: list[object] = []
-        self.loose: list[frozenset[int]] = []  # per module: attribute positions whose id may vary
-        self.copies: tuple[list[tuple[int, str]], list[object]] = ([], [])
+        # (module index, name), types and copies of the containers compared by content
+        self.copies: tuple[tuple[list[int], list[str]], list[type], list[object]] = (
+            ([], []), [], [])
         self.deep: list[tuple[int, str, Hashable]] = []
         freezer = _Freezer()
         tensors: list[torch.Tensor] = []
+        # (module index, name) of the attributes compared by identity (the others are
+        # compared by content, or ignored: train/eval flags, hook dicts).
+        self.by_identity: tuple[list[int], list[str]] = ([], [])
         for index, attributes in enumerate(dicts):
-            self.loose.append(frozenset(
-                position for position, (key, value) in enumerate(attributes.items())
-                if self._classify(index, key, value, freezer, tensors)))
+            for key, value in attributes.items():
+                if not self._classify(index, key, value, freezer, tensors):
+                    self.by_identity[0].append(index)
+                    self.by_identity[1].append(key)
+        self.ids = list(map(id, _attributes(dicts, self.by_identity)))
         self.deep_refs = tuple(freezer.refs.values())
         tensors += [t for module in modules for group in (module._parameters, module._buffers)
                     for t in group.values() if t is not None]
@@ -241,21 +281,25 @@ class _Plan:
         if isinstance(value, (dict, list, set, frozenset, tuple)) and _plain(
             tuple(value.items()) if isinstance(value, dict) else tuple(value)
         ):
-            self.copies[0].append((index, key))
-            self.copies[1].append((type(value), copy.copy(value)))
+            self.copies[0][0].append(index)
+            self.copies[0][1].append(key)
+            self.copies[1].append(type(value))
+            self.copies[2].append(copy.copy(value))
             return True
         self.deep.append((index, key, freezer.value(value)))
         return True
 
     @staticmethod
-    def _structure(dicts: list[dict], name: str) -> tuple[list, list]:
-        inner = list(map(operator.itemgetter(name), dicts))
-        return list(map(tuple, inner)), list(map(tuple, map(_ids, map(dict.values, inner))))
+    def _structures(dicts: list[dict]) -> tuple[list[int], list[Hashable], list[int]]:
+        """Lengths, keys and value ids of every module's module/parameter/buffer dicts."""
+        inner = list(itertools.chain.from_iterable(map(_structure_dicts, dicts)))
+        return list(map(len, inner)), _flat_keys(inner), _flat_ids(inner)
+
 
     @staticmethod
     def _tensor_state(tensors: list[torch.Tensor]) -> tuple[list, ...]:
-        return (list(map(type, tensors)), list(map(_tensor_meta, tensors)),
-                list(map(torch.Tensor.data_ptr, tensors)), list(map(torch.Tensor.stride, tensors)))
+        return (list(map(_tensor_meta, tensors)), list(map(torch.Tensor.data_ptr, tensors)),
+                list(map(torch.Tensor.stride, tensors)))
 
     @staticmethod
     def _hooks(dicts: list[dict]) -> list[Hashable]:
@@ -278,16 +322,14 @@ class _Plan:
         if any(kind.forward is not forward for kind, forward in self.forwards.items()):
             return False
         dicts = list(map(operator.attrgetter("__dict__"), modules))
-        if list(map(tuple, dicts)) != self.keys:
+        if list(map(len, dicts)) != self.lengths or _flat_keys(dicts) != self.keys:
             return False
-        ids = list(map(tuple, map(_ids, map(dict.values, dicts))))
-        if ids != self.ids and not self._only_loose_ids_changed(ids):
+        if list(map(id, _attributes(dicts, self.by_identity))) != self.ids:
             return False
-        if any(self._structure(dicts, name) != planned
-               for name, planned in zip(_STRUCTURES, self.structures, strict=True)):
+        if self._structures(dicts) != self.structures:
             return False
-        places, copies = self.copies
-        if [(type(v), v) for v in (dicts[i][key] for i, key in places)] != copies:
+        copied = _attributes(dicts, self.copies[0])
+        if list(map(type, copied)) != self.copies[1] or copied != self.copies[2]:
             return False
         freezer = _Freezer()
         if any(freezer.value(dicts[i][key]) != frozen for i, key, frozen in self.deep) or not all(
@@ -298,18 +340,6 @@ class _Plan:
         if _any_none(tensors) or self._tensor_state(tensors) != self.tensor_state:
             return False
         return self._hooks(dicts) == self.hooks
-
-    def _only_loose_ids_changed(self, ids: list[tuple[int, ...]]) -> bool:
-        """Ids differ only where the content is compared separately (or a train/eval flag):
-        then remember the new ids."""
-        for index, (now, planned) in enumerate(zip(ids, self.ids, strict=True)):
-            if now != planned and any(
-                a != b for position, (a, b) in enumerate(zip(now, planned, strict=True))
-                if position not in self.loose[index]
-            ):
-                return False
-        self.ids = ids
-        return True
 
 
 def _is_builtin_function(value: object) -> bool:
@@ -437,13 +467,15 @@ class HeadCache:
         entry = self._entry(model)
         if entry is None:
             return None
-        entry.states = [s for s in entry.states if s.fingerprint.alive()]
         for state in reversed(entry.states):
             try:
                 if state.plan is not None and state.plan.matches(model):
                     return state
             except (RuntimeError, TypeError, _Uncacheable):  # e.g. a tensor turned sparse
                 state.plan = None
+        # on a miss, drop the states that can never be seen again (a plan that matches
+        # checks that what it compares by identity is alive itself)
+        entry.states = [s for s in entry.states if s.fingerprint.alive()]
         return None
 
     def get(self, model: nn.Module, key: CacheKey) -> HeadInfo | FeatureLayer | None:

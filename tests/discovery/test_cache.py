@@ -13,7 +13,7 @@ from torch import nn
 
 import camplug
 from camplug.captum.attribution import ClassActivationMap
-from camplug.discovery.cache import HEAD_CACHE, _Plan, model_fingerprint
+from camplug.discovery.cache import HEAD_CACHE, _Plan, model_fingerprint, structure_of
 from camplug.discovery.heads import probing
 
 CASES = {case.name: case for case in SUPPORTED}
@@ -267,6 +267,8 @@ def _mutations() -> list[tuple[str, object]]:
         ("nested object attribute", nested),
         ("list attribute in place", lambda m: m.names.append("x")),
         ("dict attribute in place", lambda m: m.table.update(b=2)),
+        ("set attribute in place", lambda m: m.conv1._non_persistent_buffers_set.add("x")),
+        ("deleted parameter", lambda m: delattr(m.fc, "bias")),
         ("replaced submodule", lambda m: setattr(m, "fc", nn.Linear(16, 7))),
         ("replaced buffer", replace_buffer),
         ("new attribute", lambda m: setattr(m.layer2, "extra", 3)),
@@ -286,6 +288,7 @@ def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change):
     before = model_fingerprint(model)
     plan = _Plan.build(model)
     assert plan is not None and plan.matches(model)
+    assert plan.structure == structure_of(model)
     change(model)
     same = model_fingerprint(model).matches(before)
     assert same == (what in ("nothing", "mode flags"))
