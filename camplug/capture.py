@@ -72,9 +72,22 @@ class _ExitWatch:
     """Calls ``on_exit`` when ``frame`` (a module call that opened an interceptor window)
     returns, also when it unwinds through an exception that module hooks never see
     (KeyboardInterrupt, SystemExit): a window can never outlive that call. While any watch of
-    a thread is active, one profile function (chained to any existing one) serves them all."""
+    a thread is active, one profile function (chained to any existing one) serves them all.
+    Not available under a profiler written in C (``cProfile``): its profile function cannot be
+    called from Python, so it is left alone (see :meth:`start`)."""
 
     _active: dict[int, tuple[Any, list[_ExitWatch]]] = {}  # thread id -> (previous, watches)
+
+    @classmethod
+    def start(cls, frame: FrameType, on_exit: Callable[[], None]) -> _ExitWatch | None:
+        """A watch of ``frame``, or None when this thread's profile function is one that
+        cannot be chained (a C profiler such as ``cProfile``)."""
+        previous = sys.getprofile()
+        if threading.get_ident() not in cls._active and not (
+            previous is None or callable(previous)
+        ):
+            return None
+        return cls(frame, on_exit)
 
     def __init__(self, frame: FrameType, on_exit: Callable[[], None]) -> None:
         self.frame, self.on_exit = frame, on_exit
@@ -456,7 +469,7 @@ class CamCapture:
             window.__enter__()
             frame = _call_frame(self._module(point.module))
             if frame is not None:
-                state.watch = _ExitWatch(frame, self._close_window)
+                state.watch = _ExitWatch.start(frame, self._close_window)
 
     def _close_window(self) -> None:
         state = self._thread

@@ -3,6 +3,7 @@ memory stays flat; several captures coexist; torch.compile is handled."""
 
 from __future__ import annotations
 
+import cProfile
 import gc
 import sys
 import warnings
@@ -287,4 +288,25 @@ def test_interrupt_between_features_and_pooling_leaves_no_interceptor(interrupt)
         model(images(2))
         assert capture.maps().shape == (2, 1, 32, 32)
         handle.remove()
+    assert_pristine(model)
+
+
+def test_a_capture_runs_under_cprofile_and_leaves_its_profiler_in_place():
+    """A C profiler's profile function cannot be chained from Python: the capture must neither
+    fail nor replace it (DenseNet opens an interceptor window in the model's forward)."""
+    model = build(CASES["densenet"])
+    x = images(2)
+    expected = camplug.explain(model, x)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        with camplug.attach(model) as capture:
+            model(x)
+            maps = capture.maps()
+        still_profiling = sys.getprofile()
+    finally:
+        profiler.disable()
+    assert still_profiling is profiler
+    assert torch.equal(maps, expected.maps)
+    assert _get_current_function_mode_stack() == []
     assert_pristine(model)
