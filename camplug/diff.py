@@ -175,7 +175,7 @@ def open_side(path: str | Path, run_id: str | None, label: str) -> AuditSide:
     """Load run ``run_id`` (a prefix is enough; None: the file's latest run) of the results at
     ``path``; a clear error when it is absent or not complete."""
     db = results_file(path)
-    with ResultStore(db) as store:
+    with ResultStore(db, read_only=True) as store:
         runs = store.runs()
         if not runs:
             raise DiffError(f"{db} holds no audit run")
@@ -237,7 +237,7 @@ def _check_same_data(a: AuditSide, b: AuditSide, check_dataset: bool) -> None:
 
 
 def _load_maps(side: AuditSide, ids: list[str]) -> dict[str, np.ndarray]:
-    with ResultStore(side.db_path) as store:
+    with ResultStore(side.db_path, read_only=True) as store:
         maps = store.load_maps(side.record.run_id)
     missing = [i for i in ids if i not in maps]
     if len(missing) == len(ids) and ids:

@@ -342,7 +342,7 @@ def _summarize(rows, config: RunConfig, run_id: str, db_path: Path,
 def load_summary(db_path: str | Path, run_id: str | None = None) -> AuditSummary:
     """The summary of a stored run (the latest run in the file when ``run_id`` is None)."""
     db_path = Path(db_path)
-    with ResultStore(db_path) as store:
+    with ResultStore(db_path, read_only=True) as store:
         run = store.get_run(run_id) if run_id else (store.runs() or [None])[-1]
         if run is None:
             raise ValueError(f"{db_path} holds no run {run_id or ''}".strip())

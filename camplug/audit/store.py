@@ -216,14 +216,25 @@ class ResultStore:
     """An open SQLite results file. Use as a context manager or call :meth:`close`.
 
     Opening checks the file: a file that is not SQLite, or a database whose tables are not the
-    audit's, raises ``StoreError`` (nothing is written to it)."""
+    audit's, raises ``StoreError`` (nothing is written to it). A file from an older camplug
+    gains the columns added since when opened for writing; ``read_only=True`` (reports, diff,
+    export) leaves the file exactly as it is (the missing columns read as empty) and refuses a
+    path that holds no results file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self._missing: set[str] = set()  # added columns an older file lacks (read-only)
         if self.path.exists() and not self.path.is_file():
             raise StoreError(f"results file {self.path} exists and is not a regular file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=60.0)
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"no results file at {self.path}")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=60.0)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=60.0)
         try:
             self._check_and_create()
         except sqlite3.DatabaseError as error:
@@ -250,6 +261,13 @@ class ResultStore:
                 f"{self.path} is an SQLite database but not a camplug results file (its tables: "
                 f"{', '.join(sorted(tables))}); move it away or choose another output folder"
             )
+        if self.read_only:
+            if not tables:
+                raise StoreError(f"{self.path} holds no camplug results (an empty database)")
+            self._missing = {column for table, added in (("runs", ADDED_RUN_COLUMNS),
+                                                         ("samples", ADDED_SAMPLE_COLUMNS))
+                             for column in added if column not in tables[table]}
+            return
         self._conn.execute("PRAGMA synchronous = FULL")
         with self._conn:
             self._conn.executescript(SCHEMA)
@@ -261,6 +279,10 @@ class ResultStore:
 
     def close(self) -> None:
         self._conn.close()
+
+    def _columns(self, names: Sequence[str]) -> str:
+        """The select list of ``names``, a column an older file lacks read as NULL."""
+        return ", ".join(f"NULL AS {name}" if name in self._missing else name for name in names)
 
     def __enter__(self) -> ResultStore:
         return self
@@ -298,7 +320,7 @@ class ResultStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self._conn.execute(
-            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)
+            f"SELECT {self._columns(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
         if row is None:
             return None
@@ -361,7 +383,7 @@ class ResultStore:
         """The run's rows ordered by sample index (only ``indices`` when given); ``maps``: also
         decode the stored maps (``SampleRow.maps``, else None)."""
         columns = SAMPLE_COLUMNS + (MAP_COLUMNS if maps else ())
-        query = f"SELECT {', '.join(columns)} FROM samples WHERE run_id = ?"
+        query = f"SELECT {self._columns(columns)} FROM samples WHERE run_id = ?"
         cursor = self._conn.execute(query + " ORDER BY sample_index", (run_id,))
         wanted = None if indices is None else set(indices)
         return [
@@ -376,7 +398,7 @@ class ResultStore:
         (before upsampling and normalization; channels ``MAP_CHANNELS``: the labelled class,
         then the predicted class). ``sample_ids``: only these (an id the run lacks raises
         ``KeyError`` naming it). Raises ``StoreError`` when the run's ids are not unique."""
-        cursor = self._conn.execute(
+        cursor = [] if "maps" in self._missing else self._conn.execute(
             "SELECT sample_id, maps, map_ranges FROM samples WHERE run_id = ? AND maps IS NOT "
             "NULL ORDER BY sample_index", (run_id,))
         wanted = None if sample_ids is None else list(dict.fromkeys(sample_ids))

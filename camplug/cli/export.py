@@ -76,7 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     db = args.run_dir / DB_NAME
     if not db.is_file():
         raise UserError(f"export: {args.run_dir} holds no audit results ({DB_NAME})")
-    with ResultStore(db) as store:
+    with ResultStore(db, read_only=True) as store:
         run = store.get_run(args.run_id) if args.run_id else (store.runs() or [None])[-1]
         if run is None:
             raise UserError(f"export: {db} holds no run {args.run_id or ''}".rstrip())

@@ -221,8 +221,9 @@ def test_non_finite_maps_load_as_nan(tmp_path):
     assert np.isnan(back[0]).all() and np.isfinite(back[1]).all()
 
 
-def test_a_results_file_from_before_maps_gains_the_columns(tmp_path):
-    path = tmp_path / "old.sqlite"
+def write_old_results_file(path) -> None:
+    """A results file as camplug wrote it before the maps, warnings, images/s and summary
+    columns existed, with one run and one sample."""
     conn = sqlite3.connect(path)
     old_samples = """CREATE TABLE samples (run_id TEXT NOT NULL, sample_index INTEGER NOT NULL,
         sample_id TEXT NOT NULL, label INTEGER, prediction INTEGER, score REAL,
@@ -236,8 +237,15 @@ def test_a_results_file_from_before_maps_gains_the_columns(tmp_path):
         attempts INTEGER NOT NULL)""")
     conn.execute("INSERT INTO samples (run_id, sample_index, sample_id, metrics, flags) "
                  "VALUES ('r1', 0, 's0', '{}', '[]')")
+    conn.execute("INSERT INTO runs VALUES ('r1', 'm', 'd', '{}', 1, '0.1', '2.0', '3.11', "
+                 "'2026-01-01T00:00:00', NULL, 'complete', 1)")
     conn.commit()
     conn.close()
+
+
+def test_a_results_file_from_before_maps_gains_the_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    write_old_results_file(path)
     with ResultStore(path) as store:
         (old,) = store.rows("r1")
         assert old.maps is None and old.warnings == []
@@ -245,3 +253,28 @@ def test_a_results_file_from_before_maps_gains_the_columns(tmp_path):
                                     warnings=["box clipped"])])
         assert list(store.load_maps("r1")) == ["s1"]
         assert store.rows("r1", [1])[0].warnings == ["box clipped"]
+
+
+def test_a_read_only_store_reads_an_old_file_and_leaves_it_byte_identical(tmp_path):
+    path = tmp_path / "old.sqlite"
+    write_old_results_file(path)
+    before = path.read_bytes()
+    with ResultStore(path, read_only=True) as store:
+        run = store.get_run("r1")
+        assert run is not None and run.images_per_second is None and run.summary is None
+        (old,) = store.rows("r1", maps=True)
+        assert old.sample_id == "s0" and old.maps is None and old.warnings == []
+        assert store.load_maps("r1") == {}
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.delete_run("r1")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.sqlite"]
+
+
+def test_a_read_only_store_refuses_a_missing_or_empty_file(tmp_path):
+    with pytest.raises(StoreError, match="no results file at"):
+        ResultStore(tmp_path / "absent.sqlite", read_only=True)
+    assert not (tmp_path / "absent.sqlite").exists()
+    sqlite3.connect(tmp_path / "empty.sqlite").close()
+    with pytest.raises(StoreError, match="holds no camplug results"):
+        ResultStore(tmp_path / "empty.sqlite", read_only=True)

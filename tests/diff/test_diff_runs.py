@@ -91,6 +91,8 @@ def test_python_api_table_and_values(runs):
 
 
 def test_html_report_shows_the_samples_that_moved_most(runs, tmp_path):
+    files = [runs[side] / "audit.sqlite" for side in ("a", "b")]
+    before = [path.read_bytes() for path in files]
     result = compare_runs(runs["a"], runs["b"])
     gates = result.check([parse_condition("map_similarity_p10<0.999")])
     path = write_diff_report(result, tmp_path / "diff.html", gates, gallery_size=4)
@@ -101,6 +103,7 @@ def test_html_report_shows_the_samples_that_moved_most(runs, tmp_path):
         assert f"<td>{sample.sample_id}</td>" in html
     assert main(["diff", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "diff.html").is_file()
+    assert [path.read_bytes() for path in files] == before  # diff only reads the audits
 
 
 def test_runs_of_different_data_are_refused_listing_the_ids(runs):
