@@ -97,7 +97,7 @@ def _rank_lookup(
     n = levels.shape[0]
     low, high = int(cuts.min()), int(cuts.max())
     if high - low + 2 > _MAX_LOOKUP_TABLE:
-        rank = torch.searchsorted(cuts, levels.reshape(n, -1), side="left")
+        rank = torch.searchsorted(cuts, levels.reshape(n, -1).to(cuts.dtype), side="left")
         identity = torch.arange(cuts.shape[1] + 1, device=cuts.device).expand(n, -1)
         return rank.view(levels.shape), identity.contiguous(), 0
     grid = torch.arange(low, high + 2, device=cuts.device).expand(n, -1)
@@ -392,58 +392,63 @@ def _torch_superlevel(levels: torch.Tensor, cuts: torch.Tensor, connectivity: in
     )
 
 
-def _torch_sublevel(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> Components:
+def _torch_holes(levels: torch.Tensor, cuts: torch.Tensor, connectivity: int) -> Components:
+    """The components of ``levels <= cut`` that do not touch the map's border."""
     # levels <= cut  <=>  -levels > -cut - 1; T is flipped to keep the cuts ascending.
+    _, h, w = levels.shape
     num_cuts = cuts.shape[1]
     flipped = _torch_superlevel(-levels, (-cuts - 1).flip(1), connectivity)
-    t = flipped.slot % num_cuts
-    slot = flipped.slot - t + (num_cuts - 1 - t)
+    boxes = flipped.boxes
+    enclosed = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w - 1) & (boxes[:, 3] < h - 1)
+    slot, boxes, areas = flipped.slot[enclosed], boxes[enclosed], flipped.areas[enclosed]
+    t = slot % num_cuts
+    slot = slot - t + (num_cuts - 1 - t)
     order = torch.argsort(slot, stable=True)  # within a mask: still by first pixel
-    return Components(slot[order], flipped.boxes[order], flipped.areas[order])
+    return Components(slot[order], boxes[order], areas[order])
 
 
 def level_set_components(
     levels: torch.Tensor,
     cuts: torch.Tensor,
     connectivity: int = 8,
-    background_connectivity: int | None = None,
+    hole_connectivity: int | None = None,
     *,
     backend: ComponentsBackend = "auto",
 ) -> tuple[Components, Components | None]:
-    """Components of every mask ``levels[n] > cuts[n, t]`` and, when
-    ``background_connectivity`` (8 or 4) is given, of every complement ``levels[n] <=
-    cuts[n, t]`` (None otherwise), sharing one ranking of the pixels.
+    """Components of every mask ``levels[n] > cuts[n, t]`` and, when ``hole_connectivity``
+    (8 or 4) is given, its holes: the components of the complement ``levels[n] <=
+    cuts[n, t]`` that do not touch the map's border (None otherwise).
 
     ``levels``: integer [N, H, W]; ``cuts``: integer [N, T], non-decreasing along T.
     Returns ``Components`` with slot = n * T + t, on the inputs' device. ``backend``:
     "numba" (the compiled CPU kernels of the ``fast`` extra), "torch" (any device), or
     "auto": numba for CPU tensors when it is installed, else torch. Both give identical
-    results.
+    results; both share one ranking of the pixels for the components and the holes.
     """
     _check_levels(levels, cuts, connectivity)
-    if background_connectivity is not None:
-        _check_connectivity(background_connectivity)
+    if hole_connectivity is not None:
+        _check_connectivity(hole_connectivity)
     compiled = _use_compiled(backend, levels)
-    levels, cuts = levels.to(torch.int64).contiguous(), cuts.to(torch.int64).contiguous()
+    if not compiled or levels.dtype != torch.int32:  # the kernels take int32 or int64
+        levels = levels.to(torch.int64)
+    levels, cuts = levels.contiguous(), cuts.to(torch.int64).contiguous()
     n, h, w = levels.shape
     num_cuts = cuts.shape[1]
     if n == 0 or levels.numel() == 0 or num_cuts == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=levels.device)
         none = Components(empty, empty.reshape(0, 4), empty)
-        return none, (None if background_connectivity is None else none)
+        return none, (None if hole_connectivity is None else none)
     if compiled:
         values, table, low = _rank_lookup(levels, cuts)
         found = _compiled_backend().level_set_sweeps(
             values.contiguous().numpy(), table.contiguous().numpy(), low, num_cuts,
-            connectivity, background_connectivity or 0,
+            connectivity, hole_connectivity or 0,
         )
         found = [torch.from_numpy(x) for x in found]
-        background = None if background_connectivity is None else Components(*found[3:])
-        return Components(*found[:3]), background
-    background = None
-    if background_connectivity is not None:
-        background = _torch_sublevel(levels, cuts, background_connectivity)
-    return _torch_superlevel(levels, cuts, connectivity), background
+        holes = None if hole_connectivity is None else Components(*found[3:])
+        return Components(*found[:3]), holes
+    holes = None if hole_connectivity is None else _torch_holes(levels, cuts, hole_connectivity)
+    return _torch_superlevel(levels, cuts, connectivity), holes
 
 
 def superlevel_components(

@@ -4,15 +4,17 @@ One union-find sweep per map over its pixels in rank order gives the components 
 cut at once. The pixels are counting-sorted by rank (raster order within a rank). The
 foreground sweep adds the ranks from high to low: after rank r the added pixels are exactly
 the mask ``rank > r - 1``, so the live components at that moment are those of cut index
-r - 1. The background sweep adds the ranks from low to high: after rank r the added pixels
-are the complement ``rank <= r``, the background at cut index r. A pixel joins the
+r - 1. The hole sweep adds the ranks from low to high: after rank r the added pixels are the
+complement ``rank <= r``, the background at cut index r; the padding frame around the map
+counts as added there and forms one component, "outside", never reported, so that the
+components reported are the holes (those not touching the map's border). A pixel joins the
 components of its already-added neighbours (merging them when there are several); each
 component keeps its pixel count, first and last raster index and first and last column.
 
 Pixels carry the id of the component they joined; ids of merged components are resolved
 through a small union-find over components (path halving, union by size), so the per-pixel
 work is one look at the neighbours' ids, most often all equal. The grid is padded by one
-pixel that is never added, so neighbours need no bounds checks.
+pixel, so neighbours need no bounds checks.
 
 Output per sweep: int64 arrays slot [K], boxes [K, 4] (x0, y0, x1, y1 inclusive), areas [K],
 sorted by slot, then by the raster index of each component's first pixel, like the torch
@@ -31,6 +33,10 @@ import numpy as np
 numba = importlib.import_module("numba")
 
 _NO_LABEL = -1
+_OUTSIDE = 0  # the padding frame's component in a holes-only sweep
+# Starting capacities (components per map, recorded rows per map): small, so that the
+# growth paths run in the tests too.
+_FIRST_CAPACITY = 16
 _SMALL_SORT = 32  # insertion sort below this many live components, argsort above
 
 
@@ -81,46 +87,107 @@ def _sort_by_first(live: np.ndarray, count: int, stats: np.ndarray) -> None:
         live[i] = ids[ranked[i]]
 
 
+@numba.njit(cache=True, inline="always")
+def _flush(stats: np.ndarray, c: int, area: int, first: int, last: int, left: int,
+           right: int) -> None:
+    """Add a run of pixels (their count, raster and column range) to component c's stats."""
+    stats[c, 0] += area
+    stats[c, 1] = min(stats[c, 1], first)
+    stats[c, 2] = max(stats[c, 2], last)
+    stats[c, 3] = min(stats[c, 3], left)
+    stats[c, 4] = max(stats[c, 4], right)
+
+
 @numba.njit(cache=True)
-def _sweep(order, column, starts, buckets, eight, w2, label, stats, parent, alive, live, records,
-           level_start):
+def _grow_components(stats, parent, alive, live):
+    """The component table at twice its capacity (the first rows kept)."""
+    size = stats.shape[0]
+    grown = (np.empty((2 * size, 5), stats.dtype), np.empty(2 * size, parent.dtype),
+             np.empty(2 * size, alive.dtype), np.empty(2 * size, live.dtype))
+    grown[0][:size] = stats
+    grown[1][:size] = parent
+    grown[2][:size] = alive
+    grown[3][:size] = live
+    return grown
+
+
+@numba.njit(cache=True)
+def _sweep(order, column, starts, buckets, eight, w2, label, table, records, level_start,
+           holes_only):
     """Add the pixels of ``buckets`` (rank values, in sweep order) one rank at a time; after
     each rank append every live component's stats to ``records`` (level i's rows start at
-    ``level_start[i]``). Returns (records, number of rows)."""
+    ``level_start[i]``). ``table``: the component table (stats, parent, alive, live), grown
+    as needed. With ``holes_only`` the padding frame is component 0, "outside", already
+    added and never recorded: components touching the map's border join it. Returns
+    (records, table).
+
+    Pixel indices are unsigned (uint64): numba then skips its negative-index wraparound
+    code, a large share of the per-pixel work.
+    """
+    stats, parent, alive, live = table
     label[:] = _NO_LABEL
+    num_components = 0
+    if holes_only:
+        height = label.shape[0] // w2
+        label[:w2] = _OUTSIDE
+        label[(height - 1) * w2:] = _OUTSIDE
+        for y in range(1, height - 1):
+            label[y * w2] = _OUTSIDE
+            label[y * w2 + w2 - 1] = _OUTSIDE
+        parent[_OUTSIDE] = _OUTSIDE
+        alive[_OUTSIDE] = False  # never recorded
+        stats[_OUTSIDE, 0] = 1 << 62  # always the larger side of a union: stays the root
+        num_components = 1
     offsets = np.array([-w2 - 1, -w2, -w2 + 1, -1, 1, w2 - 1, w2, w2 + 1]) if eight else \
         np.array([-w2, -1, 1, w2])
-    num_components = 0
+    one, up, up_left, up_right = np.uint64(1), np.uint64(w2), np.uint64(w2 + 1), np.uint64(w2 - 1)
     num_live = 0
     rows = 0
     for level in range(buckets.shape[0]):
         bucket = buckets[level]
+        # Consecutive pixels whose neighbours all carry the label ``run_label`` join
+        # component ``run``: their stats are summed here and flushed once.
+        run, run_label = -1, -2
+        run_area, run_first, run_last, run_left, run_right = 0, 0, 0, 0, 0
         for j in range(starts[bucket], starts[bucket + 1]):
-            p = order[j]
-            x = column[j]
-            # Labels of the added neighbours: all equal (the common case) when their min and
-            # max agree; -1 (not added) is the largest as uint32 and the smallest as int32.
+            index = np.int64(order[j])  # for the stats
+            p = np.uint64(index)  # for indexing
+            x = np.int64(column[j])
+            # The neighbours' labels are all equal (or absent) when their min and max agree;
+            # -1 (not added) is the largest as uint32 and the smallest as int32.
             if eight:
-                v0, v1, v2 = label[p - w2 - 1], label[p - w2], label[p - w2 + 1]
-                v3, v4 = label[p - 1], label[p + 1]
-                v5, v6, v7 = label[p + w2 - 1], label[p + w2], label[p + w2 + 1]
+                v0, v1, v2 = label[p - up_left], label[p - up], label[p - up_right]
+                v3, v4 = label[p - one], label[p + one]
+                v5, v6, v7 = label[p + up_right], label[p + up], label[p + up_left]
                 high = max(max(max(v0, v1), max(v2, v3)), max(max(v4, v5), max(v6, v7)))
                 low = min(min(min(np.uint32(v0), np.uint32(v1)),
                               min(np.uint32(v2), np.uint32(v3))),
                           min(min(np.uint32(v4), np.uint32(v5)),
                               min(np.uint32(v6), np.uint32(v7))))
             else:
-                v0, v1, v2, v3 = label[p - w2], label[p - 1], label[p + 1], label[p + w2]
+                v0, v1, v2, v3 = label[p - up], label[p - one], label[p + one], label[p + up]
                 high = max(max(v0, v1), max(v2, v3))
                 low = min(min(np.uint32(v0), np.uint32(v1)), min(np.uint32(v2), np.uint32(v3)))
+            if high == run_label and np.int32(low) == high:  # continues the run
+                label[p] = run
+                run_area += 1
+                run_last = index
+                run_left = min(run_left, x)
+                run_right = max(run_right, x)
+                continue
+            if run >= 0:
+                _flush(stats, run, run_area, run_first, run_last, run_left, run_right)
+                run, run_label = -1, -2
             if high == _NO_LABEL:  # no added neighbour: a new component
+                if num_components == stats.shape[0]:
+                    stats, parent, alive, live = _grow_components(stats, parent, alive, live)
                 c = num_components
                 num_components += 1
                 parent[c] = c
                 alive[c] = True
                 stats[c, 0] = 1
-                stats[c, 1] = p
-                stats[c, 2] = p
+                stats[c, 1] = index
+                stats[c, 2] = index
                 stats[c, 3] = x
                 stats[c, 4] = x
                 live[num_live] = c
@@ -130,17 +197,18 @@ def _sweep(order, column, starts, buckets, eight, w2, label, stats, parent, aliv
             c = _find(parent, high)
             if np.int32(low) != high:  # several labels: merge their components
                 for k in range(offsets.shape[0]):
-                    v = label[p + offsets[k]]
+                    v = label[index + offsets[k]]
                     if v != _NO_LABEL and v != high:
                         other = _find(parent, v)
                         if other != c:
                             c = _union(stats, parent, alive, c, other)
+            else:
+                run_label = high
             label[p] = c
-            stats[c, 0] += 1
-            stats[c, 1] = min(stats[c, 1], p)
-            stats[c, 2] = max(stats[c, 2], p)
-            stats[c, 3] = min(stats[c, 3], x)
-            stats[c, 4] = max(stats[c, 4], x)
+            run = c
+            run_area, run_first, run_last, run_left, run_right = 1, index, index, x, x
+        if run >= 0:
+            _flush(stats, run, run_area, run_first, run_last, run_left, run_right)
         kept = 0
         for i in range(num_live):
             if alive[live[i]]:
@@ -157,7 +225,7 @@ def _sweep(order, column, starts, buckets, eight, w2, label, stats, parent, aliv
             records[rows] = stats[live[i]]
             rows += 1
     level_start[buckets.shape[0]] = rows
-    return records, rows
+    return records, (stats, parent, alive, live)
 
 
 @numba.njit(cache=True)
@@ -191,73 +259,78 @@ def _emit(records, level_start, first_slot, slot_step, w2, out_slot, out_boxes, 
 
 
 @numba.njit(cache=True)
-def level_set_sweeps(values, table, low, num_cuts, connectivity, background_connectivity):
-    """Components of ``rank > t`` (and, when background_connectivity > 0, of ``rank <= t``)
-    for t = 0 .. num_cuts - 1, where rank = table[n, clamp(values[n], low, low + L - 1) - low].
+def level_set_sweeps(values, table, low, num_cuts, connectivity, hole_connectivity):
+    """Components of ``rank > t`` and, when hole_connectivity > 0, the holes (components of
+    ``rank <= t`` not touching the map's border) for t = 0 .. num_cuts - 1, where
+    rank = table[n, clamp(values[n] - low, 0, L - 1)].
 
-    ``values``: int64 [n, H, W]; ``table``: int64 [n, L] with ranks in 0 .. num_cuts;
-    connectivities 8 or 4 (0: no background sweep). Returns (slot, boxes, areas) of the
-    foreground, then of the background (empty without a background sweep), slot = n * T + t.
+    ``values``: integer [n, H, W]; ``table``: int64 [n, L] with ranks in 0 .. num_cuts;
+    connectivities 8 or 4 (0: no hole sweep). Returns (slot, boxes, areas) of the components,
+    then of the holes (empty without a hole sweep), slot = n * T + t.
     """
     n, h, w = values.shape
     w2 = w + 2
     size2 = (h + 2) * w2
     pixels = h * w
     top = table.shape[1] - 1
-    counts = np.zeros(num_cuts + 2, np.int64)
-    starts = np.zeros(num_cuts + 2, np.int64)
-    rank = np.empty(pixels, np.int32)
-    order = np.empty(pixels, np.int32)
-    column = np.empty(pixels, np.int32)
+    one = np.uint64(1)
+    counts = np.zeros(num_cuts + 2, np.uint64)
+    starts = np.zeros(num_cuts + 2, np.uint64)
+    rank = np.empty(pixels, np.uint32)
+    order = np.empty(pixels, np.uint32)
+    column = np.empty(pixels, np.uint32)
     label = np.empty(size2, np.int32)
-    stats = np.empty((pixels, 5), np.int64)
-    parent = np.empty(pixels, np.int64)
-    alive = np.empty(pixels, np.bool_)
-    live = np.empty(pixels, np.int64)
-    records = np.empty((1024, 5), np.int64)
+    size = _FIRST_CAPACITY
+    components = (np.empty((size, 5), np.int64), np.empty(size, np.int64),
+                  np.empty(size, np.bool_), np.empty(size, np.int64))
+    records = np.empty((_FIRST_CAPACITY, 5), np.int64)
     foreground_levels = np.arange(num_cuts, 0, -1)  # ranks T .. 1: cut indices T - 1 .. 0
-    background_levels = np.arange(0, num_cuts)  # ranks 0 .. T - 1: cut indices 0 .. T - 1
+    hole_levels = np.arange(0, num_cuts)  # ranks 0 .. T - 1: cut indices 0 .. T - 1
     level_start = np.empty(num_cuts + 1, np.int64)
-    capacity = max(1024, 4 * n * num_cuts)
+    capacity = n * num_cuts  # one component per mask; grown as needed
     out = (np.empty(capacity, np.int64), np.empty((capacity, 4), np.int64),
            np.empty(capacity, np.int64))
     size = 0
-    back = (np.empty(capacity if background_connectivity else 0, np.int64),
-            np.empty((capacity if background_connectivity else 0, 4), np.int64),
-            np.empty(capacity if background_connectivity else 0, np.int64))
+    back_capacity = capacity if hole_connectivity else 0
+    back = (np.empty(back_capacity, np.int64), np.empty((back_capacity, 4), np.int64),
+            np.empty(back_capacity, np.int64))
     back_size = 0
     for m in range(n):
+        # Counting sort of the pixels by rank, raster order within a rank (unsigned indices:
+        # see _sweep).
         counts[:] = 0
-        i = 0
-        for y in range(h):
-            for x in range(w):
-                r = table[m, min(max(values[m, y, x] - low, 0), top)]
-                rank[i] = r
-                counts[r] += 1
-                i += 1
+        flat = values[m].reshape(pixels)
+        lookup = table[m]
+        for i in range(pixels):
+            r = lookup[np.uint64(min(max(flat[i] - low, 0), top))]
+            rank[i] = r
+            counts[np.uint64(r)] += one
         starts[0] = 0
         for r in range(num_cuts + 1):
             starts[r + 1] = starts[r] + counts[r]
         counts[:num_cuts + 1] = starts[:num_cuts + 1]  # next free position per rank
         i = 0
         for y in range(h):
+            row = (y + 1) * w2 + 1
             for x in range(w):
-                position = counts[rank[i]]
-                counts[rank[i]] = position + 1
-                order[position] = (y + 1) * w2 + x + 1
+                r = np.uint64(rank[i])
+                position = counts[r]
+                counts[r] = position + one
+                order[position] = row + x
                 column[position] = x + 1
                 i += 1
-        records, _ = _sweep(order, column, starts, foreground_levels, connectivity == 8, w2,
-                            label, stats, parent, alive, live, records, level_start)
+        records, components = _sweep(order, column, starts, foreground_levels,
+                                     connectivity == 8, w2, label, components, records,
+                                     level_start, False)
         # Level i is cut index T - 1 - i.
         out_slot, out_boxes, out_areas, size = _emit(
             records, level_start, m * num_cuts + num_cuts - 1, -1, w2, out[0], out[1], out[2],
             size)
         out = (out_slot, out_boxes, out_areas)
-        if background_connectivity:
-            records, _ = _sweep(order, column, starts, background_levels,
-                                background_connectivity == 8, w2, label, stats, parent, alive,
-                                live, records, level_start)
+        if hole_connectivity:
+            records, components = _sweep(order, column, starts, hole_levels,
+                                         hole_connectivity == 8, w2, label, components,
+                                         records, level_start, True)
             back_slot, back_boxes, back_areas, back_size = _emit(
                 records, level_start, m * num_cuts, 1, w2, back[0], back[1], back[2],
                 back_size)

@@ -79,10 +79,11 @@ def default_pixel_thresholds(step: float = 0.01) -> torch.Tensor:
     return torch.cat([default_thresholds(step), torch.ones(1, dtype=torch.float64)])
 
 
-def quantize_cams(cams: torch.Tensor) -> torch.Tensor:
-    """Levels floor(255 * cams) as int64 [N, H, W] (product in float32, or float64)."""
+def quantize_cams(cams: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Levels floor(255 * cams) as ``dtype`` (an integer type) [N, H, W] (product in float32,
+    or float64)."""
     work = cams if cams.dtype == torch.float64 else cams.float()
-    return torch.floor(work * 255).to(torch.int64)
+    return torch.mul(work, 255).floor_().to(dtype)
 
 
 def iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -123,15 +124,12 @@ def _wsolevaluation_ends(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.cat([boxes[:, :2], ends], dim=1)
 
 
-def _hole_borders(background: Components, h: int, w: int) -> Components:
-    """Boxes of the hole contours cv2.RETR_TREE reports, from the 4-connected background
-    components: every one that does not touch the image border, grown by one pixel on each
+def _hole_borders(holes: Components) -> Components:
+    """Boxes of the hole contours cv2.RETR_TREE reports: every 4-connected background
+    component that does not touch the image border (``holes``), grown by one pixel on each
     side."""
-    boxes = background.boxes
-    enclosed = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w - 1) & (boxes[:, 3] < h - 1)
-    grow = torch.tensor([-1, -1, 1, 1], device=boxes.device)
-    return Components(background.slot[enclosed], boxes[enclosed] + grow,
-                      background.areas[enclosed])
+    grow = torch.tensor([-1, -1, 1, 1], device=holes.boxes.device)
+    return Components(holes.slot, holes.boxes + grow, holes.areas)
 
 
 def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, protocol: str) -> _Candidates:
@@ -142,13 +140,13 @@ def _candidates(cams: torch.Tensor, thresholds: torch.Tensor, protocol: str) -> 
     holes_too = protocol == "wsolevaluation"
     found, holes = [], []
     for begin, end in chunk_bounds(n, h, w):  # quantized levels of a chunk stay in cache
-        levels = quantize_cams(cams[begin:end])
+        levels = quantize_cams(cams[begin:end], torch.int32)
         top = levels.amax(dim=(1, 2)).to(torch.float64)
         cuts = torch.floor(ascending[None, :] * top[:, None]).to(torch.int64)
-        part, background = level_set_components(levels, cuts, 8, 4 if holes_too else None)
+        part, enclosed = level_set_components(levels, cuts, 8, 4 if holes_too else None)
         found.append(Components(part.slot + begin * t, part.boxes, part.areas))
         if holes_too:
-            part = _hole_borders(background, h, w)
+            part = _hole_borders(enclosed)
             holes.append(Components(part.slot + begin * t, part.boxes, part.areas))
     found = _concatenate(found)
     if not holes_too:
