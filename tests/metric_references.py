@@ -13,6 +13,18 @@ import numpy as np
 from scipy import ndimage
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+
+
+def component_backends() -> list:
+    """The backends of camplug.metrics.components to test, as pytest parameters: "torch",
+    and "numba" (skipped when numba, the 'fast' extra, is not installed)."""
+    import pytest
+
+    from camplug.metrics import components
+
+    compiled = components._compiled_backend() is not None
+    return ["torch", pytest.param("numba", marks=pytest.mark.skipif(
+        not compiled, reason="needs numba (the 'fast' extra)"))]
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
@@ -28,17 +40,18 @@ def components(mask: np.ndarray, structure=EIGHT_CONNECTED) -> list[tuple[list[i
     return out
 
 
+def holes(mask: np.ndarray, structure=FOUR_CONNECTED) -> list[tuple[list[int], int]]:
+    """[(box, area)] of the background regions (4-connected by default) that touch no image
+    border, in scipy's order."""
+    height, width = mask.shape
+    return [(box, area) for box, area in components(~mask, structure)
+            if box[0] > 0 and box[1] > 0 and box[2] < width - 1 and box[3] < height - 1]
+
+
 def hole_borders(mask: np.ndarray) -> list[list[int]]:
     """Boxes of OpenCV's hole contours: 4-connected background regions away from the image
     border, grown by one pixel (the ring of foreground pixels around each hole)."""
-    height, width = mask.shape
-    labels, _ = ndimage.label(~mask, structure=FOUR_CONNECTED)
-    out = []
-    for rows, cols in ndimage.find_objects(labels):
-        x0, y0, x1, y1 = cols.start, rows.start, cols.stop - 1, rows.stop - 1
-        if x0 > 0 and y0 > 0 and x1 < width - 1 and y1 < height - 1:
-            out.append([x0 - 1, y0 - 1, x1 + 1, y1 + 1])
-    return out
+    return [[x0 - 1, y0 - 1, x1 + 1, y1 + 1] for (x0, y0, x1, y1), _ in holes(mask)]
 
 
 def threshold_boxes(cam: np.ndarray, thresholds, multi_contour: bool, protocol: str):

@@ -1,6 +1,7 @@
 """The component tree behind MaxBoxAcc against the slow per-threshold references on maps built
 to break it: ties and plateaus, diagonal-only contacts, rings with holes, maps touching the
-border, all-equal maps, i.i.d. noise; in both box protocols and across chunk boundaries."""
+border, all-equal maps, i.i.d. noise; in both box protocols, across chunk boundaries, and on
+both backends of the components (torch, numba)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ def structured_maps() -> dict[str, np.ndarray]:
 MAPS = structured_maps()
 
 
+@pytest.fixture(params=ref.component_backends())
+def backend(request, monkeypatch) -> str:
+    """Runs the metrics on one backend of the components: "torch" hides numba."""
+    if request.param == "torch":
+        monkeypatch.setattr(components, "_compiled_backend", lambda: None)
+    return request.param
+
+
 def ground_truth(seed: int, n: int) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
     out = []
@@ -57,7 +66,7 @@ def ground_truth(seed: int, n: int) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("protocol", ["camplug", "wsolevaluation"])
-def test_box_ious_equal_the_reference_on_structured_maps(protocol):
+def test_box_ious_equal_the_reference_on_structured_maps(protocol, backend):
     names = sorted(MAPS)
     cams = torch.from_numpy(np.stack([MAPS[k] for k in names]))
     boxes = ground_truth(seed=21, n=len(names))
@@ -71,7 +80,7 @@ def test_box_ious_equal_the_reference_on_structured_maps(protocol):
 
 @pytest.mark.parametrize("protocol", ["camplug", "wsolevaluation"])
 @pytest.mark.parametrize("name", sorted(MAPS))
-def test_threshold_boxes_equal_the_reference_on_structured_maps(name, protocol):
+def test_threshold_boxes_equal_the_reference_on_structured_maps(name, protocol, backend):
     cam = torch.from_numpy(MAPS[name])
     for multi_contour in (False, True):
         got = metrics.threshold_boxes(cam, THRESHOLDS, multi_contour, protocol=protocol)
@@ -83,13 +92,13 @@ def test_threshold_boxes_equal_the_reference_on_structured_maps(name, protocol):
 
 
 @pytest.mark.parametrize("connectivity", [8, 4])
-def test_superlevel_components_equal_scipy_per_cut_on_tied_levels(connectivity):
+def test_superlevel_components_equal_scipy_per_cut_on_tied_levels(connectivity, backend):
     rng = np.random.default_rng(22)
     structure = ref.EIGHT_CONNECTED if connectivity == 8 else ref.FOUR_CONNECTED
     levels = torch.from_numpy(rng.integers(-2, 5, (4, 9, 11)))
     cuts = torch.tensor([[-3, -1, -1, 0, 2, 4], [0, 0, 0, 1, 1, 9], [-9, -9, 3, 3, 3, 3],
                          [4, 4, 4, 4, 4, 4]])
-    found = metrics.superlevel_components(levels, cuts, connectivity)
+    found = metrics.superlevel_components(levels, cuts, connectivity, backend=backend)
     expected = [(i * 6 + t, box, area) for i in range(4) for t in range(6)
                 for box, area in ref.components((levels[i] > cuts[i, t]).numpy(), structure)]
     got = list(zip(found.slot.tolist(), found.boxes.tolist(), found.areas.tolist(),
@@ -97,7 +106,7 @@ def test_superlevel_components_equal_scipy_per_cut_on_tied_levels(connectivity):
     assert got == expected
 
 
-def test_results_do_not_depend_on_the_chunking(monkeypatch):
+def test_results_do_not_depend_on_the_chunking(monkeypatch, backend):
     cams = torch.from_numpy(np.stack([MAPS[k] for k in sorted(MAPS)]))
     boxes = ground_truth(seed=23, n=cams.shape[0])
     whole = metrics.box_ious_v1_v2(cams, boxes, THRESHOLDS, protocol="wsolevaluation")
@@ -131,15 +140,15 @@ def test_structured_maps_on_cuda_match_cpu():
             assert b.is_cuda and torch.equal(a, b.cpu())
 
 
-def test_wide_level_ranges_take_the_binary_search_path_with_the_same_components():
+def test_wide_level_ranges_take_the_binary_search_path_with_the_same_components(backend):
     # Levels spread over more than the lookup table's range: ranks by binary search, and the
     # ranks order the pixels; the components must not change.
     rng = np.random.default_rng(26)
     levels = torch.from_numpy(rng.integers(0, 6, (3, 10, 12)))
     cuts = torch.tensor([[0, 1, 3], [2, 2, 4], [-1, 0, 5]])
-    narrow = metrics.superlevel_components(levels, cuts)
+    narrow = metrics.superlevel_components(levels, cuts, backend=backend)
     scale = 1_000_003
-    wide = metrics.superlevel_components(levels * scale, cuts * scale)
+    wide = metrics.superlevel_components(levels * scale, cuts * scale, backend=backend)
     assert int(cuts.max() - cuts.min()) * scale > components._MAX_LOOKUP_TABLE
     for a, b in zip((narrow.slot, narrow.boxes, narrow.areas),
                     (wide.slot, wide.boxes, wide.areas), strict=True):
