@@ -37,6 +37,7 @@ from torch import nn
 
 from .. import methods
 from ..discovery.cache import structure_of
+from ..discovery.fold import fold_head
 from ..discovery.heads import (
     HeadInfo,
     LayerSpec,
@@ -55,7 +56,7 @@ from ..kernels.reference import to_out_dtype, weighted_sum_reference
 from ..kernels.semantics import min_max_normalize
 from ..options import SizeSpec, resolve_size
 from ..targets import resolve_targets
-from .head import check_differentiable, fold_weights, jacobian_rows
+from .head import check_differentiable, jacobian_rows
 from .tap import FeatureTap, TapSite, locate
 
 # Methods whose weights need no backward through the model on an exact head.
@@ -89,8 +90,8 @@ class _ForwardSource:
 
     def head_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """CAM weights fp32 [B, C, K]."""
-        return fold_weights(self.head.steps, self.states, targets, self.pooled,
-                            self.head.num_classes)
+        return fold_head(self.head.steps, self.states, targets, self.pooled,
+                         self.head.num_classes)[0]
 
     def gradients(self, targets: torch.Tensor) -> torch.Tensor:
         """``d logit / d A`` fp32 [B, C, K, 1, 1] (constant over space on an exact head)."""

@@ -1,13 +1,10 @@
-"""The head's class weights for a deployable model, in tensor code that every tracer follows.
-
-``fold_weights`` is ``camplug.discovery.fold.fold_head`` (the CAM weights) built on the public
-step interface (``select`` / ``fold`` / ``apply``), without ``max(generator, default=...)``,
-which Dynamo cannot trace. ``jacobian_rows`` is ``camplug.methods.gradients.head_jacobian``
-(the gradient methods' closed form on exact heads) without autograd: ``torch.autograd.grad``
-breaks Dynamo's graph and fails ``torch.export``, and ``torch.func.vjp`` fails the exporter
-too (a functorch-wrapped view of a parameter), so the pullback of each step is written out:
-affine steps with fixed coefficients pull back like they fold; per-sample normalizations add
-the derivative of their statistics (formulas at :func:`_pullback`).
+"""The gradient methods' closed form for a deployable model, in tensor code that every tracer
+follows. ``jacobian_rows`` is ``camplug.methods.gradients.head_jacobian`` without autograd:
+``torch.autograd.grad`` breaks Dynamo's graph and fails ``torch.export``, and
+``torch.func.vjp`` fails the exporter too (a functorch-wrapped view of a parameter), so the
+pullback of each step is written out: affine steps with fixed coefficients pull back like they
+fold; per-sample normalizations add the derivative of their statistics (formulas at
+:func:`_pullback`). The CAM weights need nothing of the kind: ``fold_head`` traces as it is.
 
 Shapes: steps map ``x`` fp32 [B, K_in] to [B, K_out]; weights ``w`` fp32 [B, C, K].
 """
@@ -25,6 +22,7 @@ from ..discovery.fold import (
     LinearStep,
     RMSNormStep,
     ScaleShiftStep,
+    chain_inputs,
 )
 
 _FIXED = (LinearStep, ScaleShiftStep)  # coefficients that do not depend on the input
@@ -43,33 +41,6 @@ def check_differentiable(steps: tuple[HeadStep, ...]) -> None:
                 f"'{step.description}' ({type(step).__name__}) has no closed-form Jacobian "
                 "here; use method='cam', or camplug.explain"
             )
-
-
-def chain_inputs(steps: tuple[HeadStep, ...], states: tuple[object, ...],
-                 x: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """Each step's input [B, K_in], computed up to the last step that uses it (None after)."""
-    last_needed = -1
-    for index, step in enumerate(steps):
-        if step.needs_input:
-            last_needed = index
-    inputs: list[torch.Tensor | None] = [None] * len(steps)
-    for index in range(last_needed + 1):
-        inputs[index] = x
-        if index < last_needed:
-            x = steps[index].apply(x, states[index])
-    return inputs
-
-
-def fold_weights(steps: tuple[HeadStep, ...], states: tuple[object, ...], targets: torch.Tensor,
-                 pooled: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """CAM weights fp32 [B, C, K] of the classes ``targets`` int64 [B, C] (``fold_head``'s)."""
-    if not steps:
-        return F.one_hot(targets, num_classes).float()
-    inputs = chain_inputs(steps, states, pooled)
-    w, b = steps[-1].select(targets, inputs[-1], states[-1], num_classes)
-    for step, x, state in zip(steps[-2::-1], inputs[-2::-1], states[-2::-1], strict=True):
-        w, b = step.fold(w, b, x, state)
-    return w
 
 
 def jacobian_rows(steps: tuple[HeadStep, ...], states: tuple[object, ...], targets: torch.Tensor,

@@ -290,12 +290,15 @@ def apply_chain(
     return x
 
 
-def _chain_inputs(
+def chain_inputs(
     steps: tuple[HeadStep, ...], states: tuple[object, ...], x: torch.Tensor | None
 ) -> list[torch.Tensor | None]:
     """Each step's input, computed up to the last step that needs it (None after)."""
     inputs: list[torch.Tensor | None] = [None] * len(steps)
-    last_needed = max((i for i, s in enumerate(steps) if s.needs_input), default=-1)
+    last_needed = -1  # a plain loop: torch.compile cannot trace max(..., default=)
+    for i, step in enumerate(steps):
+        if step.needs_input:
+            last_needed = i
     for i in range(last_needed + 1):
         inputs[i] = x
         if i < last_needed:
@@ -309,7 +312,7 @@ def fold_chain(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold weights ``w`` [B, C, K_out] and biases ``b`` [B, C] on the chain's output side to its
     input side; ``x`` [B, K_in] is the chain's input (None if no step needs it)."""
-    return _fold_back(steps, _chain_inputs(steps, states, x), states, w, b)
+    return _fold_back(steps, chain_inputs(steps, states, x), states, w, b)
 
 
 def fold_head(
@@ -327,7 +330,7 @@ def fold_head(
     if not steps:
         w = F.one_hot(targets, num_classes).float()
         return w, w.new_zeros(targets.shape)
-    inputs = _chain_inputs(steps, states, pooled)
+    inputs = chain_inputs(steps, states, pooled)
     w, b = steps[-1].select(targets, inputs[-1], states[-1], num_classes)
     return _fold_back(steps[:-1], inputs[:-1], states[:-1], w, b)
 

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 from deploy_references import FAMILIES, family
-from models import images
+from models import SUPPORTED, build, images
 from torch.export import Dim
 from torch_threads import single_intra_op_thread
 
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
                                         "ignore::DeprecationWarning")
 one_thread = pytest.fixture(autouse=True, scope="module")(single_intra_op_thread)
 BATCH = {0: Dim("batch")}
+CASES = {case.name: case for case in SUPPORTED}
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +55,18 @@ def test_no_graph_break(name):
     explanation = torch._dynamo.explain(CamModel(model, method="layercam"))(images(2, case.size))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_no_graph_break_on_a_head_of_two_affine_branches():
+    """LeViT-style distillation head (BatchNorm1d + Linear branches averaged): the fold of a
+    chain of steps traces as one graph."""
+    case = CASES["levit"]
+    model = build(case)
+    x = images(2, case.size)
+    deployed = CamModel(model, method="cam", example_input=images(1, case.size))
+    explanation = torch._dynamo.explain(deployed)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    _assert_same(torch.compile(deployed, fullgraph=True, backend="eager")(x), deployed(x))
 
 
 def test_compile_aot_eager_uint8_and_other_spatial_size():
