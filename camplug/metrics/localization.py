@@ -415,9 +415,11 @@ def pixel_pr_counts(
     if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("thresholds for pixel counts must be strictly increasing")
     grid = grid.to(cams.device)
+    table = _bucket_table(grid)
     hist = torch.cat([
         _pass_histogram(
             grid,
+            table,
             cams[begin:end],
             masks[begin:end].to(cams.device),
             None if ignore is None else ignore[begin:end].to(cams.device),
@@ -430,51 +432,86 @@ def pixel_pr_counts(
     return tp, fp, fn
 
 
-_FINE_BUCKETS = 1 << 10  # a power of two: score * _FINE_BUCKETS is exact in any float dtype
+_FINE_BUCKETS = 1 << 10  # powers of two: score * buckets is exact in any float dtype
+_MAX_FINE_BUCKETS = 1 << 14
 
 
-def _pass_histogram(grid, cams, masks, ignore) -> torch.Tensor:
+@dataclass(frozen=True)
+class _BucketTable:
+    """Scores in [0, 1] cut into ``size`` fine buckets [b / size, (b + 1) / size) (the last,
+    b = size, holds 1.0 alone). ``below``: int64 [size + 1], the thresholds <= b / size,
+    which every score of bucket b passes. ``inside``: float64 [m, size + 1], the thresholds
+    strictly inside bucket b in increasing order, padded with +inf (m the most in a bucket).
+    """
+
+    size: int
+    below: torch.Tensor
+    inside: torch.Tensor
+
+
+def _bucket_table(grid: torch.Tensor) -> _BucketTable:
+    """The coarsest table (from ``_FINE_BUCKETS`` up to ``_MAX_FINE_BUCKETS`` buckets) with
+    at most one threshold of ``grid`` (float64 [T], increasing) strictly inside a bucket, or
+    the finest one."""
+    size = _FINE_BUCKETS
+    while True:
+        starts = torch.arange(size + 1, device=grid.device, dtype=torch.float64) / size
+        below = torch.searchsorted(grid, starts, right=True)
+        # Thresholds in (b / size, (b + 1) / size): from below[b] to first_at_next_start.
+        ends = torch.cat([torch.searchsorted(grid, starts[1:], right=False),
+                          below[-1:]])  # bucket `size` (score 1.0) has none inside
+        count = ends - below
+        most = int(count.max())
+        if most <= 1 or size >= _MAX_FINE_BUCKETS:
+            break
+        size *= 2
+    padded = torch.cat([grid, grid.new_full((1,), math.inf)])
+    steps = torch.arange(max(most, 1), device=grid.device)
+    index = (below[None, :] + steps[:, None]).clamp_max(grid.numel())
+    index = torch.where(steps[:, None] < count[None, :], index, grid.numel())
+    return _BucketTable(size, below, padded[index])
+
+
+def _at_least(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The smallest ``dtype`` numbers >= float64 ``values``: for a score x of that dtype,
+    x >= value exactly when x >= the result (the comparison of float64 numbers, made in the
+    scores' own dtype)."""
+    rounded = values.to(dtype)
+    up = torch.nextafter(rounded, torch.full_like(rounded, math.inf))
+    return torch.where(rounded.to(torch.float64) < values, up, rounded)
+
+
+def _pass_histogram(grid, table: _BucketTable, cams, masks, ignore) -> torch.Tensor:
     """Pixels of each map by category and by how many thresholds they pass -> int64
     [n, 3, T + 1]; category 0 background, 1 foreground, 2 ignored background.
 
     ``passed = searchsorted(grid, score, right=True)`` (comparisons in float64) without a
-    binary search per pixel: scores fall in fine buckets [b / 1024, (b + 1) / 1024); in a
-    bucket with no threshold strictly inside, every score passes the thresholds <= b / 1024,
-    so whole buckets are counted at once; only scores in the other buckets are compared
-    with the thresholds one by one.
+    binary search per pixel: a score of fine bucket b passes ``below[b]`` thresholds plus
+    those inside the bucket it reaches (``table``, see ``_BucketTable``); one bincount over
+    (map, category, bucket, thresholds passed inside) then gives the histogram.
     """
     n = cams.shape[0]
     t = grid.numel()
-    device = cams.device
-    starts = torch.arange(_FINE_BUCKETS + 1, device=device, dtype=torch.float64) / _FINE_BUCKETS
-    at_start = torch.searchsorted(grid, starts, right=True)  # thresholds <= b / 1024
-    mixed = torch.searchsorted(grid, starts, right=False)[1:] > at_start[:-1]
-    mixed = torch.cat([mixed, mixed.new_zeros(1)])  # score 1.0: bucket 1024, never mixed
+    steps = table.inside.shape[0] + 1  # thresholds passed inside a bucket: 0 .. m
+    bins = (table.size + 1) * steps
+    small = torch.int32 if n * 3 * bins < 1 << 31 else torch.int64
     scores = cams.reshape(n, -1)
-    small = torch.int32 if n * 3 * (_FINE_BUCKETS + 1) < 1 << 31 else torch.int64
-    bucket = (scores * _FINE_BUCKETS).to(small)  # truncation is floor: scores >= 0
-    category = masks.reshape(n, -1).to(small)
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.float()  # exact for float16 and bfloat16
+    bucket = (scores * table.size).to(small)  # truncation is floor: scores >= 0
+    flat = bucket.view(-1)
+    key = bucket * steps
+    for inside in _at_least(table.inside, scores.dtype):  # one pass for the default grids
+        key += scores >= inside.index_select(0, flat).view(n, -1)
+    foreground = masks.reshape(n, -1)
+    key.add_(foreground, alpha=bins)
     if ignore is not None:
-        category.masked_fill_(ignore.reshape(n, -1) & (category == 0), 2)
-    group = torch.arange(n, device=device, dtype=small)[:, None] * 3 + category  # [n, HW]
-    buckets = _FINE_BUCKETS + 1
-    key = group.mul_(buckets).add_(bucket).reshape(-1)
-    counts = torch.bincount(key, minlength=n * 3 * buckets)
-    counts = counts.view(n * 3, buckets).masked_fill(mixed, 0)
-    hist = torch.zeros(n * 3, t + 1, dtype=torch.int64, device=device)
-    hist.index_add_(1, at_start, counts)
-    # Scores in mixed buckets: step over the thresholds inside the bucket.
-    exact = mixed.index_select(0, bucket.reshape(-1)).nonzero().squeeze(1)
-    score = scores.reshape(-1).index_select(0, exact)
-    passed = at_start.index_select(0, bucket.reshape(-1).index_select(0, exact))
-    padded = torch.cat([grid, grid.new_full((1,), math.inf)])
-    while True:
-        above = padded.index_select(0, passed) <= score
-        if not bool(above.any()):
-            break
-        passed += above
-    rows = key.index_select(0, exact).to(torch.int64) // buckets
-    hist.view(-1).index_add_(0, rows * (t + 1) + passed, torch.ones_like(passed))
+        key.add_(ignore.reshape(n, -1) & ~foreground, alpha=2 * bins)
+    key += torch.arange(0, 3 * bins * n, 3 * bins, device=cams.device, dtype=small)[:, None]
+    counts = torch.bincount(key.view(-1), minlength=n * 3 * bins).view(n * 3, bins)
+    passed = table.below[:, None] + torch.arange(steps, device=cams.device)  # [size + 1, m + 1]
+    hist = torch.zeros(n * 3, t + 1, dtype=torch.int64, device=cams.device)
+    hist.index_add_(1, passed.view(-1).clamp_max(t), counts)
     return hist.view(n, 3, t + 1)
 
 
