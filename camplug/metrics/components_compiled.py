@@ -13,8 +13,10 @@ component keeps its pixel count, first and last raster index and first and last 
 
 Pixels carry the id of the component they joined; ids of merged components are resolved
 through a small union-find over components (path halving, union by size), so the per-pixel
-work is one look at the neighbours' ids, most often all equal. The grid is padded by one
-pixel, so neighbours need no bounds checks.
+work is one look at the neighbours' ids, most often all equal: a pixel that finds the ids of
+merged components around it rewrites them with their root's, and consecutive pixels joining
+one component are summed before its stats are written. The grid is padded by one pixel, so
+neighbours need no bounds checks.
 
 Output per sweep: int64 arrays slot [K], boxes [K, 4] (x0, y0, x1, y1 inclusive), areas [K],
 sorted by slot, then by the raster index of each component's first pixel, like the torch
@@ -175,10 +177,10 @@ def _sweep(order, column, starts, buckets, eight, w2, label, table, records, lev
                 run_left = min(run_left, x)
                 run_right = max(run_right, x)
                 continue
-            if run >= 0:
-                _flush(stats, run, run_area, run_first, run_last, run_left, run_right)
-                run, run_label = -1, -2
             if high == _NO_LABEL:  # no added neighbour: a new component
+                if run >= 0:
+                    _flush(stats, run, run_area, run_first, run_last, run_left, run_right)
+                    run, run_label = -1, -2
                 if num_components == stats.shape[0]:
                     stats, parent, alive, live = _grow_components(stats, parent, alive, live)
                 c = num_components
@@ -195,16 +197,34 @@ def _sweep(order, column, starts, buckets, eight, w2, label, table, records, lev
                 label[p] = c
                 continue
             c = _find(parent, high)
+            stale = high != c
             if np.int32(low) != high:  # several labels: merge their components
+                stale = True
                 for k in range(offsets.shape[0]):
                     v = label[index + offsets[k]]
                     if v != _NO_LABEL and v != high:
                         other = _find(parent, v)
                         if other != c:
+                            if run in (c, other):  # its stats must be complete
+                                _flush(stats, run, run_area, run_first, run_last, run_left,
+                                       run_right)
+                                run, run_label = -1, -2
                             c = _union(stats, parent, alive, c, other)
-            else:
-                run_label = high
+            if stale:  # relabel the added neighbours with their root: later pixels see c
+                for k in range(offsets.shape[0]):
+                    q = index + offsets[k]
+                    if label[q] != _NO_LABEL:
+                        label[q] = c
             label[p] = c
+            run_label = c
+            if c == run:
+                run_area += 1
+                run_last = index
+                run_left = min(run_left, x)
+                run_right = max(run_right, x)
+                continue
+            if run >= 0:
+                _flush(stats, run, run_area, run_first, run_last, run_left, run_right)
             run = c
             run_area, run_first, run_last, run_left, run_right = 1, index, index, x, x
         if run >= 0:
