@@ -249,11 +249,13 @@ class _Plan:
         freezer = _Freezer()
         tensors: list[torch.Tensor] = []
         # (module index, name) of the attributes compared by identity (the others are
-        # compared by content, or ignored: train/eval flags, hook dicts).
+        # compared by content: module/parameter/buffer dicts, containers, objects; or ignored:
+        # train/eval flags, hook dicts).
         self.by_identity: tuple[list[int], list[str]] = ([], [])
         for index, attributes in enumerate(dicts):
             for key, value in attributes.items():
-                if not self._classify(index, key, value, freezer, tensors):
+                if key not in _STRUCTURAL and not self._classify(
+                        index, key, value, freezer, tensors):
                     self.by_identity[0].append(index)
                     self.by_identity[1].append(key)
         self.ids = list(map(id, _attributes(dicts, self.by_identity)))
