@@ -19,6 +19,9 @@ box [0, 0, 0, 0] when nothing is foreground, as Choe et al.'s code. PxAP: per-ma
 Choe et al.'s code. OpenCV (``opencv-python-headless``) is a benchmark-only dependency: without
 it the reference is skipped with a message. Times are medians over ``--rounds`` of wall clock
 for the whole set, the two implementations interleaved; results must agree (IoUs to 1e-9).
+On CPU, camplug's connected components run on the compiled numba kernels when numba (the
+``fast`` extra) is installed, else on torch; the report names the backend
+(``components_backend``), and ``--backend torch`` forces the torch one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from benchmark_io import run_environment, write_report
 
 from camplug import metrics
+from camplug.metrics import components
 
 try:
     import cv2
@@ -229,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch and OpenCV threads")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    parser.add_argument("--backend", choices=("auto", "torch"), default="auto",
+                        help="connected components on CPU: numba when installed (auto) or torch")
     args = parser.parse_args(argv)
+    if args.backend == "torch":  # hide the compiled kernels: "auto" then means torch
+        components._compiled_backend = lambda: None
     if args.threads:
         torch.set_num_threads(args.threads)
         if cv2 is not None:
@@ -242,15 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc)
     report = run_environment(device, now)
     load_before = os.getloadavg()
+    compiled = device.type == "cpu" and components._compiled_backend() is not None
     report.update(benchmark="camplug.metrics MaxBoxAccV2 and PxAP vs per-image OpenCV/numpy",
                   opencv=None if cv2 is None else cv2.__version__,
+                  components_backend=(f"numba {components._compiled_backend().numba.__version__}"
+                                      if compiled else "torch"),
                   timing="median wall clock over rounds, whole set, one call each",
                   **run(n, args.size, rounds, device, args.kind))
     # Other work on the machine slows both sides, not always equally: keep the load.
     report["load_average_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
     out = write_report(report, "metrics" if args.kind == "cam" else "metrics-noise", now, args.out)
     print(f"device: {report['device']}  threads {report['cpu_threads']}  {n} {args.kind} maps "
-          f"{args.size}x{args.size}, 100 thresholds  load average "
+          f"{args.size}x{args.size}, 100 thresholds  components: "
+          f"{report['components_backend']}  load average "
           f"{load_before[0]:.1f} -> {report['load_average_1min']['after']:.1f}")
     print(format_table(report["rows"]))
     print(f"written: {out}")
