@@ -1,11 +1,18 @@
-"""Connected components (8- or 4-connected) of binary masks, vectorized in torch (CPU or CUDA).
+"""Connected components (8- or 4-connected) of binary masks: vectorized torch (CPU or CUDA),
+and compiled CPU kernels (numba, the optional ``fast`` extra; ``components_compiled.py``).
 
 The core works on superlevel sets: for integer maps ``levels`` [N, H, W] and integer cuts
 [N, T] it finds the components of every mask ``levels[n] > cuts[n, t]`` at once, in one pass
-over the pixels, without materializing the N*T masks. A plain bool mask is the case
-levels = mask, cut = 0.
+over the pixels, without materializing the N*T masks (and, on request, the holes: the
+components of the complements ``levels[n] <= cuts[n, t]`` that touch no border). A plain
+bool mask is the case levels = mask, cut = 0.
 
-Method (a component tree built from ascent basins):
+Backends: "auto" (the default) runs the compiled kernels on CPU tensors when numba is
+installed, torch otherwise (always on CUDA). Both share the ranking of the pixels
+(``_rank_lookup``) and give identical ``Components``. The compiled kernels sweep each map's
+pixels in rank order with a union-find (see their module); the torch method follows.
+
+Torch method (a component tree built from ascent basins):
 1. Ranks. A pixel's rank r is the number of cuts below its level: it is foreground at cut
    index t exactly when t < r. Pixels of rank 0 are never foreground and take no part.
 2. Basins. Every pixel points at the neighbour (or itself) with the largest key

@@ -1,7 +1,9 @@
 """Localization metrics of class activation maps against ground-truth boxes and masks.
 
 MaxBoxAcc (v1) and MaxBoxAccV2 (Choe et al., CVPR 2020), the CAM paper's protocol, PxAP,
-the pointing game and the energy-based pointing game. Vectorized in torch; CPU or CUDA.
+the pointing game and the energy-based pointing game. Vectorized in torch; CPU or CUDA. The
+boxes' connected components run on compiled CPU kernels when numba (the ``fast`` extra) is
+installed, with identical results (``components.py``).
 
 Conventions shared by every function here:
 
