@@ -7,7 +7,8 @@ Per model, median over ``--repeats`` rounds (wall and process CPU time, millisec
   the capture's discovery does on each attach);
 - ``full_fingerprint``: ``model_fingerprint`` (what every attach paid before the fast plan);
 - ``attach_overhead``: ``with attach(model): model(x)`` minus ``model(x)`` alone (the whole
-  plugin cost of a cached attach, hooks included);
+  plugin cost of a cached attach, hooks included), the median of the differences of
+  back-to-back pairs (robust to a shared machine's slow phases);
 and, for LeViT, the probes run over ``--cycles`` rounds of ``train(); eval(); attach; forward``.
 
 Usage: python benchmarks/bench_head_cache.py [--repeats 200] [--device cpu] [--out PATH]
@@ -58,6 +59,23 @@ def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
 
 
+def _paired_difference(fn: Callable[[], object], base: Callable[[], object],
+                       repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` back-to-back pairs of ``fn``'s wall and CPU milliseconds minus
+    ``base``'s."""
+    fn(), base()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        pair = []
+        for call in (base, fn):
+            w, c = time.perf_counter(), time.process_time()
+            call()
+            pair.append((time.perf_counter() - w, time.process_time() - c))
+        wall.append(pair[1][0] - pair[0][0])
+        cpu.append(pair[1][1] - pair[0][1])
+    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+
+
 def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
     """The timings of the module docstring for one model (cached first)."""
     with camplug.attach(model), torch.no_grad():
@@ -76,13 +94,13 @@ def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
         with torch.no_grad():
             model(x)
 
-    with_attach, forward = _timed(attached, repeats), _timed(plain, repeats)
+    forward = _timed(plain, repeats)
     return {
         "modules": sum(1 for _ in model.modules()),
         "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers()),
         "key_and_get": _timed(key_and_get, repeats),
         "full_fingerprint": _timed(lambda: model_fingerprint(model), max(repeats // 10, 3)),
-        "attach_overhead": {k: with_attach[k] - forward[k] for k in forward},
+        "attach_overhead": _paired_difference(attached, plain, repeats),
         "forward": forward,
     }
 

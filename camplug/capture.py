@@ -68,6 +68,26 @@ class _Interceptor(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+class _ThreadWatches:
+    """The exit watches of one thread and the profile function that serves them all (chained
+    to the profile function the thread had before). It does as little as possible per event:
+    it runs on every call and return while a window is open."""
+
+    def __init__(self, previous: Callable[..., Any] | None) -> None:
+        self.previous = previous
+        self.frames: dict[FrameType, list[_ExitWatch]] = {}
+        self.profile = self._alone if previous is None else self._chained
+
+    def _alone(self, frame: FrameType, event: str, arg: object) -> None:
+        if event == "return" and frame in self.frames:
+            for watch in list(self.frames[frame]):
+                watch.on_exit()
+
+    def _chained(self, frame: FrameType, event: str, arg: object) -> None:
+        self.previous(frame, event, arg)
+        self._alone(frame, event, arg)
+
+
 class _ExitWatch:
     """Calls ``on_exit`` when ``frame`` (a module call that opened an interceptor window)
     returns, also when it unwinds through an exception that module hooks never see
@@ -76,7 +96,7 @@ class _ExitWatch:
     Not available under a profiler written in C (``cProfile``): its profile function cannot be
     called from Python, so it is left alone (see :meth:`start`)."""
 
-    _active: dict[int, tuple[Any, list[_ExitWatch]]] = {}  # thread id -> (previous, watches)
+    _active: dict[int, _ThreadWatches] = {}  # thread id -> its watches
 
     @classmethod
     def start(cls, frame: FrameType, on_exit: Callable[[], None]) -> _ExitWatch | None:
@@ -92,29 +112,26 @@ class _ExitWatch:
     def __init__(self, frame: FrameType, on_exit: Callable[[], None]) -> None:
         self.frame, self.on_exit = frame, on_exit
         thread = threading.get_ident()
-        if thread not in self._active:
-            self._active[thread] = (sys.getprofile(), [])
-            sys.setprofile(_ExitWatch._profile)
-        self._active[thread][1].append(self)
-
-    @staticmethod
-    def _profile(frame: FrameType, event: str, arg: object) -> None:
-        previous, watches = _ExitWatch._active.get(threading.get_ident(), (None, ()))
-        if previous is not None:
-            previous(frame, event, arg)
-        if event == "return":
-            for watch in [w for w in watches if w.frame is frame]:
-                watch.on_exit()
+        watches = self._active.get(thread)
+        if watches is None:
+            watches = self._active[thread] = _ThreadWatches(sys.getprofile())
+            sys.setprofile(watches.profile)
+        watches.frames.setdefault(frame, []).append(self)
 
     def stop(self) -> None:
         thread = threading.get_ident()
-        previous, watches = self._active.get(thread, (None, []))
-        if self in watches:
-            watches.remove(self)
-        if not watches and thread in self._active:
+        watches = self._active.get(thread)
+        if watches is None:
+            return
+        same_frame = watches.frames.get(self.frame, [])
+        if self in same_frame:
+            same_frame.remove(self)
+            if not same_frame:
+                del watches.frames[self.frame]
+        if not watches.frames:
             del self._active[thread]
-            if sys.getprofile() is _ExitWatch._profile:
-                sys.setprofile(previous)
+            if sys.getprofile() is watches.profile:
+                sys.setprofile(watches.previous)
 
 
 def _call_frame(module: nn.Module) -> FrameType | None:

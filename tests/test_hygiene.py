@@ -310,3 +310,28 @@ def test_a_capture_runs_under_cprofile_and_leaves_its_profiler_in_place():
     assert torch.equal(maps, expected.maps)
     assert _get_current_function_mode_stack() == []
     assert_pristine(model)
+
+
+def test_a_python_profile_function_keeps_receiving_events_and_is_restored():
+    model = build(CASES["densenet"])
+    x = images(2)
+    expected = camplug.explain(model, x)
+    returns: list[str] = []
+
+    def user_profile(frame, event, arg):
+        if event == "return" and frame.f_code.co_name == "forward":
+            returns.append(type(frame.f_locals.get("self")).__name__)
+
+    sys.setprofile(user_profile)
+    try:
+        with camplug.attach(model) as capture:
+            model(x)
+            maps = capture.maps()
+        still_profiling = sys.getprofile()
+    finally:
+        sys.setprofile(None)
+    assert still_profiling is user_profile
+    # the classifier runs while the window (features -> pooling) is open: chained through it
+    assert type(model.classifier).__name__ in returns
+    assert torch.equal(maps, expected.maps)
+    assert_pristine(model)
