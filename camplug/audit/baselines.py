@@ -71,8 +71,8 @@ class _Scores:
     counts: torch.Tensor | None = None  # int64 [3, T + 1] summed tp, fp, fn
 
     def add(self, maps: torch.Tensor, boxes, masks: torch.Tensor | None,
-            thresholds: torch.Tensor) -> None:
-        v1, v2 = metrics.box_ious_v1_v2(maps, boxes, thresholds)
+            thresholds: torch.Tensor, protocol: str) -> None:
+        v1, v2 = metrics.box_ious_v1_v2(maps, boxes, thresholds, protocol=protocol)
         self.ious_v1.append(v1.cpu())
         self.ious_v2.append(v2.cpu())
         if masks is not None:
@@ -91,11 +91,13 @@ class LocalizationRow:
 
 @dataclass(frozen=True)
 class LocalizationTable:
-    """One row per method; ``to_markdown()`` gives the README table."""
+    """One row per method; ``to_markdown()`` gives the README table. ``protocol``: the box
+    protocol of MaxBoxAcc (``camplug.metrics.PROTOCOLS``)."""
 
     rows: tuple[LocalizationRow, ...]
     n_samples: int
     dataset: str
+    protocol: str = metrics.DEFAULT_PROTOCOL
 
     def row(self, method: str) -> LocalizationRow:
         for row in self.rows:
@@ -116,7 +118,7 @@ class LocalizationTable:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(f"{self.n_samples} images of {self.dataset}; percentages; every map scored "
-                     "on the labelled class.")
+                     f"on the labelled class; box protocol {self.protocol!r}.")
         return "\n".join(lines)
 
 
@@ -143,14 +145,18 @@ def localization_table(
     thresholds: Sequence[float] | None = None,
     iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
     seed: int = 0,
+    protocol: str = metrics.DEFAULT_PROTOCOL,
 ) -> LocalizationTable:
     """Score CAM and the reference maps (``METHODS``) on every sample of ``data`` (items as
     for ``camplug.audit``). ``untrained``: the random-weight network for "untrained CAM"
     (default: ``camplug.zoo.untrained_demo_model(seed)`` when ``model`` is a ``DemoCNN``;
-    the method is skipped otherwise). The model is left in the mode and on the device it was."""
+    the method is skipped otherwise). ``protocol``: MaxBoxAcc's box protocol, as the audit's.
+    The model is left in the mode and on the device it was."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if protocol not in metrics.PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(metrics.PROTOCOLS)}, got {protocol!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     grid = metrics.default_thresholds() if thresholds is None else torch.as_tensor(
         thresholds, dtype=torch.float64)
@@ -190,7 +196,7 @@ def localization_table(
                     maps = smoothed_random(b, h, w, generator, device=device)
                 else:
                     maps = runners[method](images, labels)
-                scores[method].add(maps, boxes, masks, grid.to(device))
+                scores[method].add(maps, boxes, masks, grid.to(device), protocol)
             n += b
     finally:
         state.restore()
@@ -201,7 +207,7 @@ def localization_table(
         v2 = metrics.max_box_acc_from_ious(torch.cat(s.ious_v2), grid, iou_thresholds)
         pxap = None if s.counts is None else metrics.pxap_from_counts(*s.counts)
         rows.append(LocalizationRow(method, v2, v1, pxap))
-    return LocalizationTable(tuple(rows), n, describe_dataset(data))
+    return LocalizationTable(tuple(rows), n, describe_dataset(data), protocol)
 
 
 def _runners(model: nn.Module, untrained: nn.Module | None, methods: Sequence[str]):

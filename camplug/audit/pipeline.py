@@ -335,7 +335,7 @@ def _summarize(rows, config: RunConfig, run_id: str, db_path: Path,
         n_samples=config.n_samples, thresholds=np.asarray(config.thresholds),
         iou_thresholds=config.iou_thresholds, flag_thresholds=config.flags,
         images_per_second=images_per_second, class_names=config.class_names,
-        data_warnings=config.data_warnings,
+        data_warnings=config.data_warnings, method=config.method, protocol=config.protocol,
     )
 
 

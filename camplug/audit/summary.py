@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import metrics
 from . import metric_table
 from .store import SampleRow
 
@@ -157,6 +158,8 @@ class AuditSummary:
     per_class: list[ClassStats] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
     class_names: list[str] | None = None
+    method: str = "cam"
+    protocol: str = metrics.DEFAULT_PROTOCOL
 
     def __getattr__(self, name: str) -> Any:
         if name != "metrics" and any(m.name == name for m in metric_table.METRICS):
@@ -179,7 +182,10 @@ class AuditSummary:
     def table(self) -> list[tuple[str, str, str]]:
         """(metric, value, meaning) rows; percentages with one decimal."""
         rows = [("samples audited", f"{self.n_stored - self.n_errors}",
-                 f"of {self.n_samples}; {self.n_errors} failed (see errors)")]
+                 f"of {self.n_samples}; {self.n_errors} failed (see errors)"),
+                ("map method", self.method, "camplug.methods name ('auto': CAM on exact heads, "
+                 "else Grad-CAM)"),
+                ("box protocol", self.protocol, metrics.PROTOCOLS.get(self.protocol, ""))]
         for definition in metric_table.METRICS:
             rows += definition.table_rows(self.metrics.get(definition.name), self)
         if self.images_per_second is not None:
@@ -222,10 +228,13 @@ def summarize(
     images_per_second: float | None = None,
     class_names: Sequence[str] | None = None,
     data_warnings: Mapping[str, int] | None = None,
+    method: str = "cam",
+    protocol: str = metrics.DEFAULT_PROTOCOL,
 ) -> AuditSummary:
     """Aggregate a run's rows (errors excluded from every metric, counted separately).
     ``class_names``: label -> name for the per-class table; ``data_warnings``: the dataset's
-    own warning counts (added to the rows')."""
+    own warning counts (added to the rows'); ``method`` / ``protocol``: the run's map method
+    and MaxBoxAcc box protocol (shown in the table)."""
     ok = [r for r in rows if r.error is None]
     grid = torch.as_tensor(np.asarray(thresholds, dtype=np.float64))
     inputs = metric_table.SummaryInputs(ok, grid, tuple(iou_thresholds))
@@ -239,4 +248,5 @@ def summarize(
         flag_rules=flag_thresholds.rules(), images_per_second=images_per_second,
         per_class=per_class_stats(ok, class_names), warnings=warning_counts(rows, data_warnings),
         class_names=list(class_names) if class_names is not None else None,
+        method=method, protocol=protocol,
     )

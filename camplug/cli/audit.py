@@ -105,7 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.baselines and _is_main_rank():
         from camplug.audit.baselines import localization_table
 
-        table = localization_table(model, data, batch_size=args.batch_size, device=args.device)
+        table = localization_table(model, data, batch_size=args.batch_size, device=args.device,
+                                   protocol=args.protocol)
         print()
         print(table.to_markdown())
         if summary.report_path is not None:

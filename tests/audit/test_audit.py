@@ -361,6 +361,11 @@ def test_the_box_protocol_is_part_of_the_run_and_reaches_the_metrics(tmp_path):
     default = run_audit(model, ds, out_dir=tmp_path, batch_size=6, thresholds=GRID,
                         report=False)
     assert summary.run_id != default.run_id  # two runs, neither resumes the other
+    for run, protocol in ((summary, "wsolevaluation"), (default, "camplug")):
+        assert run.protocol == protocol and run.method == "cam"
+        assert ("box protocol", protocol, metrics.PROTOCOLS[protocol]) in run.table()
+        assert f"| box protocol | {protocol} |" in run.to_markdown()
+        assert load_summary(tmp_path / "audit.sqlite", run.run_id).protocol == protocol
     with ResultStore(tmp_path / "audit.sqlite") as store:
         rows = store.rows(summary.run_id)
     data = stacked(ds, range(6))

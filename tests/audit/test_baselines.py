@@ -101,6 +101,26 @@ def test_cam_row_matches_metrics_on_the_plugins_maps(table_and_data):
     assert table.row("untrained CAM").v2 == cam.v2
 
 
+def test_the_box_protocol_reaches_every_row_and_is_named(table_and_data):
+    model, ds, table = table_and_data
+    assert table.protocol == "camplug" and "box protocol 'camplug'" in table.to_markdown()
+    wsol = localization_table(model, ds, batch_size=6, thresholds=GRID, protocol="wsolevaluation",
+                              methods=["CAM", "centre Gaussian"])
+    items = [ds[i] for i in range(12)]
+    images = torch.stack([it["image"] for it in items])
+    labels = torch.tensor([it["label"] for it in items])
+    boxes = torch.stack([it["box"] for it in items])
+    maps = camplug.explain(model, images, target=labels).maps[:, 0].clamp(0, 1)
+    assert wsol.row("CAM").v2 == metrics.max_box_acc(maps, boxes, thresholds=GRID,
+                                                     protocol="wsolevaluation")
+    centre = centre_gaussian(12, 32, 32)
+    assert wsol.row("centre Gaussian").v1 == metrics.max_box_acc(
+        centre, boxes, thresholds=GRID, multi_contour=False, protocol="wsolevaluation")
+    assert "box protocol 'wsolevaluation'" in wsol.to_markdown()
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        localization_table(model, ds, protocol="voc")
+
+
 def test_layer_grad_cam_equals_cam_when_cams_are_non_negative(table_and_data):
     _, _, table = table_and_data
     cam, grad_cam = table.row("CAM"), table.row("LayerGradCam")
