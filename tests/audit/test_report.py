@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 import shutil
@@ -15,7 +16,7 @@ from PIL import Image
 
 from camplug.audit.report import classes
 from camplug.audit.report.class_section import Example, classes_section
-from camplug.audit.report.config import config_rows
+from camplug.audit.report.config import MEANINGS, config_rows
 from camplug.audit.report.html import (
     GalleryControls,
     GalleryItem,
@@ -33,6 +34,7 @@ from camplug.audit.report.html import (
     threshold_curve_plot,
     write_report,
 )
+from camplug.audit.run import RunConfig
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -350,6 +352,11 @@ def test_class_section_html_is_escaped_and_complete():
     assert shown == sum(len(g.representatives) for g in stats[0].grouping.groups)
 
 
+def test_every_setting_of_a_run_is_explained():
+    missing = [f.name for f in dataclasses.fields(RunConfig) if f.name not in MEANINGS]
+    assert missing == []
+
+
 def test_config_rows_are_readable():
     rows = {name: (value, meaning) for name, value, meaning in config_rows({
         "thresholds": [round(0.01 * i, 2) for i in range(100)], "iou_thresholds": [0.3, 0.5, 0.7],
@@ -458,8 +465,6 @@ def test_audit_report_has_classes_configuration_and_a_baselines_place(audited):
 
 
 def test_add_baselines_fills_the_place(audited, tmp_path):
-    import dataclasses
-
     from camplug.audit.baselines import LocalizationRow, LocalizationTable
     from camplug.audit.report.gallery import BASELINES_MARKER, add_baselines
     from camplug.metrics import MaxBoxAccResult

@@ -30,9 +30,12 @@ MEANINGS = {
     "faithfulness": "deletion / insertion AUC computed",
     "faithfulness_steps": "deletion / insertion steps",
     "method": "the attribution method audited",
+    "protocol": "box protocol of MaxBoxAcc: 'camplug' (tight boxes of the components) or "
+    "'wsolevaluation' (Choe et al.'s code exactly)",
     "border_fraction": "border band of border_mass, as a share of each side",
     "class_names": "class index -> name",
     "data_warnings": "what loading the dataset corrected or skipped",
+    "data_source": "where the samples came from (folder, annotation file)",
 }
 
 
