@@ -36,8 +36,7 @@ numba = importlib.import_module("numba")
 
 _NO_LABEL = -1
 _OUTSIDE = 0  # the padding frame's component in a holes-only sweep
-# Starting capacities (components per map, recorded rows per map): small, so that the
-# growth paths run in the tests too.
+# Starting capacity of the rows recorded per map: small, so that growing runs in the tests.
 _FIRST_CAPACITY = 16
 _SMALL_SORT = 32  # insertion sort below this many live components, argsort above
 
@@ -101,32 +100,19 @@ def _flush(stats: np.ndarray, c: int, area: int, first: int, last: int, left: in
 
 
 @numba.njit(cache=True)
-def _grow_components(stats, parent, alive, live):
-    """The component table at twice its capacity (the first rows kept)."""
-    size = stats.shape[0]
-    grown = (np.empty((2 * size, 5), stats.dtype), np.empty(2 * size, parent.dtype),
-             np.empty(2 * size, alive.dtype), np.empty(2 * size, live.dtype))
-    grown[0][:size] = stats
-    grown[1][:size] = parent
-    grown[2][:size] = alive
-    grown[3][:size] = live
-    return grown
-
-
-@numba.njit(cache=True)
-def _sweep(order, column, starts, buckets, eight, w2, label, table, records, level_start,
-           holes_only):
+def _sweep(order, column, starts, buckets, eight, w2, label, stats, parent, alive, live, records,
+           level_start, holes_only):
     """Add the pixels of ``buckets`` (rank values, in sweep order) one rank at a time; after
     each rank append every live component's stats to ``records`` (level i's rows start at
-    ``level_start[i]``). ``table``: the component table (stats, parent, alive, live), grown
-    as needed. With ``holes_only`` the padding frame is component 0, "outside", already
-    added and never recorded: components touching the map's border join it. Returns
-    (records, table).
+    ``level_start[i]``). The component table (``stats`` rows: area, first, last, left,
+    right; ``parent``, ``alive``, and the ids ``live``) has a row per pixel, plus one. With
+    ``holes_only`` the padding frame is component 0, "outside", already added and never
+    recorded: components touching the map's border join it. Returns ``records`` (grown as
+    needed).
 
     Pixel indices are unsigned (uint64): numba then skips its negative-index wraparound
     code, a large share of the per-pixel work.
     """
-    stats, parent, alive, live = table
     label[:] = _NO_LABEL
     num_components = 0
     if holes_only:
@@ -181,8 +167,6 @@ def _sweep(order, column, starts, buckets, eight, w2, label, table, records, lev
                 if run >= 0:
                     _flush(stats, run, run_area, run_first, run_last, run_left, run_right)
                     run, run_label = -1, -2
-                if num_components == stats.shape[0]:
-                    stats, parent, alive, live = _grow_components(stats, parent, alive, live)
                 c = num_components
                 num_components += 1
                 parent[c] = c
@@ -245,14 +229,15 @@ def _sweep(order, column, starts, buckets, eight, w2, label, table, records, lev
             records[rows] = stats[live[i]]
             rows += 1
     level_start[buckets.shape[0]] = rows
-    return records, (stats, parent, alive, live)
+    return records
 
 
 @numba.njit(cache=True)
-def _emit(records, level_start, first_slot, slot_step, w2, out_slot, out_boxes, out_areas,
-          size):
-    """Append the recorded levels to the output, level i at slot first_slot + i * slot_step,
-    visiting the slots in increasing order. Returns the (possibly grown) arrays and size."""
+def _emit(records, level_start, first_slot, slot_step, w2, out, size):
+    """Append the recorded levels to ``out`` = (slot, boxes, areas) holding ``size`` rows,
+    level i at slot first_slot + i * slot_step, visiting the slots in increasing order.
+    Returns the (possibly grown) arrays and the new size."""
+    out_slot, out_boxes, out_areas = out
     levels = level_start.shape[0] - 1
     need = size + level_start[levels]
     if need > out_slot.shape[0]:
@@ -275,7 +260,7 @@ def _emit(records, level_start, first_slot, slot_step, w2, out_slot, out_boxes, 
             out_boxes[size, 3] = records[i, 2] // w2 - 1
             out_areas[size] = records[i, 0]
             size += 1
-    return out_slot, out_boxes, out_areas, size
+    return (out_slot, out_boxes, out_areas), size
 
 
 @numba.njit(cache=True)
@@ -300,9 +285,12 @@ def level_set_sweeps(values, table, low, num_cuts, connectivity, hole_connectivi
     order = np.empty(pixels, np.uint32)
     column = np.empty(pixels, np.uint32)
     label = np.empty(size2, np.int32)
-    size = _FIRST_CAPACITY
-    components = (np.empty((size, 5), np.int64), np.empty(size, np.int64),
-                  np.empty(size, np.bool_), np.empty(size, np.int64))
+    # Component tables: at most one component per pixel, plus "outside" (untouched pages of
+    # np.empty cost nothing).
+    stats = np.empty((pixels + 1, 5), np.int64)
+    parent = np.empty(pixels + 1, np.int64)
+    alive = np.empty(pixels + 1, np.bool_)
+    live = np.empty(pixels + 1, np.int64)
     records = np.empty((_FIRST_CAPACITY, 5), np.int64)
     foreground_levels = np.arange(num_cuts, 0, -1)  # ranks T .. 1: cut indices T - 1 .. 0
     hole_levels = np.arange(0, num_cuts)  # ranks 0 .. T - 1: cut indices 0 .. T - 1
@@ -339,21 +327,18 @@ def level_set_sweeps(values, table, low, num_cuts, connectivity, hole_connectivi
                 order[position] = row + x
                 column[position] = x + 1
                 i += 1
-        records, components = _sweep(order, column, starts, foreground_levels,
-                                     connectivity == 8, w2, label, components, records,
-                                     level_start, False)
-        # Level i is cut index T - 1 - i.
-        out_slot, out_boxes, out_areas, size = _emit(
-            records, level_start, m * num_cuts + num_cuts - 1, -1, w2, out[0], out[1], out[2],
-            size)
-        out = (out_slot, out_boxes, out_areas)
-        if hole_connectivity:
-            records, components = _sweep(order, column, starts, hole_levels,
-                                         hole_connectivity == 8, w2, label, components,
-                                         records, level_start, True)
-            back_slot, back_boxes, back_areas, back_size = _emit(
-                records, level_start, m * num_cuts, 1, w2, back[0], back[1], back[2],
-                back_size)
-            back = (back_slot, back_boxes, back_areas)
+        for sweep in range(2 if hole_connectivity else 1):
+            holes = sweep == 1  # (a runtime value: one compiled _sweep serves both sweeps)
+            records = _sweep(order, column, starts, hole_levels if holes else foreground_levels,
+                             (hole_connectivity if holes else connectivity) == 8, w2, label,
+                             stats, parent, alive, live, records, level_start, holes)
+            # Level i is cut index i for the holes, T - 1 - i for the components.
+            first_slot = m * num_cuts + (0 if holes else num_cuts - 1)
+            step = 1 if holes else -1
+            if holes:
+                back, back_size = _emit(records, level_start, first_slot, step, w2, back,
+                                        back_size)
+            else:
+                out, size = _emit(records, level_start, first_slot, step, w2, out, size)
     return (out[0][:size], out[1][:size], out[2][:size],
             back[0][:back_size], back[1][:back_size], back[2][:back_size])
