@@ -10,7 +10,9 @@ bool mask is the case levels = mask, cut = 0.
 Backends: "auto" (the default) runs the compiled kernels on CPU tensors when numba is
 installed, torch otherwise (always on CUDA). Both share the ranking of the pixels
 (``_rank_lookup``) and give identical ``Components``. The compiled kernels sweep each map's
-pixels in rank order with a union-find (see their module); the torch method follows.
+pixels in rank order with a union-find (see their module); the torch method follows. The
+first call in a fresh environment compiles the kernels (tens of seconds); numba caches them
+on disk.
 
 Torch method (a component tree built from ascent basins):
 1. Ranks. A pixel's rank r is the number of cuts below its level: it is foreground at cut

@@ -43,6 +43,7 @@ _SMALL_SORT = 32  # insertion sort below this many live components, argsort abov
 
 @numba.njit(cache=True, inline="always")
 def _find(parent: np.ndarray, c: int) -> int:
+    """Root of component c (path halving)."""
     while parent[c] != c:
         grand = parent[parent[c]]
         parent[c] = grand
