@@ -40,6 +40,7 @@ from torch.nn.modules import module as module_globals
 
 from .heads import HeadInfo, OutputSelector
 from .layers import FeatureLayer
+from .walk import submodules
 
 MAX_HEADS_PER_MODEL = 8  # call signatures kept per model state (e.g. several input sizes)
 MAX_STATES_PER_MODEL = 4  # states kept per model (e.g. a cache of its own empty and filled)
@@ -184,7 +185,7 @@ def structure_of(model: nn.Module) -> tuple[int, ...]:
     replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates.
     One walk over the modules (``parameters()``/``buffers()`` would walk them twice more)."""
     found: list[int] = []
-    for module in model.modules():
+    for module in submodules(model):
         found.append(id(module))
         found.extend(map(id, module._parameters.values()))
         found.extend(map(id, module._buffers.values()))
@@ -230,7 +231,7 @@ class _Plan:
             return None
 
     def __init__(self, model: nn.Module) -> None:
-        modules = list(model.modules())
+        modules = submodules(model)
         dicts = [module.__dict__ for module in modules]
         self.modules = [weakref.ref(module) for module in modules]
         self.types = list(map(type, modules))

@@ -40,6 +40,7 @@ from .ops import (
     sample_scale_step,
 )
 from .recorder import ForwardRecorder, ModuleCall, Op, Value, ancestors, first_tensor
+from .walk import submodules
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
 LayerSpec = str | nn.Module | None
@@ -203,15 +204,17 @@ def compiled_module_reason(model: nn.Module) -> str | None:
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
     if eval_frame is None:
         return None
-    for name, module in model.named_modules():
-        if isinstance(module, eval_frame.OptimizedModule):
-            where = "the model" if not name else f"submodule `{name}`"
-            return (
-                f"{where} was compiled with torch.compile: compiled graphs do not run forward "
-                "hooks registered after compilation, so the features cannot be captured. "
-                "Attach to the original module instead (`compiled._orig_mod`, eager), or attach "
-                "before compiling: `capture = camplug.attach(model); fast = torch.compile(model)`"
-            )
+    compiled = next((m for m in submodules(model) if isinstance(m, eval_frame.OptimizedModule)),
+                    None)
+    if compiled is not None:
+        name = next(name for name, module in model.named_modules() if module is compiled)
+        where = "the model" if not name else f"submodule `{name}`"
+        return (
+            f"{where} was compiled with torch.compile: compiled graphs do not run forward "
+            "hooks registered after compilation, so the features cannot be captured. "
+            "Attach to the original module instead (`compiled._orig_mod`, eager), or attach "
+            "before compiling: `capture = camplug.attach(model); fast = torch.compile(model)`"
+        )
     return None
 
 
