@@ -346,9 +346,10 @@ def _check_connectivity(connectivity: int) -> None:
         raise ValueError(f"connectivity must be 8 or 4, got {connectivity!r}")
 
 
-def chunk_bounds(n: int, h: int, w: int) -> list[tuple[int, int]]:
-    """(begin, end) of chunks of n maps [H, W] holding about ``_PIXELS_PER_CHUNK`` pixels."""
-    step = max(1, _PIXELS_PER_CHUNK // (h * w))
+def chunk_bounds(n: int, h: int, w: int, scale: int = 1) -> list[tuple[int, int]]:
+    """(begin, end) of chunks of n maps [H, W] holding about ``scale * _PIXELS_PER_CHUNK``
+    pixels."""
+    step = max(1, scale * _PIXELS_PER_CHUNK // (h * w))
     return [(begin, min(begin + step, n)) for begin in range(0, n, step)]
 
 
