@@ -111,8 +111,10 @@ def test_results_do_not_depend_on_the_chunking(monkeypatch, backend):
     boxes = ground_truth(seed=23, n=cams.shape[0])
     whole = metrics.box_ious_v1_v2(cams, boxes, THRESHOLDS, protocol="wsolevaluation")
     labels = metrics.label_components(cams > 0.4)
-    monkeypatch.setattr(components, "_PIXELS_PER_CHUNK", 2 * H * W)  # two maps a chunk
-    assert len(components.chunk_bounds(cams.shape[0], H, W)) > 1
+    # Half a map a chunk: every chunking (the components' own and the candidates' larger
+    # ones) splits the maps.
+    monkeypatch.setattr(components, "_PIXELS_PER_CHUNK", H * W // 2)
+    assert len(components.chunk_bounds(cams.shape[0], H, W, scale=4)) > 1
     chunked = metrics.box_ious_v1_v2(cams, boxes, THRESHOLDS, protocol="wsolevaluation")
     for a, b in zip(whole, chunked, strict=True):
         assert torch.equal(a, b)
