@@ -1,5 +1,6 @@
 """Packaging: the wheel holds every subpackage, and a plain ``pip install camplug`` (no extras)
-has every third-party module the main job imports; captum stays behind its extra."""
+has every third-party module the main job imports; captum and numba stay behind their extras,
+imported only by the modules that need them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ DISTRIBUTIONS = {"PIL": "pillow"}
 # Modules that may import the optional captum: the Captum adapter, the comparison harness and
 # the baselines of `camplug demo --baselines` (the CLI names the extra before they run).
 CAPTUM_USERS = ("camplug.captum", "camplug.comparison", "camplug.audit.baselines")
+# optional module -> (the extra that installs it, the modules allowed to import it); numba: the
+# compiled connected components (camplug.metrics.components falls back to torch without it)
+OPTIONAL = {
+    "captum": ("captum", CAPTUM_USERS),
+    "numba": ("fast", ("camplug.metrics.components_compiled",)),
+}
 
 
 def source_files() -> dict[str, Path]:
@@ -57,16 +64,18 @@ def test_every_subpackage_is_packaged():
     assert listed - found == set(), "pyproject.toml lists packages that do not exist"
 
 
-def test_core_dependencies_cover_every_import_but_captum():
+def test_core_dependencies_cover_every_import_but_the_optional_ones():
     core = {requirement_name(r) for r in PROJECT["project"]["dependencies"]}
     extras = PROJECT["project"]["optional-dependencies"]
-    assert {requirement_name(r) for r in extras["captum"]} == {"captum"}
-    assert "captum" not in core
+    for module, (extra, _) in OPTIONAL.items():
+        assert module in {requirement_name(r) for r in extras[extra]}
+        assert module not in core
     for name, path in source_files().items():
         for module in third_party_imports(path):
-            if module == "captum":
-                assert name.startswith(CAPTUM_USERS), (
-                    f"{name} imports captum, which a plain install lacks")
+            if module in OPTIONAL:
+                extra, users = OPTIONAL[module]
+                assert name.startswith(users), (
+                    f"{name} imports {module}, which a plain install lacks (extra {extra!r})")
             else:
                 assert DISTRIBUTIONS.get(module, module).lower() in core, (
                     f"{name} imports {module}: make it a core dependency")

@@ -25,14 +25,12 @@ backend's ``Components``.
 
 from __future__ import annotations
 
-import importlib
-
+import numba
 import numpy as np
 
-# numba is optional (the ``fast`` extra): components.py imports this module only when it is
-# importable, and falls back to torch otherwise. Imported by name, like the other optional
-# packages (data/specs.py), so a plain install's import graph does not list it.
-numba = importlib.import_module("numba")
+# numba is optional (the ``fast`` extra): components.py imports this module only when numba is
+# importable, and falls back to torch otherwise (tests/test_packaging.py allows the import here
+# only).
 
 _NO_LABEL = -1
 _OUTSIDE = 0  # the padding frame's component in a holes-only sweep
