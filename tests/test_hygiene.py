@@ -291,13 +291,32 @@ def test_interrupt_between_features_and_pooling_leaves_no_interceptor(interrupt)
     assert_pristine(model)
 
 
-def test_a_capture_runs_under_cprofile_and_leaves_its_profiler_in_place():
-    """A C profiler's profile function cannot be chained from Python: the capture must neither
-    fail nor replace it (DenseNet opens an interceptor window in the model's forward)."""
+class _PythonProfiler:
+    """A profile function written in Python; records the classes whose ``forward`` returned."""
+
+    def __init__(self) -> None:
+        self.returns: list[str] = []
+
+    def __call__(self, frame, event, arg) -> None:
+        if event == "return" and frame.f_code.co_name == "forward":
+            self.returns.append(type(frame.f_locals.get("self")).__name__)
+
+    def enable(self) -> None:
+        sys.setprofile(self)
+
+    def disable(self) -> None:
+        sys.setprofile(None)
+
+
+@pytest.mark.parametrize("kind", ["cProfile", "python"])
+def test_a_capture_under_a_profiler_leaves_it_in_place(kind):
+    """A C profiler's profile function (cProfile) cannot be chained from Python: the capture
+    must neither fail nor replace it. A Python profile function is chained through the
+    interceptor window (DenseNet opens one in the model's forward) and restored."""
     model = build(CASES["densenet"])
     x = images(2)
     expected = camplug.explain(model, x)
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile() if kind == "cProfile" else _PythonProfiler()
     profiler.enable()
     try:
         with camplug.attach(model) as capture:
@@ -307,31 +326,8 @@ def test_a_capture_runs_under_cprofile_and_leaves_its_profiler_in_place():
     finally:
         profiler.disable()
     assert still_profiling is profiler
+    if kind == "python":  # the classifier runs while the window (features -> pooling) is open
+        assert type(model.classifier).__name__ in profiler.returns
     assert torch.equal(maps, expected.maps)
     assert _get_current_function_mode_stack() == []
-    assert_pristine(model)
-
-
-def test_a_python_profile_function_keeps_receiving_events_and_is_restored():
-    model = build(CASES["densenet"])
-    x = images(2)
-    expected = camplug.explain(model, x)
-    returns: list[str] = []
-
-    def user_profile(frame, event, arg):
-        if event == "return" and frame.f_code.co_name == "forward":
-            returns.append(type(frame.f_locals.get("self")).__name__)
-
-    sys.setprofile(user_profile)
-    try:
-        with camplug.attach(model) as capture:
-            model(x)
-            maps = capture.maps()
-        still_profiling = sys.getprofile()
-    finally:
-        sys.setprofile(None)
-    assert still_profiling is user_profile
-    # the classifier runs while the window (features -> pooling) is open: chained through it
-    assert type(model.classifier).__name__ in returns
-    assert torch.equal(maps, expected.maps)
     assert_pristine(model)
