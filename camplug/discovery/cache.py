@@ -184,8 +184,13 @@ def structure_of(model: nn.Module) -> tuple[int, ...]:
     """Identities of the model's modules, parameters and buffers: changes when one of them is
     replaced (a new classifier, ``load_state_dict(assign=True)``), not on in-place updates.
     One walk over the modules (``parameters()``/``buffers()`` would walk them twice more)."""
+    return _structure_ids(submodules(model))
+
+
+def _structure_ids(modules: list[nn.Module]) -> tuple[int, ...]:
+    """:func:`structure_of` the model whose ``submodules`` are ``modules``."""
     found: list[int] = []
-    for module in submodules(model):
+    for module in modules:
         found.append(id(module))
         found.extend(map(id, module._parameters.values()))
         found.extend(map(id, module._buffers.values()))
@@ -241,7 +246,7 @@ class _Plan:
         self.lengths = list(map(len, dicts))
         self.keys = _flat_keys(dicts)
         self.structures = self._structures(dicts)
-        self.structure = structure_of(model)
+        self.structure = _structure_ids(modules)
         self.pins: list[object] = []
         # (module index, name), types and copies of the containers compared by content
         self.copies: tuple[tuple[list[int], list[str]], list[type], list[object]] = (
