@@ -6,6 +6,8 @@ Per model, median over ``--repeats`` rounds (wall and process CPU time, millisec
 - ``key_and_get``: ``HEAD_CACHE.key`` + ``HEAD_CACHE.get`` on a cached, unchanged model (what
   the capture's discovery does on each attach);
 - ``full_fingerprint``: ``model_fingerprint`` (what every attach paid before the fast plan);
+- ``attach_alone``: attach, discover the head for ``x`` (from the cache), detach: the plugin's
+  own work of a cached attach, without the forward;
 - ``attach_overhead``: ``with attach(model): model(x)`` minus ``model(x)`` alone (the whole
   plugin cost of a cached attach, hooks included), the median of the differences of
   back-to-back pairs (robust to a shared machine's slow phases);
@@ -94,12 +96,17 @@ def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
         with torch.no_grad():
             model(x)
 
+    def attach_alone() -> None:
+        with camplug.attach(model) as capture:
+            capture.discover(x)
+
     forward = _timed(plain, repeats)
     return {
         "modules": sum(1 for _ in model.modules()),
         "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers()),
         "key_and_get": _timed(key_and_get, repeats),
         "full_fingerprint": _timed(lambda: model_fingerprint(model), max(repeats // 10, 3)),
+        "attach_alone": _timed(attach_alone, repeats),
         "attach_overhead": _paired_difference(attached, plain, repeats),
         "forward": forward,
     }
@@ -153,7 +160,8 @@ def main(argv: list[str] | None = None) -> Path:
         row = report[name]
         print(f"{name}: key+get {row['key_and_get']['cpu_ms']:.3f} ms CPU "
               f"({row['key_and_get']['wall_ms']:.3f} wall), full fingerprint "
-              f"{row['full_fingerprint']['cpu_ms']:.2f} ms CPU, attach overhead "
+              f"{row['full_fingerprint']['cpu_ms']:.2f} ms CPU, attach alone "
+              f"{row['attach_alone']['cpu_ms']:.3f} ms CPU, attach overhead "
               f"{row['attach_overhead']['cpu_ms']:.3f} ms CPU")
     print(f"levit probes over {args.cycles} cycles: "
           f"{report['levit_like_32']['probes_over_cycles']['probes']}; report: {path}")
