@@ -9,8 +9,8 @@ Per model, median over ``--repeats`` rounds (wall and process CPU time, millisec
 - ``attach_alone``: attach, discover the head for ``x`` (from the cache), detach: the plugin's
   own work of a cached attach, without the forward;
 - ``attach_overhead``: ``with attach(model): model(x)`` minus ``model(x)`` alone (the whole
-  plugin cost of a cached attach, hooks included), the median of the differences of
-  back-to-back pairs (robust to a shared machine's slow phases);
+  plugin cost of a cached attach, hooks included), the median of the differences within
+  interleaved rounds (robust to a shared machine's slow phases);
 and, for LeViT, the probes run over ``--cycles`` rounds of ``train(); eval(); attach; forward``.
 
 Usage: python benchmarks/bench_head_cache.py [--repeats 200] [--device cpu] [--out PATH]
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import operator
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_io import run_environment, write_report  # noqa: E402
+from benchmark_io import interleaved_times, run_environment, write_report  # noqa: E402
 from models import resnet50_like  # noqa: E402
 
 import camplug  # noqa: E402
@@ -62,20 +63,12 @@ def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
 
 
 def _paired_difference(fn: Callable[[], object], base: Callable[[], object],
-                       repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` back-to-back pairs of ``fn``'s wall and CPU milliseconds minus
-    ``base``'s."""
-    fn(), base()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        pair = []
-        for call in (base, fn):
-            w, c = time.perf_counter(), time.process_time()
-            call()
-            pair.append((time.perf_counter() - w, time.process_time() - c))
-        wall.append(pair[1][0] - pair[0][0])
-        cpu.append(pair[1][1] - pair[0][1])
-    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+                       repeats: int, device: torch.device) -> dict[str, float]:
+    """Median over ``repeats`` interleaved rounds of ``fn``'s wall and CPU milliseconds minus
+    ``base``'s in the same round."""
+    wall, cpu = interleaved_times({"base": base, "fn": fn}, device, warmup=1, rounds=repeats)
+    return {f"{clock}_ms": 1e3 * statistics.median(map(operator.sub, times["fn"], times["base"]))
+            for clock, times in (("wall", wall), ("cpu", cpu))}
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
@@ -107,7 +100,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
         "key_and_get": _timed(key_and_get, repeats),
         "full_fingerprint": _timed(lambda: model_fingerprint(model), max(repeats // 10, 3)),
         "attach_alone": _timed(attach_alone, repeats),
-        "attach_overhead": _paired_difference(attached, plain, repeats),
+        "attach_overhead": _paired_difference(attached, plain, repeats, x.device),
         "forward": forward,
     }
 
