@@ -147,9 +147,17 @@ def _call_frame(module: nn.Module) -> FrameType | None:
 _CALL_IMPL_CODE = nn.Module._call_impl.__code__
 
 
-def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """(args, kwargs) with the only input tensor cut to its first sample, if that is safe."""
-    found = list(tensors_in((args, kwargs)))
+def _input_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors among a call's arguments (one plain tensor argument without a tree walk)."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        return [args[0]]
+    return list(tensors_in((args, kwargs)))
+
+
+def _first_sample(args: tuple, kwargs: dict, found: list[torch.Tensor]
+                  ) -> tuple[tuple, dict] | None:
+    """(args, kwargs) with the only input tensor (``found``: the call's tensors) cut to its
+    first sample, if that is safe."""
     if len(found) != 1 or found[0].dim() == 0 or found[0].shape[0] <= 1:
         return None
     tensor = found[0]
@@ -157,10 +165,9 @@ def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}
 
 
-def _single_sample(args: tuple, kwargs: dict) -> bool:
-    """Whether the first probe takes one sample of the only input tensor (batch size not part
-    of the head's cache key)."""
-    found = list(tensors_in((args, kwargs)))
+def _single_sample(found: list[torch.Tensor]) -> bool:
+    """Whether the first probe takes one sample of the only input tensor (``found``: the
+    call's tensors), so that the batch size is not part of the head's cache key."""
     return len(found) == 1 and found[0].dim() > 0 and found[0].shape[0] >= 1
 
 
@@ -369,9 +376,9 @@ class CamCapture:
         another reason than the head itself (a model that needs the whole batch), on the whole
         batch. Only a head found by the first attempt is cached. A model without an exact CAM
         head gets the feature layer for the gradient methods instead."""
-        first = _first_sample(args, kwargs)
+        found = _input_tensors(args, kwargs)
         key = HEAD_CACHE.key(self.model, args, kwargs, layer=self._layer, output=self.output,
-                             single_sample=_single_sample(args, kwargs))
+                             single_sample=_single_sample(found))
         # the plan that recognised (or was just made of) this state knows its structure
         plan = key.plan if key is not None else None
         self._structure = plan.structure if plan is not None else structure_of(self.model)
@@ -384,6 +391,7 @@ class CamCapture:
             self._head = cached
             self._install(cached.capture)
             return
+        first = _first_sample(args, kwargs, found)
         attempts = [a for a in (first, (args, kwargs)) if a is not None]
         for attempt, (probe_args, probe_kwargs) in enumerate(attempts):
             try:

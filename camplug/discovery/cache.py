@@ -48,6 +48,11 @@ _MAX_ITEMS = 200_000  # a fingerprint larger than this is not worth computing: n
 _MAX_DEPTH = 3  # how deep plain attributes (config objects, lists) are followed
 _STRUCTURAL = frozenset({"_parameters", "_buffers", "_modules", "training"})
 _FORWARD_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
+# nn.Module's own bookkeeping (the train/eval flag and its hook dicts): discovery does not
+# depend on it (the probe runs in eval; forward hooks are compared on their own, camplug's
+# left out). Every other attribute, a user's own ``hooks`` list included, is fingerprinted.
+_BOOKKEEPING = frozenset(vars(nn.Module())) - _STRUCTURAL - {"_non_persistent_buffers_set"} | {
+    "training"}
 _GLOBAL_FORWARD_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks")
 _VALUES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device,
            torch.layout, torch.memory_format, enum.Enum)
@@ -149,7 +154,7 @@ class _Freezer:
     def module(self, name: str, module: nn.Module) -> Hashable:
         attributes = tuple(
             (key, self.value(value)) for key, value in vars(module).items()
-            if key not in _STRUCTURAL and "hook" not in key
+            if key not in _STRUCTURAL and key not in _BOOKKEEPING
         )
         return (
             name, type(module), self.identity(module), self.value(type(module).forward),
@@ -161,7 +166,8 @@ class _Freezer:
         return tuple((name, None if t is None else self.tensor(t)) for name, t in tensors.items())
 
 
-_structure_dicts = operator.itemgetter("_modules", "_parameters", "_buffers")
+# ``operator.call`` from Python 3.11
+_call = getattr(operator, "call", None) or (lambda function, argument: function(argument))
 
 
 def _flat_keys(dicts: list[dict]) -> list[Hashable]:
@@ -174,10 +180,13 @@ def _flat_ids(dicts: list[dict]) -> list[int]:
     return list(map(id, itertools.chain.from_iterable(map(dict.values, dicts))))
 
 
-def _attributes(dicts: list[dict], places: tuple[list[int], list[str]]) -> list[object]:
-    """The values ``dicts[index][name]`` for the (index, name) pairs of ``places``, as one
-    flat list (C-level iteration only)."""
-    return list(map(operator.getitem, map(dicts.__getitem__, places[0]), places[1]))
+def _picker(keys: list[Any]) -> Any:
+    """A function giving ``(container[k] for k in keys)`` as a tuple (C level, as
+    ``operator.itemgetter`` is, which gives a bare item for one key)."""
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda container: (container[key],)
+    return operator.itemgetter(*keys) if keys else lambda container: ()
 
 
 def structure_of(model: nn.Module) -> tuple[int, ...]:
@@ -197,8 +206,7 @@ def _structure_ids(modules: list[nn.Module]) -> tuple[int, ...]:
     return tuple(found)
 
 
-_tensor_meta = operator.attrgetter(
-    "__class__", "_version", "shape", "dtype", "device", "layout")
+_tensor_meta = operator.attrgetter("_version", "shape", "dtype")
 
 
 def _any_none(items: list[object]) -> bool:
@@ -213,18 +221,33 @@ def _plain(value: object) -> bool:
     return type(value) is tuple and all(_plain(item) for item in value)
 
 
+def _plain_container(value: object) -> bool:
+    """A dict, list, set or tuple of plain values (compared by content, as a copy)."""
+    if not isinstance(value, (dict, list, set, frozenset, tuple)):
+        return False
+    return _plain(tuple(value.items()) if isinstance(value, dict) else tuple(value))
+
+
 class _Plan:
     """A fast test that a model is still in the state its :func:`model_fingerprint` described.
 
-    It holds weak references to the modules and tensors, the attribute names of every module,
-    the ids of the attributes compared by identity (immutable values kept alive so that their
-    ids cannot be reused), the contents of the module/parameter/buffer dicts, each tensor's
-    version and metadata, copies of plain containers, and, for attributes that are other
-    objects, their fingerprint (recomputed at each test). Each of these is one flat list
-    compared at C level: a cached attach does not pay for a full fingerprint. ``structure``
-    is :func:`structure_of` the planned state (a capture reuses it when the plan matches).
-    ``matches`` is True only when :func:`model_fingerprint` would give the same value; a False
-    only means "fingerprint again". Train/eval flags are ignored, as by the fingerprint.
+    It holds weak references to the modules and tensors, one getter per module for the
+    attributes the fingerprint reads (for all modules, one flat list), and positions in that
+    list for each way they are compared: by identity (plain immutable values, kept alive so
+    that their ids cannot be reused; tensors), by content (the module, parameter and buffer
+    dicts: keys and value ids; copies of plain containers; the user's forward hooks) or, for
+    other objects, by their fingerprint (recomputed at each test). It also holds each tensor's
+    version and metadata. Each of these is a flat list compared at C level: a cached attach
+    does not pay for a full fingerprint. ``structure`` is :func:`structure_of` the planned
+    state (a capture reuses it when the plan matches).
+
+    ``matches`` is True only when :func:`model_fingerprint` would describe the same state, up
+    to the order of attributes, with one premise: that nn.Module's own bookkeeping attributes
+    (``training``, the hook dicts) are never deleted, which no working module does. (Each
+    module holds as many attributes as planned and every planned one is found by name, so
+    the names are the planned ones unless a bookkeeping attribute was swapped for another.)
+    A False only means "fingerprint again". Train/eval flags are ignored, as by the
+    fingerprint.
     """
 
     @classmethod
@@ -232,7 +255,7 @@ class _Plan:
         """The plan of ``model``'s current state, or None if it cannot be tested fast."""
         try:
             return cls(model)
-        except (RuntimeError, TypeError, _Uncacheable):  # sparse tensors, storage-less ones
+        except (RuntimeError, TypeError, KeyError, _Uncacheable):  # e.g. sparse tensors
             return None
 
     def __init__(self, model: nn.Module) -> None:
@@ -241,83 +264,85 @@ class _Plan:
         self.modules = [weakref.ref(module) for module in modules]
         self.types = list(map(type, modules))
         self.forwards = {kind: kind.forward for kind in set(self.types)}
-        # Attribute names of all modules as one flat list (one C-level comparison); the
-        # per-module lengths keep the boundaries.
         self.lengths = list(map(len, dicts))
-        self.keys = _flat_keys(dicts)
-        self.structures = self._structures(dicts)
+        names = [[key for key in d if key not in _BOOKKEEPING] + list(_FORWARD_HOOKS)
+                 for d in dicts]
+        self.getters = list(map(_picker, names))
+        values = self._values(dicts)
         self.structure = _structure_ids(modules)
-        self.pins: list[object] = []
-        # (module index, name), types and copies of the containers compared by content
-        self.copies: tuple[tuple[list[int], list[str]], list[type], list[object]] = (
-            ([], []), [], [])
-        self.deep: list[tuple[int, str, Hashable]] = []
         freezer = _Freezer()
-        tensors: list[torch.Tensor] = []
-        # (module index, name) of the attributes compared by identity (the others are
-        # compared by content: module/parameter/buffer dicts, containers, objects; or ignored:
-        # train/eval flags, hook dicts).
-        self.by_identity: tuple[list[int], list[str]] = ([], [])
-        for index, attributes in enumerate(dicts):
-            for key, value in attributes.items():
-                if key not in _STRUCTURAL and not self._classify(
-                        index, key, value, freezer, tensors):
-                    self.by_identity[0].append(index)
-                    self.by_identity[1].append(key)
-        self.ids = list(map(id, _attributes(dicts, self.by_identity)))
+        # positions in ``values``, by how each attribute is compared
+        plain: list[int] = []
+        tensor_attributes: list[int] = []
+        structural: list[int] = []
+        hooks: list[int] = []
+        copies: list[int] = []
+        self.deep: list[tuple[int, Hashable]] = []
+        for position, (key, value) in enumerate(
+            zip(itertools.chain.from_iterable(names), values, strict=True)
+        ):
+            if key in _FORWARD_HOOKS:
+                hooks.append(position)
+            elif key in _STRUCTURAL:
+                structural.append(position)
+            elif _plain(value):
+                plain.append(position)
+            elif isinstance(value, torch.Tensor):
+                tensor_attributes.append(position)
+            elif _plain_container(value):
+                copies.append(position)
+            else:
+                self.deep.append((position, freezer.value(value)))
+        self.plain = _picker(plain)
+        self.pins = list(self.plain(values))
+        self.tensor_attributes = _picker(tensor_attributes)
+        self.structural = _picker(structural)
+        self.structures = self._structures(self.structural(values))
+        self.hook_dicts = _picker(hooks)
+        self.hooks = self._hooks(self.hook_dicts(values))
+        self.copied = _picker(copies)
+        self.copies = [copy.copy(value) for value in self.copied(values)]
+        self.copy_types = list(map(type, self.copies))
         self.deep_refs = tuple(freezer.refs.values())
+        tensors = [*self.tensor_attributes(values)]
         tensors += [t for module in modules for group in (module._parameters, module._buffers)
                     for t in group.values() if t is not None]
         self.tensors = [weakref.ref(t) for t in tensors]
         self.tensor_state = self._tensor_state(tensors)
-        self.hooks = self._hooks(dicts)
 
-    def _classify(self, index: int, key: str, value: object, freezer: _Freezer,
-                  tensors: list[torch.Tensor]) -> bool:
-        """Record how attribute ``key`` of module ``index`` is tested; True when its id may
-        change without changing the fingerprint (compared by content or ignored)."""
-        if key == "training" or (key not in _STRUCTURAL and "hook" in key):
-            return True
-        if key in _STRUCTURAL:
-            return False
-        if _plain(value):
-            self.pins.append(value)
-            return False
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-            return False
-        if isinstance(value, (dict, list, set, frozenset, tuple)) and _plain(
-            tuple(value.items()) if isinstance(value, dict) else tuple(value)
-        ):
-            self.copies[0][0].append(index)
-            self.copies[0][1].append(key)
-            self.copies[1].append(type(value))
-            self.copies[2].append(copy.copy(value))
-            return True
-        self.deep.append((index, key, freezer.value(value)))
-        return True
+    def _values(self, dicts: list[dict]) -> list[object]:
+        """The attributes the plan reads, of all modules, as one flat list (KeyError: one of
+        them is missing)."""
+        return list(itertools.chain.from_iterable(map(_call, self.getters, dicts)))
 
     @staticmethod
-    def _structures(dicts: list[dict]) -> tuple[list[int], list[Hashable], list[int]]:
-        """Lengths, keys and value ids of every module's module/parameter/buffer dicts."""
-        inner = list(itertools.chain.from_iterable(map(_structure_dicts, dicts)))
-        return list(map(len, inner)), _flat_keys(inner), _flat_ids(inner)
-
+    def _structures(inner: tuple[dict, ...]) -> tuple[list[int], list[Hashable], list[int]]:
+        """Lengths, keys and value ids of the modules' module/parameter/buffer dicts (the
+        empty ones, most of them, are not iterated)."""
+        lengths = list(map(len, inner))
+        filled = list(itertools.compress(inner, lengths))
+        return lengths, _flat_keys(filled), _flat_ids(filled)
 
     @staticmethod
     def _tensor_state(tensors: list[torch.Tensor]) -> tuple[list, ...]:
-        return (list(map(_tensor_meta, tensors)), list(map(torch.Tensor.data_ptr, tensors)),
-                list(map(torch.Tensor.stride, tensors)))
+        """Per tensor: class, data pointer, version, shape, dtype, strides and device index.
+        These tell everything the fingerprint compares, layout and device type included: a
+        tensor that is not strided has no data pointer (RuntimeError, so no plan); ``.data =``
+        onto another device type changes the device index (-1 on the CPU) and the pointer, and
+        refuses meta tensors; ``torch.utils.swap_tensors`` refuses tensors that are weakly
+        referenced, as the plan references each of them."""
+        return (list(map(type, tensors)), list(map(torch.Tensor.data_ptr, tensors)),
+                list(map(_tensor_meta, tensors)), list(map(torch.Tensor.stride, tensors)),
+                list(map(torch.Tensor.get_device, tensors)))
 
     @staticmethod
-    def _hooks(dicts: list[dict]) -> list[Hashable]:
-        """(position, user hooks) of the modules with user forward hooks, then the global user
-        hooks (camplug's own hooks, e.g. an attached capture's, are left out)."""
-        counts = map(operator.add, *(map(len, map(operator.itemgetter(name), dicts))
-                                     for name in _FORWARD_HOOKS))
-        hooked = [(i, tuple(user_hooks(dicts[i][name]) for name in _FORWARD_HOOKS))
-                  for i in itertools.compress(itertools.count(), counts)]
-        users: list[Hashable] = [(i, hooks) for i, hooks in hooked if any(hooks)]
+    def _hooks(dicts: tuple[dict, ...]) -> list[Hashable]:
+        """(position, user hooks) of the forward hook dicts with user hooks, then the global
+        user hooks (camplug's own hooks, e.g. an attached capture's, are left out)."""
+        lengths = list(map(len, dicts))
+        users: list[Hashable] = [
+            (i, hooks) for i in itertools.compress(itertools.count(), lengths)
+            if (hooks := user_hooks(dicts[i]))]
         users.append(tuple(user_hooks(getattr(module_globals, name))
                            for name in _GLOBAL_FORWARD_HOOKS))
         return users
@@ -330,24 +355,31 @@ class _Plan:
         if any(kind.forward is not forward for kind, forward in self.forwards.items()):
             return False
         dicts = list(map(operator.attrgetter("__dict__"), modules))
-        if list(map(len, dicts)) != self.lengths or _flat_keys(dicts) != self.keys:
+        if list(map(len, dicts)) != self.lengths:
             return False
-        if list(map(id, _attributes(dicts, self.by_identity))) != self.ids:
+        try:
+            values = self._values(dicts)
+        except KeyError:  # an attribute was removed (and another added)
             return False
-        if self._structures(dicts) != self.structures:
+        if not all(map(operator.is_, self.plain(values), self.pins)):
             return False
-        copied = _attributes(dicts, self.copies[0])
-        if list(map(type, copied)) != self.copies[1] or copied != self.copies[2]:
+        if self._structures(self.structural(values)) != self.structures:
+            return False
+        copied = list(self.copied(values))
+        if list(map(type, copied)) != self.copy_types or copied != self.copies:
             return False
         freezer = _Freezer()
-        if any(freezer.value(dicts[i][key]) != frozen for i, key, frozen in self.deep) or not all(
+        if any(freezer.value(values[i]) != frozen for i, frozen in self.deep) or not all(
             ref() is not None for ref in self.deep_refs
         ):
             return False
         tensors = [ref() for ref in self.tensors]
-        if _any_none(tensors) or self._tensor_state(tensors) != self.tensor_state:
+        attributes = self.tensor_attributes(values)
+        if _any_none(tensors) or not all(map(operator.is_, attributes, tensors)):
             return False
-        return self._hooks(dicts) == self.hooks
+        if self._tensor_state(tensors) != self.tensor_state:
+            return False
+        return self._hooks(self.hook_dicts(values)) == self.hooks
 
 
 def _is_builtin_function(value: object) -> bool:

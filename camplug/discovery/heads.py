@@ -10,6 +10,7 @@ pooling and logits raises :class:`UnsupportedHeadError`.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import warnings
@@ -204,18 +205,19 @@ def compiled_module_reason(model: nn.Module) -> str | None:
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
     if eval_frame is None:
         return None
-    compiled = next((m for m in submodules(model) if isinstance(m, eval_frame.OptimizedModule)),
-                    None)
-    if compiled is not None:
-        name = next(name for name, module in model.named_modules() if module is compiled)
-        where = "the model" if not name else f"submodule `{name}`"
-        return (
-            f"{where} was compiled with torch.compile: compiled graphs do not run forward "
-            "hooks registered after compilation, so the features cannot be captured. "
-            "Attach to the original module instead (`compiled._orig_mod`, eager), or attach "
-            "before compiling: `capture = camplug.attach(model); fast = torch.compile(model)`"
-        )
-    return None
+    kind = eval_frame.OptimizedModule
+    modules = submodules(model)
+    if not any(map(isinstance, modules, itertools.repeat(kind))):  # C level: on every attach
+        return None
+    compiled = next(m for m in modules if isinstance(m, kind))
+    name = next(name for name, module in model.named_modules() if module is compiled)
+    where = "the model" if not name else f"submodule `{name}`"
+    return (
+        f"{where} was compiled with torch.compile: compiled graphs do not run forward "
+        "hooks registered after compilation, so the features cannot be captured. "
+        "Attach to the original module instead (`compiled._orig_mod`, eager), or attach "
+        "before compiling: `capture = camplug.attach(model); fast = torch.compile(model)`"
+    )
 
 
 def layer_name(model: nn.Module, layer: LayerSpec) -> str | None:

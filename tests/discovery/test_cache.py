@@ -272,6 +272,8 @@ def _mutations() -> list[tuple[str, object]]:
         ("replaced submodule", lambda m: setattr(m, "fc", nn.Linear(16, 7))),
         ("replaced buffer", replace_buffer),
         ("new attribute", lambda m: setattr(m.layer2, "extra", 3)),
+        ("attribute named like a hook", lambda m: setattr(m.conv1, "pre_hook_scale", 2.0)),
+        ("to another dtype", lambda m: m.double()),
         ("user hook", lambda m: m.fc.register_forward_hook(lambda *a: None)),
         ("class forward", monkeypatch),
     ]
@@ -307,3 +309,13 @@ def test_the_feature_layer_of_a_model_without_exact_head_is_cached_too():
     assert probes >= 1 and counter.probes == probes and again.method == "gradcam"
     assert torch.equal(first.maps, again.maps)
     counter.handle.remove()
+
+
+def test_a_followed_tensor_cannot_be_swapped_behind_the_plan():
+    """The plan does not compare device types: it relies on swap_tensors refusing weakly
+    referenced tensors (set_data keeps the device type or changes the device index)."""
+    model = build(CASES["resnet"])
+    plan = _Plan.build(model)
+    with pytest.raises(RuntimeError, match="weakref"):
+        torch.utils.swap_tensors(model.fc.bias, torch.zeros_like(model.fc.bias))
+    assert plan.matches(model)

@@ -24,3 +24,10 @@ def test_shared_and_missing_children():
     found = submodules(model)
     assert [type(m).__name__ for m in found] == ["Sequential", "Linear", "Sequential", "ReLU"]
     assert sum(m is shared for m in found) == 1
+
+
+def test_a_module_that_is_its_own_descendant_is_listed_once():
+    outer = nn.Sequential(nn.Linear(2, 2))
+    outer[0].loop = outer  # a cycle: registered as a child of its own child
+    found = submodules(outer)
+    assert found == [outer, outer[0]]
