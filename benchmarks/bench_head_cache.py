@@ -12,6 +12,9 @@ Per model, median over ``--repeats`` rounds (wall and process CPU time, millisec
   plugin cost of a cached attach, hooks included), the median of the differences within
   interleaved rounds (robust to a shared machine's slow phases);
 and, for LeViT, the probes run over ``--cycles`` rounds of ``train(); eval(); attach; forward``.
+Where torchvision imports (the peers environment: ``make``'s ``.venv-peers``), also real
+ResNet-50, Swin-T, ConvNeXt-T and EfficientNet-B0 at 224 px (random weights), all but the
+attach overhead (a 224 px forward varies by more than the overhead).
 
 Usage: python benchmarks/bench_head_cache.py [--repeats 200] [--device cpu] [--out PATH]
 """
@@ -71,8 +74,13 @@ def _paired_difference(fn: Callable[[], object], base: Callable[[], object],
             for clock, times in (("wall", wall), ("cpu", cpu))}
 
 
-def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
-    """The timings of the module docstring for one model (cached first)."""
+TORCHVISION_MODELS = ("resnet50", "swin_t", "convnext_tiny", "efficientnet_b0")
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int, *,
+            overhead: bool = True) -> dict:
+    """The timings of the module docstring for one model (cached first); ``overhead``: also
+    the attach overhead on a forward."""
     with camplug.attach(model), torch.no_grad():
         model(x)
     args = (x,)
@@ -93,16 +101,31 @@ def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
         with camplug.attach(model) as capture:
             capture.discover(x)
 
-    forward = _timed(plain, repeats)
-    return {
+    row = {
         "modules": sum(1 for _ in model.modules()),
         "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers()),
         "key_and_get": _timed(key_and_get, repeats),
         "full_fingerprint": _timed(lambda: model_fingerprint(model), max(repeats // 10, 3)),
         "attach_alone": _timed(attach_alone, repeats),
-        "attach_overhead": _paired_difference(attached, plain, repeats, x.device),
-        "forward": forward,
     }
+    if overhead:
+        row["forward"] = _timed(plain, repeats)
+        row["attach_overhead"] = _paired_difference(attached, plain, repeats, x.device)
+    return row
+
+
+def torchvision_rows(repeats: int, device: torch.device) -> dict[str, dict]:
+    """:func:`measure` (without the overhead) on real torchvision models, if it imports."""
+    try:
+        import torchvision
+    except ImportError:
+        return {}
+    x = torch.randn(1, 3, 224, 224, device=device)
+    rows = {}
+    for name in TORCHVISION_MODELS:
+        model = getattr(torchvision.models, name)().eval().to(device)
+        rows[f"torchvision_{name}_224"] = measure(model, x, repeats, overhead=False)
+    return rows
 
 
 def levit_probes(model: torch.nn.Module, x: torch.Tensor, cycles: int) -> int:
@@ -148,14 +171,17 @@ def main(argv: list[str] | None = None) -> Path:
     HEAD_CACHE.clear()
     report["levit_like_32"]["probes_over_cycles"] = {
         "cycles": args.cycles, "probes": levit_probes(levit, image, args.cycles)}
+    report.update(torchvision_rows(args.repeats, device))
     path = write_report(report, "head_cache", now, args.out)
-    for name in ("resnet50_like_64", "levit_like_32"):
-        row = report[name]
+    for name, row in report.items():
+        if not isinstance(row, dict) or "attach_alone" not in row:
+            continue
+        overhead = (f", attach overhead {row['attach_overhead']['cpu_ms']:.3f} ms CPU"
+                    if "attach_overhead" in row else "")
         print(f"{name}: key+get {row['key_and_get']['cpu_ms']:.3f} ms CPU "
               f"({row['key_and_get']['wall_ms']:.3f} wall), full fingerprint "
               f"{row['full_fingerprint']['cpu_ms']:.2f} ms CPU, attach alone "
-              f"{row['attach_alone']['cpu_ms']:.3f} ms CPU, attach overhead "
-              f"{row['attach_overhead']['cpu_ms']:.3f} ms CPU")
+              f"{row['attach_alone']['cpu_ms']:.3f} ms CPU{overhead}")
     print(f"levit probes over {args.cycles} cycles: "
           f"{report['levit_like_32']['probes_over_cycles']['probes']}; report: {path}")
     return path

@@ -225,7 +225,10 @@ class CamCapture:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_backend(backend)
         check_output_selector(output)
-        reason = compiled_module_reason(model)
+        # A model seen before is checked for compiled modules by its discovery (a cached head
+        # means an unchanged model, in which the probe found none; a changed one is probed,
+        # and the probe refuses compiled modules): no walk over its modules here.
+        reason = None if model in HEAD_CACHE else compiled_module_reason(model)
         if reason is not None:
             raise ValueError(reason)
         if isinstance(model, nn.DataParallel) and len(model.device_ids or []) > 1:

@@ -245,6 +245,22 @@ def test_compiled_model_is_refused_with_the_alternative():
     assert_pristine(compiled)
 
 
+def test_a_submodule_compiled_after_a_cached_attach_is_refused_by_discovery():
+    """A model in the head cache is not walked at attach: the probe that its changed state
+    needs refuses the compiled submodule, with the same message."""
+    model, x = build(CASES["resnet"]), images(2)
+    with camplug.attach(model), torch.no_grad():
+        model(x)
+    original = model.layer2
+    model.layer2 = torch.compile(original)
+    with camplug.attach(model) as capture, pytest.raises(
+        ValueError, match="submodule `layer2` was compiled"
+    ):
+        capture.discover(x)
+    model.layer2 = original
+    assert_pristine(model)
+
+
 @pytest.mark.slow
 def test_attach_before_compile_works():
     """The documented alternative: hooks registered before torch.compile are traced into the

@@ -42,6 +42,9 @@ from .heads import HeadInfo, OutputSelector
 from .layers import FeatureLayer
 from .walk import submodules
 
+# Compare the tensors' layouts with torch's C++ tensor check where it exists (tests turn it
+# off to test the Python comparison that serves without it)
+USE_TORCH_TENSOR_GUARDS = True
 MAX_HEADS_PER_MODEL = 8  # call signatures kept per model state (e.g. several input sizes)
 MAX_STATES_PER_MODEL = 4  # states kept per model (e.g. a cache of its own empty and filled)
 _MAX_ITEMS = 200_000  # a fingerprint larger than this is not worth computing: no caching
@@ -206,7 +209,8 @@ def _structure_ids(modules: list[nn.Module]) -> tuple[int, ...]:
     return tuple(found)
 
 
-_tensor_meta = operator.attrgetter("_version", "shape", "dtype")
+_versions = operator.attrgetter("_version")
+_shape_and_dtype = operator.attrgetter("shape", "dtype")
 
 
 def _any_none(items: list[object]) -> bool:
@@ -308,7 +312,9 @@ class _Plan:
         tensors += [t for module in modules for group in (module._parameters, module._buffers)
                     for t in group.values() if t is not None]
         self.tensors = [weakref.ref(t) for t in tensors]
-        self.tensor_state = self._tensor_state(tensors)
+        self.tensor_identity = self._tensor_identity(tensors)
+        self.tensor_layout = self._tensor_layout(tensors)
+        self.tensor_guards = _tensor_guards(tensors)
 
     def _values(self, dicts: list[dict]) -> list[object]:
         """The attributes the plan reads, of all modules, as one flat list (KeyError: one of
@@ -324,15 +330,20 @@ class _Plan:
         return lengths, _flat_keys(filled), _flat_ids(filled)
 
     @staticmethod
-    def _tensor_state(tensors: list[torch.Tensor]) -> tuple[list, ...]:
-        """Per tensor: class, data pointer, version, shape, dtype, strides and device index.
-        These tell everything the fingerprint compares, layout and device type included: a
-        tensor that is not strided has no data pointer (RuntimeError, so no plan); ``.data =``
-        onto another device type changes the device index (-1 on the CPU) and the pointer, and
+    def _tensor_identity(tensors: list[torch.Tensor]) -> tuple[list, ...]:
+        """Per tensor: class, data pointer and version (a tensor that is not strided has no
+        data pointer: RuntimeError, so no plan)."""
+        return (list(map(type, tensors)), list(map(torch.Tensor.data_ptr, tensors)),
+                list(map(_versions, tensors)))
+
+    @staticmethod
+    def _tensor_layout(tensors: list[torch.Tensor]) -> tuple[list, ...]:
+        """Per tensor: shape, dtype, strides and device index. With the data pointer these
+        tell everything the fingerprint compares, device type included: ``.data =`` onto
+        another device type changes the device index (-1 on the CPU) and the pointer, and
         refuses meta tensors; ``torch.utils.swap_tensors`` refuses tensors that are weakly
         referenced, as the plan references each of them."""
-        return (list(map(type, tensors)), list(map(torch.Tensor.data_ptr, tensors)),
-                list(map(_tensor_meta, tensors)), list(map(torch.Tensor.stride, tensors)),
+        return (list(map(_shape_and_dtype, tensors)), list(map(torch.Tensor.stride, tensors)),
                 list(map(torch.Tensor.get_device, tensors)))
 
     @staticmethod
@@ -377,9 +388,32 @@ class _Plan:
         attributes = self.tensor_attributes(values)
         if _any_none(tensors) or not all(map(operator.is_, attributes, tensors)):
             return False
-        if self._tensor_state(tensors) != self.tensor_state:
+        if self._tensor_identity(tensors) != self.tensor_identity:
+            return False
+        # a False from the C++ check may only mean that the dispatch state (autocast,
+        # inference mode) is not the one it was made in: compare from Python then
+        guarded = self.tensor_guards is not None and self.tensor_guards.check(*tensors)
+        if not guarded and self._tensor_layout(tensors) != self.tensor_layout:
             return False
         return self._hooks(self.hook_dicts(values)) == self.hooks
+
+
+def _tensor_guards(tensors: list[torch.Tensor]) -> Any:
+    """torch's C++ check that tensors keep their dtype, device, dispatch keys, shape and
+    strides (``torch._C._dynamo.guards.TensorGuards``, what torch.compile's guards use, about
+    ten times faster than reading them from Python), or None where this torch has no such
+    check (or ``USE_TORCH_TENSOR_GUARDS`` is off). A True is trusted; a False is checked
+    again from Python (the C++ check also compares ``requires_grad`` and the thread's dispatch
+    state)."""
+    if not USE_TORCH_TENSOR_GUARDS:
+        return None
+    try:
+        from torch._C._dynamo.guards import TensorGuards
+
+        guards = TensorGuards(*tensors, dynamic_dims_sizes=None, dynamic_dims_strides=None)
+        return guards if guards.check(*tensors) is True else None
+    except Exception:  # noqa: BLE001  (another torch: the Python comparison serves)
+        return None
 
 
 def _is_builtin_function(value: object) -> bool:

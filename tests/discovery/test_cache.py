@@ -13,6 +13,7 @@ from torch import nn
 
 import camplug
 from camplug.captum.attribution import ClassActivationMap
+from camplug.discovery import cache
 from camplug.discovery.cache import HEAD_CACHE, _Plan, model_fingerprint, structure_of
 from camplug.discovery.heads import probing
 
@@ -279,8 +280,11 @@ def _mutations() -> list[tuple[str, object]]:
     ]
 
 
+@pytest.mark.parametrize("torch_guards", [True, False], ids=["torch tensor check", "python"])
 @pytest.mark.parametrize(("what", "change"), _mutations(), ids=[w for w, _ in _mutations()])
-def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change):
+def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change, torch_guards,
+                                                              monkeypatch):
+    monkeypatch.setattr(cache, "USE_TORCH_TENSOR_GUARDS", torch_guards)
     class Bottleneck(type(build(CASES["resnet"]).layer1[0])):  # a class of its own to patch
         pass
 
@@ -290,6 +294,7 @@ def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change):
     before = model_fingerprint(model)
     plan = _Plan.build(model)
     assert plan is not None and plan.matches(model)
+    assert (plan.tensor_guards is not None) == torch_guards
     assert plan.structure == structure_of(model)
     change(model)
     same = model_fingerprint(model).matches(before)
@@ -319,3 +324,17 @@ def test_a_followed_tensor_cannot_be_swapped_behind_the_plan():
     with pytest.raises(RuntimeError, match="weakref"):
         torch.utils.swap_tensors(model.fc.bias, torch.zeros_like(model.fc.bias))
     assert plan.matches(model)
+
+
+@pytest.mark.parametrize("context", [torch.inference_mode, lambda: torch.autocast("cpu")],
+                         ids=["inference mode", "autocast"])
+def test_the_plan_holds_under_another_dispatch_state(context):
+    """torch's tensor check compares the dispatch state it was made in: under another one the
+    plan still matches (compared from Python) and still sees a change."""
+    model = build(CASES["resnet"])
+    plan = _Plan.build(model)
+    with context():
+        assert plan.matches(model)
+    model.fc.weight.data = model.fc.weight.data.t()
+    with context():
+        assert not plan.matches(model)
