@@ -51,11 +51,11 @@ _MAX_ITEMS = 200_000  # a fingerprint larger than this is not worth computing: n
 _MAX_DEPTH = 3  # how deep plain attributes (config objects, lists) are followed
 _STRUCTURAL = frozenset({"_parameters", "_buffers", "_modules", "training"})
 _FORWARD_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
-# nn.Module's own bookkeeping (the train/eval flag and its hook dicts): discovery does not
-# depend on it (the probe runs in eval; forward hooks are compared on their own, camplug's
-# left out). Every other attribute, a user's own ``hooks`` list included, is fingerprinted.
-_BOOKKEEPING = frozenset(vars(nn.Module())) - _STRUCTURAL - {"_non_persistent_buffers_set"} | {
-    "training"}
+# nn.Module's own bookkeeping (the train/eval flag, its hook dicts, which buffers a state
+# dict leaves out): discovery does not depend on it (the probe runs in eval; forward hooks
+# are compared on their own, camplug's left out). Every other attribute, a user's own
+# ``hooks`` list included, is fingerprinted.
+_BOOKKEEPING = frozenset(vars(nn.Module())) - _STRUCTURAL | {"training"}
 _GLOBAL_FORWARD_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks")
 _VALUES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device,
            torch.layout, torch.memory_format, enum.Enum)
