@@ -68,7 +68,8 @@ class _Uncacheable(Exception):
 @dataclass(frozen=True)
 class Fingerprint:
     """A hashable description (ids and values only) and weak references to every object whose
-    id it holds: while they are all alive, equal descriptions mean the same objects."""
+    id it holds (for a tensor, to its storage): while they are all alive, equal descriptions
+    mean the same objects."""
 
     value: Hashable
     refs: tuple[weakref.ref, ...] = field(repr=False, compare=False)
@@ -123,7 +124,21 @@ class _Freezer:
             version = tensor._version
         except RuntimeError as error:  # inference tensors track no version
             raise _Uncacheable("a tensor without a version counter") from error
-        return ("tensor", self.identity(tensor), version, tuple(tensor.shape), strides, *meta)
+        return ("tensor", self.tensor_identity(tensor), tensor.data_ptr(), version,
+                tuple(tensor.shape), strides, *meta)
+
+    def tensor_identity(self, tensor: torch.Tensor) -> int:
+        """``id(tensor)``, with a weak reference to its storage rather than to the tensor
+        (``torch.utils.swap_tensors``, which ``Module.to`` and ``load_state_dict`` may use,
+        refuses weakly referenced tensors). A tensor whose id a new one takes after it died
+        lost its storage too, unless the storage is shared, and then the new tensor's data
+        pointer, version and metadata say whether it holds the same."""
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError) as error:
+            raise _Uncacheable("a tensor without storage") from error
+        self.identity(storage)
+        return id(tensor)
 
     def value(self, value: Any, depth: int = 0, *, is_input: bool = False) -> Hashable:
         """Plain values by value, containers element-wise, other objects by identity (and their
@@ -178,11 +193,6 @@ def _flat_keys(dicts: list[dict]) -> list[Hashable]:
     return list(itertools.chain.from_iterable(dicts))
 
 
-def _flat_ids(dicts: list[dict]) -> list[int]:
-    """The ids of the values of all ``dicts``, in order, as one list."""
-    return list(map(id, itertools.chain.from_iterable(map(dict.values, dicts))))
-
-
 def _picker(keys: list[Any]) -> Any:
     """A function giving ``(container[k] for k in keys)`` as a tuple (C level, as
     ``operator.itemgetter`` is, which gives a bare item for one key)."""
@@ -235,7 +245,8 @@ def _plain_container(value: object) -> bool:
 class _Plan:
     """A fast test that a model is still in the state its :func:`model_fingerprint` described.
 
-    It holds weak references to the modules and tensors, one getter per module for the
+    It holds weak references to the modules and to the tensors' storages (not to tensors:
+    see :meth:`_Freezer.tensor_identity`), one getter per module for the
     attributes the fingerprint reads (for all modules, one flat list), and positions in that
     list for each way they are compared: by identity (plain immutable values, kept alive so
     that their ids cannot be reused; tensors), by content (the module, parameter and buffer
@@ -301,17 +312,23 @@ class _Plan:
         self.pins = list(self.plain(values))
         self.tensor_attributes = _picker(tensor_attributes)
         self.structural = _picker(structural)
-        self.structures = self._structures(self.structural(values))
+        inner = self.structural(values)
+        lengths, keys, contents = self._contents(inner)
+        self.structures = (lengths, keys, list(map(id, contents)))
+        kinds = [kind for d, kind in zip(inner, self._kinds(dicts), strict=True) for _ in d]
+        # the parameters and buffers among the contents (the module dicts hold modules)
+        self.held_tensors = _picker([i for i, (kind, item) in enumerate(zip(
+            kinds, contents, strict=True)) if kind != "_modules" and item is not None])
         self.hook_dicts = _picker(hooks)
         self.hooks = self._hooks(self.hook_dicts(values))
         self.copied = _picker(copies)
         self.copies = [copy.copy(value) for value in self.copied(values)]
         self.copy_types = list(map(type, self.copies))
         self.deep_refs = tuple(freezer.refs.values())
-        tensors = [*self.tensor_attributes(values)]
-        tensors += [t for module in modules for group in (module._parameters, module._buffers)
-                    for t in group.values() if t is not None]
-        self.tensors = [weakref.ref(t) for t in tensors]
+        self.attribute_ids = list(map(id, self.tensor_attributes(values)))
+        tensors = [*self.tensor_attributes(values), *self.held_tensors(contents)]
+        # tensors are compared by id while their storages live (see Freezer.tensor_identity)
+        self.storages = [weakref.ref(t.untyped_storage()) for t in tensors]
         self.tensor_identity = self._tensor_identity(tensors)
         self.tensor_layout = self._tensor_layout(tensors)
         self.tensor_guards = _tensor_guards(tensors)
@@ -322,12 +339,19 @@ class _Plan:
         return list(itertools.chain.from_iterable(map(_call, self.getters, dicts)))
 
     @staticmethod
-    def _structures(inner: tuple[dict, ...]) -> tuple[list[int], list[Hashable], list[int]]:
-        """Lengths, keys and value ids of the modules' module/parameter/buffer dicts (the
+    def _contents(inner: tuple[dict, ...]) -> tuple[list[int], list[Hashable], list[object]]:
+        """Lengths, keys and values of the modules' module/parameter/buffer dicts (the
         empty ones, most of them, are not iterated)."""
         lengths = list(map(len, inner))
         filled = list(itertools.compress(inner, lengths))
-        return lengths, _flat_keys(filled), _flat_ids(filled)
+        return lengths, _flat_keys(filled), list(
+            itertools.chain.from_iterable(map(dict.values, filled)))
+
+    @staticmethod
+    def _kinds(dicts: list[dict]) -> list[str]:
+        """The names of the module/parameter/buffer dicts, in the order of the plan's
+        ``structural`` picker."""
+        return [key for d in dicts for key in d if key in _STRUCTURAL and key not in _BOOKKEEPING]
 
     @staticmethod
     def _tensor_identity(tensors: list[torch.Tensor]) -> tuple[list, ...]:
@@ -341,8 +365,8 @@ class _Plan:
         """Per tensor: shape, dtype, strides and device index. With the data pointer these
         tell everything the fingerprint compares, device type included: ``.data =`` onto
         another device type changes the device index (-1 on the CPU) and the pointer, and
-        refuses meta tensors; ``torch.utils.swap_tensors`` refuses tensors that are weakly
-        referenced, as the plan references each of them."""
+        refuses meta tensors; ``torch.utils.swap_tensors`` gives the tensor another storage
+        (a new data pointer, or the plan's weak reference to the old storage dies)."""
         return (list(map(_shape_and_dtype, tensors)), list(map(torch.Tensor.stride, tensors)),
                 list(map(torch.Tensor.get_device, tensors)))
 
@@ -374,7 +398,8 @@ class _Plan:
             return False
         if not all(map(operator.is_, self.plain(values), self.pins)):
             return False
-        if self._structures(self.structural(values)) != self.structures:
+        lengths, keys, contents = self._contents(self.structural(values))
+        if (lengths, keys, list(map(id, contents))) != self.structures:
             return False
         copied = list(self.copied(values))
         if list(map(type, copied)) != self.copy_types or copied != self.copies:
@@ -384,10 +409,12 @@ class _Plan:
             ref() is not None for ref in self.deep_refs
         ):
             return False
-        tensors = [ref() for ref in self.tensors]
         attributes = self.tensor_attributes(values)
-        if _any_none(tensors) or not all(map(operator.is_, attributes, tensors)):
+        if list(map(id, attributes)) != self.attribute_ids or _any_none(
+            list(map(_call, self.storages))
+        ):
             return False
+        tensors = [*attributes, *self.held_tensors(contents)]
         if self._tensor_identity(tensors) != self.tensor_identity:
             return False
         # a False from the C++ check may only mean that the dispatch state (autocast,

@@ -319,14 +319,25 @@ def test_the_feature_layer_of_a_model_without_exact_head_is_cached_too():
     counter.handle.remove()
 
 
-def test_a_followed_tensor_cannot_be_swapped_behind_the_plan():
-    """The plan does not compare device types: it relies on swap_tensors refusing weakly
-    referenced tensors (set_data keeps the device type or changes the device index)."""
-    model = build(CASES["resnet"])
+def test_swapping_tensors_still_works_after_an_attach_and_is_seen():
+    """The cache holds no weak reference to a tensor (torch.utils.swap_tensors, which
+    Module.to uses in swap mode, refuses those): a cached model converts in swap mode, and the
+    next attach discovers again (its fingerprint and fast plan both changed)."""
+    model, x = build(CASES["resnet"]), images(2)
+    counter = ProbeCounter(model)
+    maps_of(model, x)
     plan = _Plan.build(model)
-    with pytest.raises(RuntimeError, match="weakref"):
-        torch.utils.swap_tensors(model.fc.bias, torch.zeros_like(model.fc.bias))
-    assert plan.matches(model)
+    before = model_fingerprint(model)
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to(torch.float64)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    assert model.fc.weight.dtype == torch.float64
+    assert not plan.matches(model) and not model_fingerprint(model).matches(before)
+    maps_of(model, x.double())
+    assert counter.probes == 2
 
 
 @pytest.mark.parametrize("context", [torch.inference_mode, lambda: torch.autocast("cpu")],
