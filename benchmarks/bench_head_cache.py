@@ -77,10 +77,8 @@ def _paired_difference(fn: Callable[[], object], base: Callable[[], object],
 TORCHVISION_MODELS = ("resnet50", "swin_t", "convnext_tiny", "efficientnet_b0")
 
 
-def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int, *,
-            overhead: bool = True) -> dict:
-    """The timings of the module docstring for one model (cached first); ``overhead``: also
-    the attach overhead on a forward."""
+def _calls(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The calls timed for one model (after a first attach has cached its head)."""
     with camplug.attach(model), torch.no_grad():
         model(x)
     args = (x,)
@@ -101,31 +99,50 @@ def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int, *,
         with camplug.attach(model) as capture:
             capture.discover(x)
 
-    row = {
-        "modules": sum(1 for _ in model.modules()),
-        "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers()),
-        "key_and_get": _timed(key_and_get, repeats),
-        "full_fingerprint": _timed(lambda: model_fingerprint(model), max(repeats // 10, 3)),
-        "attach_alone": _timed(attach_alone, repeats),
+    return {"key_and_get": key_and_get, "attach_alone": attach_alone, "attached": attached,
+            "plain": plain, "full_fingerprint": lambda: model_fingerprint(model)}
+
+
+def _sizes(model: torch.nn.Module) -> dict[str, int]:
+    return {"modules": sum(1 for _ in model.modules()),
+            "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers())}
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
+    """The timings of the module docstring for one model."""
+    calls = _calls(model, x)
+    return {
+        **_sizes(model),
+        "key_and_get": _timed(calls["key_and_get"], repeats),
+        "full_fingerprint": _timed(calls["full_fingerprint"], max(repeats // 10, 3)),
+        "attach_alone": _timed(calls["attach_alone"], repeats),
+        "forward": _timed(calls["plain"], repeats),
+        "attach_overhead": _paired_difference(calls["attached"], calls["plain"], repeats,
+                                              x.device),
     }
-    if overhead:
-        row["forward"] = _timed(plain, repeats)
-        row["attach_overhead"] = _paired_difference(attached, plain, repeats, x.device)
-    return row
 
 
 def torchvision_rows(repeats: int, device: torch.device) -> dict[str, dict]:
-    """:func:`measure` (without the overhead) on real torchvision models, if it imports."""
+    """On real torchvision models, if it imports: the timings of the module docstring but the
+    attach overhead, the models' calls interleaved round by round (a slow phase of a shared
+    machine falls on all of them alike)."""
     try:
         import torchvision
     except ImportError:
         return {}
     x = torch.randn(1, 3, 224, 224, device=device)
-    rows = {}
-    for name in TORCHVISION_MODELS:
-        model = getattr(torchvision.models, name)().eval().to(device)
-        rows[f"torchvision_{name}_224"] = measure(model, x, repeats, overhead=False)
-    return rows
+    models = {name: getattr(torchvision.models, name)().eval().to(device)
+              for name in TORCHVISION_MODELS}
+    calls = {name: _calls(model, x) for name, model in models.items()}
+    rows = {name: {**_sizes(model), "full_fingerprint": _timed(
+        calls[name]["full_fingerprint"], max(repeats // 10, 3))} for name, model in models.items()}
+    for timing in ("key_and_get", "attach_alone"):
+        wall, cpu = interleaved_times({name: calls[name][timing] for name in models}, device,
+                                      warmup=1, rounds=repeats)
+        for name in models:
+            rows[name][timing] = {"wall_ms": 1e3 * statistics.median(wall[name]),
+                                  "cpu_ms": 1e3 * statistics.median(cpu[name])}
+    return {f"torchvision_{name}_224": row for name, row in rows.items()}
 
 
 def levit_probes(model: torch.nn.Module, x: torch.Tensor, cycles: int) -> int:
