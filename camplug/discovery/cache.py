@@ -55,7 +55,8 @@ _FORWARD_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
 # dict leaves out): discovery does not depend on it (the probe runs in eval; forward hooks
 # are compared on their own, camplug's left out). Every other attribute, a user's own
 # ``hooks`` list included, is fingerprinted.
-_BOOKKEEPING = frozenset(vars(nn.Module())) - _STRUCTURAL | {"training"}
+_BOOKKEEPING = frozenset(key for key in vars(nn.Module()) if "hook" in key) | {
+    "training", "_non_persistent_buffers_set"}
 _GLOBAL_FORWARD_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks")
 _VALUES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device,
            torch.layout, torch.memory_format, enum.Enum)
