@@ -4,10 +4,12 @@
 one per call signature (layer, output selector, the input's non-batch shapes and dtypes, autocast
 and inference modes). An entry is reused only while a fingerprint of everything discovery can depend
 on is unchanged: each submodule's identity and type (and its class's ``forward``), every parameter
-and buffer (identity, version counter, shape, dtype, device), the plain attributes of every module
-(values, or identity for other objects), and the user's forward hooks. Any change (a replaced
-submodule, an in-place update of a weight, a new hook, ``model.to(...)``) misses and the head is
-discovered again. The train/eval flags are left out: the probe always runs in eval.
+and buffer (identity, data pointer, version counter, shape, strides, dtype, device), the plain
+attributes of every module (values, or identity for other objects), and the user's forward hooks.
+Any change (a replaced submodule, an in-place update of a weight, a new hook, ``model.to(...)``)
+misses and the head is discovered again. nn.Module's own bookkeeping is left out: the train/eval
+flags (the probe always runs in eval), its hook dicts (forward hooks are compared on their own)
+and which buffers a state dict leaves out.
 
 Each model keeps up to ``MAX_STATES_PER_MODEL`` states: the one a probe started from and the one
 it left (a model whose forward fills a cache of its own, or whose ``train()`` clears one, then
@@ -16,7 +18,9 @@ C-level comparisons) instead of a full fingerprint; the full fingerprint decides
 
 The cache never keeps a model alive: entries are keyed by ``id`` with a weak reference that
 drops the entry when the model is collected, and fingerprints hold ids, values and weak
-references only. The cached HeadInfo refers to the model's own parameters (and to constants
+references only; never a weak reference to a tensor (``torch.utils.swap_tensors``, which
+``Module.to`` may use, refuses weakly referenced tensors): a tensor's id counts while its storage
+lives. The cached HeadInfo refers to the model's own parameters (and to constants
 recorded in its forward), as every capture's HeadInfo does.
 """
 
