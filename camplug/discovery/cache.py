@@ -46,9 +46,10 @@ from .heads import HeadInfo, OutputSelector
 from .layers import FeatureLayer
 from .walk import submodules
 
-# Compare the tensors' layouts with torch's C++ tensor check where it exists (tests turn it
-# off to test the Python comparison that serves without it)
-USE_TORCH_TENSOR_GUARDS = True
+# Use torch's C++ guard helpers where they exist: its tensor check for the tensors' layouts,
+# and dict version tags to see that a model's dicts are untouched (tests turn them off to test
+# the Python comparisons that serve without them)
+USE_TORCH_GUARDS = True
 MAX_HEADS_PER_MODEL = 8  # call signatures kept per model state (e.g. several input sizes)
 MAX_STATES_PER_MODEL = 4  # states kept per model (e.g. a cache of its own empty and filled)
 _MAX_ITEMS = 200_000  # a fingerprint larger than this is not worth computing: no caching
@@ -247,19 +248,29 @@ def _plain_container(value: object) -> bool:
     return _plain(tuple(value.items()) if isinstance(value, dict) else tuple(value))
 
 
+# the dicts of each module the plan reads by name: parameters, buffers and submodules
+# (compared by content), then its forward hooks (the users' compared)
+_SLOTS = ("_parameters", "_buffers", "_modules", *_FORWARD_HOOKS)
+_slots_of = operator.itemgetter(*_SLOTS)
+
+
 class _Plan:
     """A fast test that a model is still in the state its :func:`model_fingerprint` described.
 
     It holds weak references to the modules and to the tensors' storages (not to tensors:
-    see :meth:`_Freezer.tensor_identity`), one getter per module for the
-    attributes the fingerprint reads (for all modules, one flat list), and positions in that
-    list for each way they are compared: by identity (plain immutable values, kept alive so
-    that their ids cannot be reused; tensors), by content (the module, parameter and buffer
-    dicts: keys and value ids; copies of plain containers; the user's forward hooks) or, for
-    other objects, by their fingerprint (recomputed at each test). It also holds each tensor's
-    version and metadata. Each of these is a flat list compared at C level: a cached attach
-    does not pay for a full fingerprint. ``structure`` is :func:`structure_of` the planned
-    state (a capture reuses it when the plan matches).
+    see :meth:`_Freezer.tensor_identity`), one getter per module for the attributes the
+    fingerprint reads (for all modules, one flat list), and positions in that list for each way
+    they are compared: by identity (plain immutable values, kept alive so that their ids cannot
+    be reused), by content (the parameter, buffer and submodule dicts: keys and value ids; the
+    user's forward hooks), and places (module, name) for the rare rest: tensors kept as plain
+    attributes (by identity), plain containers (by copies), other objects (by their
+    fingerprint, recomputed at each test). Tensors are compared by class, data pointer,
+    version, shape, dtype, strides and device. Each of these is a flat list compared at C
+    level: a cached attach does not pay for a full fingerprint. Where torch gives dict version
+    tags, a test whose module dicts (attributes, parameters, buffers, submodules) all still
+    carry the versions of the last successful test skips the attribute and dict comparisons:
+    untouched dicts hold the same keys and objects. ``structure`` is :func:`structure_of` the
+    planned state (a capture reuses it when the plan matches).
 
     ``matches`` is True only when :func:`model_fingerprint` would describe the same state, up
     to the order of attributes, with one premise: that nn.Module's own bookkeeping attributes
@@ -285,58 +296,51 @@ class _Plan:
         self.types = list(map(type, modules))
         self.forwards = {kind: kind.forward for kind in set(self.types)}
         self.lengths = list(map(len, dicts))
-        names = [[key for key in d if key not in _BOOKKEEPING] + list(_FORWARD_HOOKS)
-                 for d in dicts]
+        names = [[key for key in d if key not in _BOOKKEEPING] for d in dicts]
         self.getters = list(map(_picker, names))
         values = self._values(dicts)
         self.structure = _structure_ids(modules)
         freezer = _Freezer()
-        # positions in ``values``, by how each attribute is compared
+        # positions in ``values``, and places (module, name), by how each is compared
         plain: list[int] = []
-        tensor_attributes: list[int] = []
         structural: list[int] = []
-        hooks: list[int] = []
-        copies: list[int] = []
-        self.deep: list[tuple[int, Hashable]] = []
-        for position, (key, value) in enumerate(
-            zip(itertools.chain.from_iterable(names), values, strict=True)
-        ):
-            if key in _FORWARD_HOOKS:
-                hooks.append(position)
-            elif key in _STRUCTURAL:
+        self.attribute_places: list[tuple[int, str]] = []  # tensors
+        self.copy_places: list[tuple[int, str]] = []
+        self.deep: list[tuple[int, str, Hashable]] = []
+        keys = ((index, key) for index, d in enumerate(names) for key in d)
+        for position, ((index, key), value) in enumerate(zip(keys, values, strict=True)):
+            if key in _STRUCTURAL:
                 structural.append(position)
             elif _plain(value):
                 plain.append(position)
             elif isinstance(value, torch.Tensor):
-                tensor_attributes.append(position)
+                self.attribute_places.append((index, key))
             elif _plain_container(value):
-                copies.append(position)
+                self.copy_places.append((index, key))
             else:
-                self.deep.append((position, freezer.value(value)))
+                self.deep.append((index, key, freezer.value(value)))
         self.plain = _picker(plain)
         self.pins = list(self.plain(values))
-        self.tensor_attributes = _picker(tensor_attributes)
         self.structural = _picker(structural)
-        inner = self.structural(values)
-        lengths, keys, contents = self._contents(inner)
-        self.structures = (lengths, keys, list(map(id, contents)))
-        kinds = [kind for d, kind in zip(inner, self._kinds(dicts), strict=True) for _ in d]
-        # the parameters and buffers among the contents (the module dicts hold modules)
-        self.held_tensors = _picker([i for i, (kind, item) in enumerate(zip(
-            kinds, contents, strict=True)) if kind != "_modules" and item is not None])
-        self.hook_dicts = _picker(hooks)
-        self.hooks = self._hooks(self.hook_dicts(values))
-        self.copied = _picker(copies)
-        self.copies = [copy.copy(value) for value in self.copied(values)]
+        self.structures = self._structures(self.structural(values))
+        self.hooks = self._hooks(self._slots(dicts))
+        self.copies = [copy.copy(value) for value in _at(dicts, self.copy_places)]
         self.copy_types = list(map(type, self.copies))
         self.deep_refs = tuple(freezer.refs.values())
-        self.attribute_ids = list(map(id, self.tensor_attributes(values)))
-        tensors = [*self.tensor_attributes(values), *self.held_tensors(contents)]
+        attributes = _at(dicts, self.attribute_places)
+        self.attribute_ids = list(map(id, attributes))
+        # the parameters and buffers, from the dicts that hold any (positions planned)
+        slots = self._slots(dicts)
+        self.filled = _picker([i for i, d in enumerate(slots) if d and i % 5 < 2])
+        self.held = _picker([i for i, t in enumerate(self._held(slots)) if t is not None])
+        tensors = [*attributes, *self.held(self._held(slots))]
         # tensors are compared by id while their storages live (see Freezer.tensor_identity)
         self.storages = [weakref.ref(t.untyped_storage()) for t in tensors]
         self.tensor_identity = self._tensor_identity(tensors)
         self.tensor_layout = self._tensor_layout(tensors)
         self.tensor_guards = _tensor_guards(tensors)
+        self.dict_version = _dict_version_function()
+        self.versions = self._versions(dicts, slots)
 
     def _values(self, dicts: list[dict]) -> list[object]:
         """The attributes the plan reads, of all modules, as one flat list (KeyError: one of
@@ -344,19 +348,36 @@ class _Plan:
         return list(itertools.chain.from_iterable(map(_call, self.getters, dicts)))
 
     @staticmethod
-    def _contents(inner: tuple[dict, ...]) -> tuple[list[int], list[Hashable], list[object]]:
-        """Lengths, keys and values of the modules' module/parameter/buffer dicts (the
+    def _slots(dicts: list[dict]) -> list[dict]:
+        """The :data:`_SLOTS` dicts of all modules, five per module (KeyError: one lacks
+        one)."""
+        return list(itertools.chain.from_iterable(map(_slots_of, dicts)))
+
+    def _held(self, slots: list[dict]) -> list[object]:
+        """The values of the parameter and buffer dicts that held any when planned."""
+        return list(itertools.chain.from_iterable(map(dict.values, self.filled(slots))))
+
+    def _versions(self, dicts: list[dict], slots: list[dict]) -> tuple[list, ...] | None:
+        """The version tags of the modules' attribute dicts and of their parameter, buffer and
+        submodule dicts (for an empty one its length says all), or None without torch's dict
+        versions."""
+        if self.dict_version is None:
+            return None
+        inner = [slots[0::5], slots[1::5], slots[2::5]]
+        lengths = [list(map(len, kind)) for kind in inner]
+        filled = itertools.chain.from_iterable(
+            itertools.compress(kind, counts) for kind, counts in zip(inner, lengths, strict=True))
+        return (lengths, list(map(self.dict_version, dicts)),
+                list(map(self.dict_version, filled)))
+
+    @staticmethod
+    def _structures(inner: tuple[dict, ...]) -> tuple[list[int], list[Hashable], list[int]]:
+        """Lengths, keys and value ids of the modules' module/parameter/buffer dicts (the
         empty ones, most of them, are not iterated)."""
         lengths = list(map(len, inner))
         filled = list(itertools.compress(inner, lengths))
         return lengths, _flat_keys(filled), list(
-            itertools.chain.from_iterable(map(dict.values, filled)))
-
-    @staticmethod
-    def _kinds(dicts: list[dict]) -> list[str]:
-        """The names of the module/parameter/buffer dicts, in the order of the plan's
-        ``structural`` picker."""
-        return [key for d in dicts for key in d if key in _STRUCTURAL and key not in _BOOKKEEPING]
+            map(id, itertools.chain.from_iterable(map(dict.values, filled))))
 
     @staticmethod
     def _tensor_identity(tensors: list[torch.Tensor]) -> tuple[list, ...]:
@@ -376,13 +397,13 @@ class _Plan:
                 list(map(torch.Tensor.get_device, tensors)))
 
     @staticmethod
-    def _hooks(dicts: tuple[dict, ...]) -> list[Hashable]:
-        """(position, user hooks) of the forward hook dicts with user hooks, then the global
-        user hooks (camplug's own hooks, e.g. an attached capture's, are left out)."""
-        lengths = list(map(len, dicts))
+    def _hooks(slots: list[dict]) -> list[Hashable]:
+        """(position, user hooks) of the modules' forward hook dicts with user hooks, then the
+        global user hooks (camplug's own hooks, e.g. an attached capture's, are left out)."""
+        hooks = slots[3::5] + slots[4::5]
         users: list[Hashable] = [
-            (i, hooks) for i in itertools.compress(itertools.count(), lengths)
-            if (hooks := user_hooks(dicts[i]))]
+            (i, found) for i in itertools.compress(itertools.count(), map(len, hooks))
+            if (found := user_hooks(hooks[i]))]
         users.append(tuple(user_hooks(getattr(module_globals, name))
                            for name in _GLOBAL_FORWARD_HOOKS))
         return users
@@ -395,6 +416,43 @@ class _Plan:
         if any(kind.forward is not forward for kind, forward in self.forwards.items()):
             return False
         dicts = list(map(operator.attrgetter("__dict__"), modules))
+        try:
+            slots = self._slots(dicts)
+        except KeyError:  # a module lost one of its dicts
+            return False
+        versions = self._versions(dicts, slots)
+        untouched = versions is not None and versions == self.versions
+        if not untouched and not self._same_attributes(dicts):
+            return False
+        copied = _at(dicts, self.copy_places)
+        if list(map(type, copied)) != self.copy_types or copied != self.copies:
+            return False
+        freezer = _Freezer()
+        if any(freezer.value(dicts[i][key]) != frozen for i, key, frozen in self.deep) or not all(
+            ref() is not None for ref in self.deep_refs
+        ):
+            return False
+        attributes = _at(dicts, self.attribute_places)
+        if list(map(id, attributes)) != self.attribute_ids or _any_none(
+            list(map(_call, self.storages))
+        ):
+            return False
+        tensors = [*attributes, *self.held(self._held(slots))]
+        if self._tensor_identity(tensors) != self.tensor_identity:
+            return False
+        # a False from the C++ check may only mean that the dispatch state (autocast,
+        # inference mode) is not the one it was made in: compare from Python then
+        guarded = self.tensor_guards is not None and self.tensor_guards.check(*tensors)
+        if not guarded and self._tensor_layout(tensors) != self.tensor_layout:
+            return False
+        if self._hooks(slots) != self.hooks:
+            return False
+        self.versions = versions  # the state seen now, with its dicts' current versions
+        return True
+
+    def _same_attributes(self, dicts: list[dict]) -> bool:
+        """The comparison of the modules' attributes and module/parameter/buffer dicts that
+        untouched dict versions make unnecessary."""
         if list(map(len, dicts)) != self.lengths:
             return False
         try:
@@ -403,41 +461,22 @@ class _Plan:
             return False
         if not all(map(operator.is_, self.plain(values), self.pins)):
             return False
-        lengths, keys, contents = self._contents(self.structural(values))
-        if (lengths, keys, list(map(id, contents))) != self.structures:
-            return False
-        copied = list(self.copied(values))
-        if list(map(type, copied)) != self.copy_types or copied != self.copies:
-            return False
-        freezer = _Freezer()
-        if any(freezer.value(values[i]) != frozen for i, frozen in self.deep) or not all(
-            ref() is not None for ref in self.deep_refs
-        ):
-            return False
-        attributes = self.tensor_attributes(values)
-        if list(map(id, attributes)) != self.attribute_ids or _any_none(
-            list(map(_call, self.storages))
-        ):
-            return False
-        tensors = [*attributes, *self.held_tensors(contents)]
-        if self._tensor_identity(tensors) != self.tensor_identity:
-            return False
-        # a False from the C++ check may only mean that the dispatch state (autocast,
-        # inference mode) is not the one it was made in: compare from Python then
-        guarded = self.tensor_guards is not None and self.tensor_guards.check(*tensors)
-        if not guarded and self._tensor_layout(tensors) != self.tensor_layout:
-            return False
-        return self._hooks(self.hook_dicts(values)) == self.hooks
+        return self._structures(self.structural(values)) == self.structures
+
+
+def _at(dicts: list[dict], places: list[tuple[int, str]]) -> list[object]:
+    """``dicts[index][name]`` for each place (few: a plain loop)."""
+    return [dicts[index][name] for index, name in places]
 
 
 def _tensor_guards(tensors: list[torch.Tensor]) -> Any:
     """torch's C++ check that tensors keep their dtype, device, dispatch keys, shape and
     strides (``torch._C._dynamo.guards.TensorGuards``, what torch.compile's guards use, about
     ten times faster than reading them from Python), or None where this torch has no such
-    check (or ``USE_TORCH_TENSOR_GUARDS`` is off). A True is trusted; a False is checked
+    check (or ``USE_TORCH_GUARDS`` is off). A True is trusted; a False is checked
     again from Python (the C++ check also compares ``requires_grad`` and the thread's dispatch
     state)."""
-    if not USE_TORCH_TENSOR_GUARDS:
+    if not USE_TORCH_GUARDS:
         return None
     try:
         from torch._C._dynamo.guards import TensorGuards
@@ -446,6 +485,40 @@ def _tensor_guards(tensors: list[torch.Tensor]) -> Any:
         return guards if guards.check(*tensors) is True else None
     except Exception:  # noqa: BLE001  (another torch: the Python comparison serves)
         return None
+
+
+def _dict_version_function() -> Any:
+    """torch's ``dict_version`` (CPython's dict version tag, which changes at every change of a
+    dict), or None where it is missing, does not pass a self-test, or ``USE_TORCH_GUARDS`` is
+    off."""
+    if not USE_TORCH_GUARDS:
+        return None
+    if not _DICT_VERSION:
+        _DICT_VERSION.append(_tested_dict_version())
+    return _DICT_VERSION[0]
+
+
+_DICT_VERSION: list[Any] = []  # the tested function (or None), once found
+
+
+def _tested_dict_version() -> Any:
+    try:
+        from torch._C._dynamo.guards import dict_version
+    except ImportError:
+        return None
+    seen = []
+    try:
+        for probe in ({}, OrderedDict()):
+            seen.append(dict_version(probe))
+            probe["key"] = 1
+            seen.append(dict_version(probe))
+            probe["key"] = 2
+            seen.append(dict_version(probe))
+            del probe["key"]
+            seen.append(dict_version(probe))
+    except Exception:  # noqa: BLE001  (another torch or Python: the comparisons serve)
+        return None
+    return dict_version if len(set(seen)) == len(seen) else None
 
 
 def _is_builtin_function(value: object) -> bool:

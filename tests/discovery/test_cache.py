@@ -286,7 +286,7 @@ def _mutations() -> list[tuple[str, object]]:
 @pytest.mark.parametrize(("what", "change"), _mutations(), ids=[w for w, _ in _mutations()])
 def test_the_fast_plan_matches_only_when_the_fingerprint_does(what, change, torch_guards,
                                                               monkeypatch):
-    monkeypatch.setattr(cache, "USE_TORCH_TENSOR_GUARDS", torch_guards)
+    monkeypatch.setattr(cache, "USE_TORCH_GUARDS", torch_guards)
     class Bottleneck(type(build(CASES["resnet"]).layer1[0])):  # a class of its own to patch
         pass
 
@@ -352,3 +352,20 @@ def test_the_plan_holds_under_another_dispatch_state(context):
     model.fc.weight.data = model.fc.weight.data.t()
     with context():
         assert not plan.matches(model)
+
+
+def test_a_plan_takes_the_dict_versions_of_the_state_it_recognised():
+    """With torch's dict version tags, a test whose dicts are untouched skips the attribute
+    comparisons; train()/eval() touch every module's dict without changing the state: the plan
+    still matches (compared in full) and keeps the new versions for the next test."""
+    model = build(CASES["resnet"]).eval()
+    plan = _Plan.build(model)
+    if plan.versions is None:
+        pytest.skip("this torch has no dict version tags")
+    before = plan.versions
+    assert plan.matches(model) and plan.versions == before
+    model.train()
+    model.eval()
+    assert plan.matches(model) and plan.versions != before
+    model.conv1.stride = (3, 3)  # a change
+    assert not plan.matches(model)
