@@ -7,14 +7,18 @@ Per model, median over ``--repeats`` rounds (wall and process CPU time, millisec
   the capture's discovery does on each attach);
 - ``full_fingerprint``: ``model_fingerprint`` (what every attach paid before the fast plan);
 - ``attach_alone``: attach, discover the head for ``x`` (from the cache), detach: the plugin's
-  own work of a cached attach, without the forward;
+  own work of a cached attach, without the forward, one attach after another;
+- ``attach_alone_cold``: the same, each right after a 64 MiB write has evicted the CPU caches
+  (as a CPU forward of a large model does: the state check then reads the model's objects from
+  memory);
 - ``attach_overhead``: ``with attach(model): model(x)`` minus ``model(x)`` alone (the whole
   plugin cost of a cached attach, hooks included), the median of the differences within
   interleaved rounds (robust to a shared machine's slow phases);
 and, for LeViT, the probes run over ``--cycles`` rounds of ``train(); eval(); attach; forward``.
 Where torchvision imports (the peers environment: ``make``'s ``.venv-peers``), also real
 ResNet-50, Swin-T, ConvNeXt-T and EfficientNet-B0 at 224 px (random weights), all but the
-attach overhead (a 224 px forward varies by more than the overhead).
+attach overhead (a 224 px forward varies by more than the overhead), plus
+``attach_alone_interleaved``: one attach of each model in turn, round by round.
 
 Usage: python benchmarks/bench_head_cache.py [--repeats 200] [--device cpu] [--out PATH]
 """
@@ -108,14 +112,35 @@ def _sizes(model: torch.nn.Module) -> dict[str, int]:
             "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers())}
 
 
+def _cold(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    """:func:`_timed`, each call right after a 64 MiB write (the CPU caches evicted)."""
+    scratch = torch.zeros(16 * 2**20)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        scratch.add_(1.0)
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+
+
+def _attach_timings(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
+    """The timings every model gets (the module docstring)."""
+    return {
+        "key_and_get": _timed(calls["key_and_get"], repeats),
+        "full_fingerprint": _timed(calls["full_fingerprint"], max(repeats // 10, 3)),
+        "attach_alone": _timed(calls["attach_alone"], repeats),
+        "attach_alone_cold": _cold(calls["attach_alone"], max(repeats // 3, 3)),
+    }
+
+
 def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict:
     """The timings of the module docstring for one model."""
     calls = _calls(model, x)
     return {
         **_sizes(model),
-        "key_and_get": _timed(calls["key_and_get"], repeats),
-        "full_fingerprint": _timed(calls["full_fingerprint"], max(repeats // 10, 3)),
-        "attach_alone": _timed(calls["attach_alone"], repeats),
+        **_attach_timings(calls, repeats),
         "forward": _timed(calls["plain"], repeats),
         "attach_overhead": _paired_difference(calls["attached"], calls["plain"], repeats,
                                               x.device),
@@ -134,14 +159,14 @@ def torchvision_rows(repeats: int, device: torch.device) -> dict[str, dict]:
     models = {name: getattr(torchvision.models, name)().eval().to(device)
               for name in TORCHVISION_MODELS}
     calls = {name: _calls(model, x) for name, model in models.items()}
-    rows = {name: {**_sizes(model), "full_fingerprint": _timed(
-        calls[name]["full_fingerprint"], max(repeats // 10, 3))} for name, model in models.items()}
-    for timing in ("key_and_get", "attach_alone"):
-        wall, cpu = interleaved_times({name: calls[name][timing] for name in models}, device,
-                                      warmup=1, rounds=repeats)
-        for name in models:
-            rows[name][timing] = {"wall_ms": 1e3 * statistics.median(wall[name]),
-                                  "cpu_ms": 1e3 * statistics.median(cpu[name])}
+    rows = {name: {**_sizes(model), **_attach_timings(calls[name], repeats)}
+            for name, model in models.items()}
+    wall, cpu = interleaved_times({name: calls[name]["attach_alone"] for name in models}, device,
+                                  warmup=1, rounds=repeats)
+    for name in models:
+        rows[name]["attach_alone_interleaved"] = {
+            "wall_ms": 1e3 * statistics.median(wall[name]),
+            "cpu_ms": 1e3 * statistics.median(cpu[name])}
     return {f"torchvision_{name}_224": row for name, row in rows.items()}
 
 
@@ -198,7 +223,8 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{name}: key+get {row['key_and_get']['cpu_ms']:.3f} ms CPU "
               f"({row['key_and_get']['wall_ms']:.3f} wall), full fingerprint "
               f"{row['full_fingerprint']['cpu_ms']:.2f} ms CPU, attach alone "
-              f"{row['attach_alone']['cpu_ms']:.3f} ms CPU{overhead}")
+              f"{row['attach_alone']['cpu_ms']:.3f} ms CPU (cold "
+              f"{row['attach_alone_cold']['cpu_ms']:.3f}){overhead}")
     print(f"levit probes over {args.cycles} cycles: "
           f"{report['levit_like_32']['probes_over_cycles']['probes']}; report: {path}")
     return path
