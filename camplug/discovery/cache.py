@@ -258,11 +258,12 @@ class _Plan:
     """A fast test that a model is still in the state its :func:`model_fingerprint` described.
 
     It holds weak references to the modules and to the tensors' storages (not to tensors:
-    see :meth:`_Freezer.tensor_identity`), one getter per module for the attributes the
-    fingerprint reads (for all modules, one flat list), and positions in that list for each way
-    they are compared: by identity (plain immutable values, kept alive so that their ids cannot
-    be reused), by content (the parameter, buffer and submodule dicts: keys and value ids; the
-    user's forward hooks), and places (module, name) for the rare rest: tensors kept as plain
+    see :meth:`_Freezer.tensor_identity`). Five dicts of every module are read by name
+    (:data:`_SLOTS`): the parameter, buffer and submodule dicts, compared by content (lengths,
+    keys, value ids), and the forward hook dicts (the users' hooks compared). One getter per
+    module gives its other attributes (for all modules, one flat list), with positions in that
+    list for those compared by identity (plain immutable values, kept alive so that their ids
+    cannot be reused), and places (module, name) for the rare rest: tensors kept as plain
     attributes (by identity), plain containers (by copies), other objects (by their
     fingerprint, recomputed at each test). Tensors are compared by class, data pointer,
     version, shape, dtype, strides and device. Each of these is a flat list compared at C
@@ -296,22 +297,25 @@ class _Plan:
         self.types = list(map(type, modules))
         self.forwards = {kind: kind.forward for kind in set(self.types)}
         self.lengths = list(map(len, dicts))
-        names = [[key for key in d if key not in _BOOKKEEPING] for d in dicts]
+        slots = self._slots(dicts)
+        # the parameter, buffer and submodule dicts among the slots
+        self.structural = _picker([i for i in range(len(slots)) if i % 5 < 3])
+        self.structures = self._structures(self.structural(slots))
+        self.hooks = self._hooks(slots)
+        names = [[key for key in d if key not in _BOOKKEEPING and key not in _SLOTS]
+                 for d in dicts]
         self.getters = list(map(_picker, names))
         values = self._values(dicts)
         self.structure = _structure_ids(modules)
         freezer = _Freezer()
         # positions in ``values``, and places (module, name), by how each is compared
         plain: list[int] = []
-        structural: list[int] = []
         self.attribute_places: list[tuple[int, str]] = []  # tensors
         self.copy_places: list[tuple[int, str]] = []
         self.deep: list[tuple[int, str, Hashable]] = []
         keys = ((index, key) for index, d in enumerate(names) for key in d)
         for position, ((index, key), value) in enumerate(zip(keys, values, strict=True)):
-            if key in _STRUCTURAL:
-                structural.append(position)
-            elif _plain(value):
+            if _plain(value):
                 plain.append(position)
             elif isinstance(value, torch.Tensor):
                 self.attribute_places.append((index, key))
@@ -321,19 +325,16 @@ class _Plan:
                 self.deep.append((index, key, freezer.value(value)))
         self.plain = _picker(plain)
         self.pins = list(self.plain(values))
-        self.structural = _picker(structural)
-        self.structures = self._structures(self.structural(values))
-        self.hooks = self._hooks(self._slots(dicts))
         self.copies = [copy.copy(value) for value in _at(dicts, self.copy_places)]
         self.copy_types = list(map(type, self.copies))
         self.deep_refs = tuple(freezer.refs.values())
         attributes = _at(dicts, self.attribute_places)
         self.attribute_ids = list(map(id, attributes))
         # the parameters and buffers, from the dicts that hold any (positions planned)
-        slots = self._slots(dicts)
         self.filled = _picker([i for i, d in enumerate(slots) if d and i % 5 < 2])
-        self.held = _picker([i for i, t in enumerate(self._held(slots)) if t is not None])
-        tensors = [*attributes, *self.held(self._held(slots))]
+        held = self._held(slots)
+        self.held = _picker([i for i, t in enumerate(held) if t is not None])
+        tensors = [*attributes, *self.held(held)]
         # tensors are compared by id while their storages live (see Freezer.tensor_identity)
         self.storages = [weakref.ref(t.untyped_storage()) for t in tensors]
         self.tensor_identity = self._tensor_identity(tensors)
@@ -422,7 +423,7 @@ class _Plan:
             return False
         versions = self._versions(dicts, slots)
         untouched = versions is not None and versions == self.versions
-        if not untouched and not self._same_attributes(dicts):
+        if not untouched and not self._same_attributes(dicts, slots):
             return False
         copied = _at(dicts, self.copy_places)
         if list(map(type, copied)) != self.copy_types or copied != self.copies:
@@ -450,7 +451,7 @@ class _Plan:
         self.versions = versions  # the state seen now, with its dicts' current versions
         return True
 
-    def _same_attributes(self, dicts: list[dict]) -> bool:
+    def _same_attributes(self, dicts: list[dict], slots: list[dict]) -> bool:
         """The comparison of the modules' attributes and module/parameter/buffer dicts that
         untouched dict versions make unnecessary."""
         if list(map(len, dicts)) != self.lengths:
@@ -461,7 +462,7 @@ class _Plan:
             return False
         if not all(map(operator.is_, self.plain(values), self.pins)):
             return False
-        return self._structures(self.structural(values)) == self.structures
+        return self._structures(self.structural(slots)) == self.structures
 
 
 def _at(dicts: list[dict], places: list[tuple[int, str]]) -> list[object]:

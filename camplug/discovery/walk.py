@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-_FAST_LIMIT = 100_000  # a longer list means a module is its own descendant: walk with a memo
+_FAST_LIMIT = 100_000  # a longer list may be a cycle (a module its own descendant): memo walk
 
 
 def submodules(model: nn.Module) -> list[nn.Module]:
