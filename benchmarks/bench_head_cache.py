@@ -57,11 +57,15 @@ def _test_models():  # noqa: ANN202
     return module
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Median wall and process-CPU milliseconds of ``fn`` over ``repeats`` calls."""
+def _timed(fn: Callable[[], object], repeats: int,
+           before: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median wall and process-CPU milliseconds of ``fn`` over ``repeats`` calls (``before``,
+    untimed, ahead of each)."""
     fn()
     wall, cpu = [], []
     for _ in range(repeats):
+        if before is not None:
+            before()
         w, c = time.perf_counter(), time.process_time()
         fn()
         cpu.append(time.process_time() - c)
@@ -112,17 +116,10 @@ def _sizes(model: torch.nn.Module) -> dict[str, int]:
             "tensors": sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers())}
 
 
-def _cold(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """:func:`_timed`, each call right after a 64 MiB write (the CPU caches evicted)."""
+def _evicting() -> Callable[[], object]:
+    """A 64 MiB write, which evicts the CPU caches (as a CPU forward of a large model does)."""
     scratch = torch.zeros(16 * 2**20)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        scratch.add_(1.0)
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+    return lambda: scratch.add_(1.0)
 
 
 def _attach_timings(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
@@ -131,7 +128,8 @@ def _attach_timings(calls: dict[str, Callable[[], object]], repeats: int) -> dic
         "key_and_get": _timed(calls["key_and_get"], repeats),
         "full_fingerprint": _timed(calls["full_fingerprint"], max(repeats // 10, 3)),
         "attach_alone": _timed(calls["attach_alone"], repeats),
-        "attach_alone_cold": _cold(calls["attach_alone"], max(repeats // 3, 3)),
+        "attach_alone_cold": _timed(calls["attach_alone"], max(repeats // 3, 3),
+                                    before=_evicting()),
     }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import itertools
 import operator
 import threading
@@ -54,8 +55,10 @@ MAX_HEADS_PER_MODEL = 8  # call signatures kept per model state (e.g. several in
 MAX_STATES_PER_MODEL = 4  # states kept per model (e.g. a cache of its own empty and filled)
 _MAX_ITEMS = 200_000  # a fingerprint larger than this is not worth computing: no caching
 _MAX_DEPTH = 3  # how deep plain attributes (config objects, lists) are followed
-_STRUCTURAL = frozenset({"_parameters", "_buffers", "_modules", "training"})
 _FORWARD_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
+# the dicts of each module read by name: parameters, buffers and submodules (compared by
+# content, by the fingerprint and by the plan), then its forward hooks (the users' compared)
+_SLOTS = ("_parameters", "_buffers", "_modules", *_FORWARD_HOOKS)
 # nn.Module's own bookkeeping (the train/eval flag, its hook dicts, which buffers a state
 # dict leaves out): discovery does not depend on it (the probe runs in eval; forward hooks
 # are compared on their own, camplug's left out). Every other attribute, a user's own
@@ -178,7 +181,7 @@ class _Freezer:
     def module(self, name: str, module: nn.Module) -> Hashable:
         attributes = tuple(
             (key, self.value(value)) for key, value in vars(module).items()
-            if key not in _STRUCTURAL and key not in _BOOKKEEPING
+            if key not in _SLOTS and key not in _BOOKKEEPING
         )
         return (
             name, type(module), self.identity(module), self.value(type(module).forward),
@@ -248,9 +251,6 @@ def _plain_container(value: object) -> bool:
     return _plain(tuple(value.items()) if isinstance(value, dict) else tuple(value))
 
 
-# the dicts of each module the plan reads by name: parameters, buffers and submodules
-# (compared by content), then its forward hooks (the users' compared)
-_SLOTS = ("_parameters", "_buffers", "_modules", *_FORWARD_HOOKS)
 _slots_of = operator.itemgetter(*_SLOTS)
 
 
@@ -492,16 +492,10 @@ def _dict_version_function() -> Any:
     """torch's ``dict_version`` (CPython's dict version tag, which changes at every change of a
     dict), or None where it is missing, does not pass a self-test, or ``USE_TORCH_GUARDS`` is
     off."""
-    if not USE_TORCH_GUARDS:
-        return None
-    if not _DICT_VERSION:
-        _DICT_VERSION.append(_tested_dict_version())
-    return _DICT_VERSION[0]
+    return _tested_dict_version() if USE_TORCH_GUARDS else None
 
 
-_DICT_VERSION: list[Any] = []  # the tested function (or None), once found
-
-
+@functools.cache
 def _tested_dict_version() -> Any:
     try:
         from torch._C._dynamo.guards import dict_version
